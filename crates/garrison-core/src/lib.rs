@@ -1,0 +1,49 @@
+//! What Garrison's layers share.
+//!
+//! Every Garrison layer labels requests the same way and agrees on what a failure is, so that
+//! the metrics, the rate limiter, the circuit breaker and the trace layer tell one story:
+//!
+//! - [`MethodLabel`]: the HTTP method as a bounded label (unknown methods become `_OTHER`);
+//! - [`RouteResolver`] and [`RouteTable`]: the route template of a request (axum's
+//!   `MatchedPath`, else a configured route table, else [`UNMATCHED`]), never the raw path;
+//! - [`FailureClassifier`]: one decision of what counts as a failure;
+//! - [`Clock`]: time read through a trait, so tests can use tokio's paused clock or a
+//!   [`ManualClock`];
+//! - [`TraceContext`]: the trace id a request runs under, placed in request extensions by the
+//!   trace layer (or by your own middleware) and read by the others (metrics exemplars).
+//!
+//! # Example
+//!
+//! ```
+//! use garrison_core::{MethodLabel, RouteResolver, RouteTable, FailureClassifier};
+//! use http::{Method, Request, StatusCode};
+//!
+//! let table = RouteTable::from_patterns(["/users/{id}", "/orders/{id}/items"]).unwrap();
+//! let resolver = RouteResolver::new().with_table(table);
+//!
+//! let req = Request::get("/users/42").body(()).unwrap();
+//! assert_eq!(resolver.resolve(&req).as_str(), "/users/{id}");
+//!
+//! let hostile = Request::get("/wp-admin/../../etc/passwd").body(()).unwrap();
+//! assert_eq!(resolver.resolve(&hostile).as_str(), "unmatched");
+//!
+//! assert_eq!(MethodLabel::from_method(&Method::from_bytes(b"BREW").unwrap()).as_str(), "_OTHER");
+//!
+//! let classifier = FailureClassifier::default();
+//! assert!(classifier.is_failure_status(StatusCode::BAD_GATEWAY));
+//! assert!(!classifier.is_failure_status(StatusCode::NOT_FOUND));
+//! ```
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod classify;
+mod clock;
+mod method;
+mod route;
+mod trace_context;
+
+pub use classify::{ErrorType, FailureClassifier};
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock, TokioClock};
+pub use method::MethodLabel;
+pub use route::{RouteLabel, RouteResolver, RouteTable, RouteTableError, UNMATCHED};
+pub use trace_context::{TraceContext, TraceId};

@@ -1,0 +1,114 @@
+use std::fmt;
+
+/// A W3C trace id: 16 bytes, never all zero.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TraceId([u8; 16]);
+
+impl TraceId {
+    /// The trace id of these bytes, or `None` for the invalid all-zero id.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Option<Self> {
+        if u128::from_be_bytes(bytes) == 0 {
+            None
+        } else {
+            Some(Self(bytes))
+        }
+    }
+
+    /// Parses the 32 lowercase hex digits of a `traceparent` trace id.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let b = hex.as_bytes();
+        if b.len() != 32 {
+            return None;
+        }
+        let mut out = [0u8; 16];
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            out[i] = (hex_val(pair[0])? << 4) | hex_val(pair[1])?;
+        }
+        Self::from_bytes(out)
+    }
+
+    /// The bytes.
+    pub const fn to_bytes(self) -> [u8; 16] {
+        self.0
+    }
+
+    /// Writes the 32 lowercase hex digits into `buf` and returns them as a `str`, without
+    /// allocating.
+    pub fn to_hex<'b>(&self, buf: &'b mut [u8; 32]) -> &'b str {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for (i, byte) in self.0.iter().enumerate() {
+            buf[2 * i] = HEX[(byte >> 4) as usize];
+            buf[2 * i + 1] = HEX[(byte & 15) as usize];
+        }
+        // Only ASCII hex digits were written.
+        std::str::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+impl fmt::Display for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 32];
+        f.write_str(self.to_hex(&mut buf))
+    }
+}
+
+impl fmt::Debug for TraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TraceId({self})")
+    }
+}
+
+/// The trace a request runs under.
+///
+/// Garrison's trace layer inserts it into the request's extensions once it has joined or
+/// started a trace; any middleware of your own may do the same. The metrics layer reads it to
+/// attach exemplars, so the two crates need not depend on each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The trace id.
+    pub trace_id: TraceId,
+    /// The id of the server span, when there is one.
+    pub span_id: Option<[u8; 8]>,
+    /// Whether the trace is sampled (exported). Exemplars link only to sampled traces.
+    pub sampled: bool,
+}
+
+impl TraceContext {
+    /// A sampled context with no span id.
+    pub fn sampled(trace_id: TraceId) -> Self {
+        Self {
+            trace_id,
+            span_id: None,
+            sampled: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        let hex = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let id = TraceId::from_hex(hex).unwrap();
+        assert_eq!(id.to_string(), hex);
+    }
+
+    #[test]
+    fn invalid_ids_are_rejected() {
+        assert!(TraceId::from_hex("00000000000000000000000000000000").is_none());
+        assert!(TraceId::from_hex("4BF92F3577B34DA6A3CE929D0E0E4736").is_none());
+        assert!(TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e473").is_none());
+        assert!(TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e47zz").is_none());
+        assert!(TraceId::from_hex("é bf92f3577b34da6a3ce929d0e0e473").is_none());
+    }
+}

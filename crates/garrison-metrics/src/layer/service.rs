@@ -1,0 +1,112 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use garrison_core::{MethodLabel, RouteResolver, TraceContext};
+use http::{header, Request, Response};
+use tower::Service;
+
+use super::guard::RequestGuard;
+use super::{MetricsBody, ResponseFuture};
+use crate::registry::Shared;
+
+/// The service made by [`MetricsLayer`](super::MetricsLayer).
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+    resolver: RouteResolver,
+}
+
+impl<S> MetricsService<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, resolver: RouteResolver) -> Self {
+        Self {
+            inner,
+            shared,
+            resolver,
+        }
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for MetricsService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsService")
+            .field("inner", &self.inner)
+            .field("resolver", &self.resolver)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The request body size when it is known without reading the body: `Content-Length`, or 0
+/// when the request declares no body at all. Chunked bodies have no known size.
+#[inline]
+fn request_body_size<B>(req: &Request<B>) -> Option<u64> {
+    let headers = req.headers();
+    match headers.get(header::CONTENT_LENGTH) {
+        Some(v) => std::str::from_utf8(v.as_bytes()).ok()?.parse().ok(),
+        None if headers.contains_key(header::TRANSFER_ENCODING) => None,
+        None => Some(0),
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for MetricsService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    ResB: http_body::Body,
+{
+    type Response = Response<MetricsBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        let method = MethodLabel::from_method(req.method());
+        let route = self.shared.route_id(self.resolver.resolve(&req).as_str());
+        let trace = if self.shared.exemplars {
+            req.extensions()
+                .get::<TraceContext>()
+                .filter(|t| t.sampled)
+                .map(|t| t.trace_id)
+        } else {
+            None
+        };
+        let guard = RequestGuard::start(
+            self.shared.clone(),
+            route,
+            method,
+            request_body_size(&req),
+            trace,
+        );
+        ResponseFuture::new(self.inner.call(req), guard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_sizes() {
+        let r = |h: Option<(&str, &str)>| {
+            let mut b = Request::post("/");
+            if let Some((k, v)) = h {
+                b = b.header(k, v);
+            }
+            request_body_size(&b.body(()).unwrap())
+        };
+        assert_eq!(r(None), Some(0));
+        assert_eq!(r(Some(("content-length", "42"))), Some(42));
+        assert_eq!(r(Some(("content-length", "-1"))), None);
+        assert_eq!(r(Some(("content-length", "99999999999999999999999"))), None);
+        assert_eq!(r(Some(("transfer-encoding", "chunked"))), None);
+    }
+}

@@ -1,0 +1,93 @@
+//! RED metrics per route for tower and axum services: latency histograms with exemplars,
+//! exposed in the Prometheus text format and OpenMetrics.
+//!
+//! [`MetricsLayer`] records, for every request, following the OpenTelemetry HTTP semantic
+//! conventions in Prometheus form:
+//!
+//! | family | type | labels |
+//! |---|---|---|
+//! | `http_server_request_duration_seconds` | histogram | `http_request_method`, `http_route`, `http_response_status_code`, `error_type` |
+//! | `http_server_active_requests` | gauge | `http_request_method` |
+//! | `http_server_request_body_size_bytes` | histogram | as the duration |
+//! | `http_server_response_body_size_bytes` | histogram | as the duration |
+//! | `garrison_metrics_series`, `garrison_metrics_series_dropped_total` | gauge, counter | |
+//! | `process_*`, `tokio_runtime_*` | gauges, counter | |
+//!
+//! `http_route` is the route *template* (axum's `MatchedPath` or a [`RouteTable`] pattern),
+//! never the raw path, and unknown methods are `_OTHER`: hostile URLs cannot grow the number
+//! of series, and a cap bounds it anyway. `error_type` is present only on failures: the status
+//! code for statuses the [`FailureClassifier`](garrison_core::FailureClassifier) counts as
+//! failures (`5xx` by default), or `cancelled`, `service_error`, `body_error`.
+//!
+//! When a request carries a sampled [`TraceContext`](garrison_core::TraceContext) in its
+//! extensions (Garrison's trace layer puts it there), its trace id becomes the exemplar of the
+//! duration bucket it fell in, so a slow bucket links to a trace. Exemplars are served in the
+//! OpenMetrics format, which Prometheus asks for.
+//!
+//! # Example
+//!
+//! ```
+//! use axum::{body::Body, routing::get, Router};
+//! use garrison_metrics::{MetricsLayer, MetricsRegistry};
+//! use tower::ServiceExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let registry = MetricsRegistry::new();
+//! let app = Router::new()
+//!     .route("/users/{id}", get(|| async { "hello" }))
+//!     .layer(MetricsLayer::new(&registry))
+//!     .route_service("/metrics", registry.exporter());
+//!
+//! let req = http::Request::get("/users/42").body(Body::empty()).unwrap();
+//! let resp = app.clone().oneshot(req).await.unwrap();
+//! axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap(); // the body ends here
+//!
+//! let req = http::Request::get("/metrics").body(Body::empty()).unwrap();
+//! let resp = app.oneshot(req).await.unwrap();
+//! let text = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+//! let text = std::str::from_utf8(&text).unwrap();
+//! assert!(text.contains(
+//!     r#"http_server_request_duration_seconds_count{http_request_method="GET",http_route="/users/{id}",http_response_status_code="200"} 1"#
+//! ));
+//! # }
+//! ```
+//!
+//! # A plain hyper service
+//!
+//! Without axum's router there is no `MatchedPath`; give the layer a [`RouteTable`]:
+//!
+//! ```
+//! use garrison_core::RouteTable;
+//! use garrison_metrics::{MetricsLayer, MetricsRegistry};
+//!
+//! let registry = MetricsRegistry::new();
+//! let layer = MetricsLayer::new(&registry)
+//!     .route_table(RouteTable::from_patterns(["/users/{id}", "/health"]).unwrap());
+//! let svc = tower::ServiceBuilder::new()
+//!     .layer(layer)
+//!     .service_fn(|_req: http::Request<()>| async {
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
+//!     });
+//! # let _ = svc;
+//! ```
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod exporter;
+mod exposition;
+mod histogram;
+mod layer;
+mod process;
+mod registry;
+
+pub use exporter::MetricsExporter;
+pub use exposition::{Collector, Format, MetricType, MetricWriter};
+pub use garrison_core::{RouteTable, TraceContext, TraceId};
+pub use histogram::HistogramSnapshot;
+pub use layer::{MetricsBody, MetricsLayer, MetricsService, ResponseFuture};
+pub use process::ProcessStats;
+pub use registry::{
+    BuildError, MetricsRegistry, MetricsRegistryBuilder, SeriesSnapshot, DEFAULT_DURATION_BUCKETS,
+    DEFAULT_MAX_SERIES, DEFAULT_SIZE_BUCKETS,
+};
