@@ -22,10 +22,19 @@ use garrison_metrics::{MetricsLayer, MetricsRegistry};
 /// The example's routes, measured by `registry`, with `/metrics` beside them.
 pub(crate) fn app(registry: &MetricsRegistry) -> Router {
     Router::new()
-        .route("/users/{id}", get(|Path(id): Path<u64>| async move { format!("user {id}\n") }))
+        .route(
+            "/users/{id}",
+            get(|Path(id): Path<u64>| async move { format!("user {id}\n") }),
+        )
         .route("/work", get(work))
-        .route("/upload", post(|body: axum::body::Bytes| async move { format!("{} bytes\n", body.len()) }))
-        .route("/fail", get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "something broke\n") }))
+        .route(
+            "/upload",
+            post(|body: axum::body::Bytes| async move { format!("{} bytes\n", body.len()) }),
+        )
+        .route(
+            "/fail",
+            get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "something broke\n") }),
+        )
         .layer(MetricsLayer::new(registry))
         .route_service("/metrics", registry.exporter())
 }
@@ -46,9 +55,15 @@ async fn work(Query(w): Query<Work>) -> String {
 async fn main() -> std::io::Result<()> {
     let listen = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {listen} (set GARRISON_LISTEN): {e}"))
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {listen} (set GARRISON_LISTEN): {e}"),
+        )
     })?;
-    println!("metrics_axum listening on http://{}", listener.local_addr()?);
+    println!(
+        "metrics_axum listening on http://{}",
+        listener.local_addr()?
+    );
     let registry = MetricsRegistry::new();
     axum::serve(listener, app(&registry)).await
 }

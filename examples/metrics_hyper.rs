@@ -38,9 +38,15 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 async fn main() -> std::io::Result<()> {
     let listen = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on {listen} (set GARRISON_LISTEN): {e}"))
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {listen} (set GARRISON_LISTEN): {e}"),
+        )
     })?;
-    println!("metrics_hyper listening on http://{}", listener.local_addr()?);
+    println!(
+        "metrics_hyper listening on http://{}",
+        listener.local_addr()?
+    );
 
     let registry = MetricsRegistry::new();
     let routes = RouteTable::from_patterns(["/", "/items/{id}"]).expect("valid patterns");

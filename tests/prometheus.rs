@@ -16,18 +16,20 @@ mod example;
 /// A stand-in for the trace layer: joins the caller's `traceparent` so the metrics layer sees
 /// a sampled trace context, as it will behind Garrison's trace layer.
 fn with_trace_context(router: axum::Router) -> axum::Router {
-    router.layer(tower::util::MapRequestLayer::new(|mut req: axum::extract::Request| {
-        let ctx = req
-            .headers()
-            .get("traceparent")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split('-').nth(1))
-            .and_then(TraceId::from_hex);
-        if let Some(id) = ctx {
-            req.extensions_mut().insert(TraceContext::sampled(id));
-        }
-        req
-    }))
+    router.layer(tower::util::MapRequestLayer::new(
+        |mut req: axum::extract::Request| {
+            let ctx = req
+                .headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split('-').nth(1))
+                .and_then(TraceId::from_hex);
+            if let Some(id) = ctx {
+                req.extensions_mut().insert(TraceContext::sampled(id));
+            }
+            req
+        },
+    ))
 }
 
 async fn traffic(addr: std::net::SocketAddr, rounds: usize) {
@@ -50,7 +52,11 @@ async fn promtool_accepts_the_metrics_output() {
 
     let scrape = get(addr, "/metrics", &[]).await;
     assert_eq!(scrape.status, 200);
-    assert!(scrape.body.contains(r#"http_route="/users/{id}""#), "{}", scrape.body);
+    assert!(
+        scrape.body.contains(r#"http_route="/users/{id}""#),
+        "{}",
+        scrape.body
+    );
     assert!(scrape.body.contains("process_resident_memory_bytes"));
     assert!(scrape.body.contains("tokio_runtime_workers"));
 
@@ -61,15 +67,27 @@ async fn promtool_accepts_the_metrics_output() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run promtool");
-    child.stdin.take().unwrap().write_all(scrape.body.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.body.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "promtool rejected the output:\n{report}\n--- output ---\n{}", scrape.body);
-    assert!(report.trim().is_empty(), "promtool found problems:\n{report}");
+    assert!(
+        out.status.success(),
+        "promtool rejected the output:\n{report}\n--- output ---\n{}",
+        scrape.body
+    );
+    assert!(
+        report.trim().is_empty(),
+        "promtool found problems:\n{report}"
+    );
 }
 
 async fn query(prom: std::net::SocketAddr, q: &str) -> serde_json::Value {
@@ -82,7 +100,9 @@ async fn query(prom: std::net::SocketAddr, q: &str) -> serde_json::Value {
 fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -108,7 +128,10 @@ async fn prometheus_scrapes_the_example_and_answers_a_quantile_query() {
     let _prom = KillOnDrop::spawn(
         Command::new(prometheus)
             .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
             .arg(format!("--web.listen-address={prom_addr}"))
             .arg("--enable-feature=exemplar-storage")
             .arg("--log.level=warn")
@@ -127,12 +150,17 @@ async fn prometheus_scrapes_the_example_and_answers_a_quantile_query() {
             && get(prom_addr, "/-/ready", &[]).await.status == 200;
         if ready {
             let v = query(prom_addr, quantile).await;
-            let value = v["data"]["result"][0]["value"][1].as_str().and_then(|s| s.parse::<f64>().ok());
+            let value = v["data"]["result"][0]["value"][1]
+                .as_str()
+                .and_then(|s| s.parse::<f64>().ok());
             if let Some(p99) = value.filter(|x| x.is_finite()) {
                 break p99;
             }
         }
-        assert!(Instant::now() < deadline, "Prometheus gave no finite p99 within 90 s");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus gave no finite p99 within 90 s"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     // The route answers in microseconds; its p99 lies inside the histogram's finite range.
@@ -141,7 +169,11 @@ async fn prometheus_scrapes_the_example_and_answers_a_quantile_query() {
     // The scrape was healthy, in OpenMetrics, and labels are the route templates.
     let up = query(prom_addr, r#"up{job="garrison"}"#).await;
     assert_eq!(up["data"]["result"][0]["value"][1], "1", "{up}");
-    let routes = query(prom_addr, r#"count by (http_route) (http_server_request_duration_seconds_count{job="garrison"})"#).await;
+    let routes = query(
+        prom_addr,
+        r#"count by (http_route) (http_server_request_duration_seconds_count{job="garrison"})"#,
+    )
+    .await;
     let mut seen: Vec<String> = routes["data"]["result"]
         .as_array()
         .unwrap()
@@ -153,10 +185,15 @@ async fn prometheus_scrapes_the_example_and_answers_a_quantile_query() {
     assert_eq!(seen, ["/fail", "/users/{id}", "/work", "unmatched"]);
 
     // The exemplar of the traced request reached Prometheus with its trace id.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let path = format!(
         "/api/v1/query_exemplars?query={}&start={}&end={}",
-        urlencode(r#"http_server_request_duration_seconds_bucket{job="garrison",http_route="/work"}"#),
+        urlencode(
+            r#"http_server_request_duration_seconds_bucket{job="garrison",http_route="/work"}"#
+        ),
         now - 300,
         now + 60
     );

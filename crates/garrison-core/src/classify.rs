@@ -150,8 +150,12 @@ mod tests {
         assert!(!c.is_failure_status(StatusCode::NOT_IMPLEMENTED));
         assert!(c.is_failure_status(StatusCode::SERVICE_UNAVAILABLE));
         assert_eq!(c.classify_status(StatusCode::OK), ErrorType::None);
-        assert_eq!(c.classify_status(StatusCode::BAD_GATEWAY), ErrorType::Status);
-        assert!(!FailureClassifier::no_status_failures().is_failure_status(StatusCode::INTERNAL_SERVER_ERROR));
+        assert_eq!(
+            c.classify_status(StatusCode::BAD_GATEWAY),
+            ErrorType::Status
+        );
+        assert!(!FailureClassifier::no_status_failures()
+            .is_failure_status(StatusCode::INTERNAL_SERVER_ERROR));
     }
 
     #[test]

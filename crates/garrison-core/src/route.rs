@@ -203,7 +203,10 @@ mod tests {
     fn table_matches_templates_not_paths() {
         let r = RouteResolver::new()
             .with_table(RouteTable::from_patterns(["/users/{id}", "/files/{*rest}", "/"]).unwrap());
-        assert_eq!(r.resolve(&req("/users/1")), RouteLabel::Table("/users/{id}"));
+        assert_eq!(
+            r.resolve(&req("/users/1")),
+            RouteLabel::Table("/users/{id}")
+        );
         assert_eq!(r.resolve(&req("/users/2")).as_str(), "/users/{id}");
         assert_eq!(r.resolve(&req("/files/a/b/c")).as_str(), "/files/{*rest}");
         assert_eq!(r.resolve(&req("/")).as_str(), "/");
@@ -231,7 +234,10 @@ mod tests {
 
     #[test]
     fn no_table_means_unmatched() {
-        assert_eq!(RouteResolver::new().resolve(&req("/x")), RouteLabel::Unmatched);
+        assert_eq!(
+            RouteResolver::new().resolve(&req("/x")),
+            RouteLabel::Unmatched
+        );
     }
 
     #[cfg(feature = "axum")]
@@ -240,7 +246,8 @@ mod tests {
         use axum::{routing::get, Router};
         use tower::ServiceExt;
 
-        let resolver = RouteResolver::new().with_table(RouteTable::from_patterns(["/users/{x}"]).unwrap());
+        let resolver =
+            RouteResolver::new().with_table(RouteTable::from_patterns(["/users/{x}"]).unwrap());
         let app = Router::new().route(
             "/users/{id}",
             get(move |req: axum::extract::Request| {
@@ -248,7 +255,14 @@ mod tests {
                 async move { resolver.resolve(&req).as_str().to_owned() }
             }),
         );
-        let resp = app.oneshot(Request::get("/users/7").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+        let resp = app
+            .oneshot(
+                Request::get("/users/7")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
         let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
         assert_eq!(&body[..], b"/users/{id}");
     }

@@ -335,7 +335,12 @@ fn write_histogram(sh: &Shared, w: &mut MetricWriter<'_>, which: Which, name: &s
                 out.push_str(ex.trace_id.to_hex(&mut hex));
                 out.push_str("\"} ");
                 out.push_str(&format_float(ex.value as f64 * bounds.scale));
-                let _ = write!(out, " {}.{:03}", ex.unix_millis / 1000, ex.unix_millis % 1000);
+                let _ = write!(
+                    out,
+                    " {}.{:03}",
+                    ex.unix_millis / 1000,
+                    ex.unix_millis % 1000
+                );
             }
             out.push('\n');
         }
@@ -369,7 +374,10 @@ mod tests {
         let hv = |s: &'static str| HeaderValue::from_static(s);
         let prom = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
         assert_eq!(Format::from_accept(Some(&hv(prom))), Format::OpenMetrics);
-        assert_eq!(Format::from_accept(Some(&hv("text/plain"))), Format::Prometheus);
+        assert_eq!(
+            Format::from_accept(Some(&hv("text/plain"))),
+            Format::Prometheus
+        );
         assert_eq!(Format::from_accept(None), Format::Prometheus);
         assert_eq!(
             Format::from_accept(Some(&hv("application/openmetrics-text;q=0"))),

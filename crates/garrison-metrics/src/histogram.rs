@@ -160,7 +160,15 @@ mod tests {
     fn values_land_in_le_buckets() {
         let bounds = [10, 20, 30];
         let h = Histogram::new(bounds.len(), 2);
-        for (v, want) in [(0, 0), (10, 0), (11, 1), (20, 1), (30, 2), (31, 3), (u64::MAX / 4, 3)] {
+        for (v, want) in [
+            (0, 0),
+            (10, 0),
+            (11, 1),
+            (20, 1),
+            (30, 2),
+            (31, 3),
+            (u64::MAX / 4, 3),
+        ] {
             assert_eq!(h.observe(&bounds, 1, v), want, "{v}");
         }
         let (counts, sum) = h.snapshot(&bounds);
@@ -189,6 +197,9 @@ mod tests {
         assert_eq!(s.quantile(1.0), Some(4.0));
         let inf = HistogramSnapshot::new(vec![1.0], vec![0, 3], 0.0);
         assert_eq!(inf.quantile(0.99), Some(1.0));
-        assert_eq!(HistogramSnapshot::new(vec![1.0], vec![0, 0], 0.0).quantile(0.5), None);
+        assert_eq!(
+            HistogramSnapshot::new(vec![1.0], vec![0, 0], 0.0).quantile(0.5),
+            None
+        );
     }
 }

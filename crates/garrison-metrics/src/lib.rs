@@ -19,7 +19,7 @@
 //! code for statuses the [`FailureClassifier`](garrison_core::FailureClassifier) counts as
 //! failures (`5xx` by default), or `cancelled`, `service_error`, `body_error`.
 //!
-//! When a request carries a sampled [`TraceContext`](garrison_core::TraceContext) in its
+//! When a request carries a sampled [`TraceContext`] in its
 //! extensions (Garrison's trace layer puts it there), its trace id becomes the exemplar of the
 //! duration bucket it fell in, so a slow bucket links to a trace. Exemplars are served in the
 //! OpenMetrics format, which Prometheus asks for.

@@ -66,12 +66,14 @@ fn read_linux() -> Option<ProcessStats> {
             .and_then(|v| v.trim().parse::<u64>().ok())
     })?;
     let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64);
-    let max_fds = std::fs::read_to_string("/proc/self/limits").ok().and_then(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Max open files"))
-            .and_then(|l| l.split_ascii_whitespace().nth(3))
-            .and_then(|v| v.parse::<u64>().ok())
-    });
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_ascii_whitespace().nth(3))
+                .and_then(|v| v.parse::<u64>().ok())
+        });
     Some(ProcessStats {
         cpu_seconds: (utime + stime) as f64 / USER_HZ,
         resident_memory_bytes: kib("VmRSS:").unwrap_or(0),
@@ -97,7 +99,11 @@ pub(crate) fn collect_process(w: &mut MetricWriter<'_>) {
         MetricType::Gauge,
         "Resident memory size in bytes.",
     );
-    w.sample_u64("process_resident_memory_bytes", &[], p.resident_memory_bytes);
+    w.sample_u64(
+        "process_resident_memory_bytes",
+        &[],
+        p.resident_memory_bytes,
+    );
     w.family(
         "process_virtual_memory_bytes",
         MetricType::Gauge,
@@ -163,7 +169,11 @@ mod tests {
     fn reads_this_process() {
         let p = ProcessStats::read().expect("/proc is readable");
         assert!(p.resident_memory_bytes > 0);
-        assert!(p.open_fds >= 3, "stdin, stdout, stderr at least: {}", p.open_fds);
+        assert!(
+            p.open_fds >= 3,
+            "stdin, stdout, stderr at least: {}",
+            p.open_fds
+        );
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

@@ -21,7 +21,14 @@ pub const DEFAULT_DURATION_BUCKETS: &[f64] = &[
 
 /// The default bucket bounds (bytes) for request and response body sizes.
 pub const DEFAULT_SIZE_BUCKETS: &[f64] = &[
-    0.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0, 100_000_000.0,
+    0.0,
+    100.0,
+    1_000.0,
+    10_000.0,
+    100_000.0,
+    1_000_000.0,
+    10_000_000.0,
+    100_000_000.0,
 ];
 
 /// The default cap on HTTP series (one series per method × route × status × error type).
@@ -223,7 +230,9 @@ impl MetricsRegistryBuilder {
                 index: ArcSwap::from_pointee(FastMap::default()),
                 series: boxcar::Vec::new(),
                 insert_lock: Mutex::new(()),
-                active: (0..shards * ACTIVE_STRIDE).map(|_| AtomicI64::new(0)).collect(),
+                active: (0..shards * ACTIVE_STRIDE)
+                    .map(|_| AtomicI64::new(0))
+                    .collect(),
                 active_seen: AtomicU16::new(0),
                 dropped: AtomicU64::new(0),
                 collectors: RwLock::new(Vec::new()),
@@ -470,7 +479,8 @@ impl Shared {
         if let Some(size) = obs.request_size {
             s.req_size.observe(&self.req.raw, shard, size);
         }
-        s.resp_size.observe(&self.resp.raw, shard, obs.response_size);
+        s.resp_size
+            .observe(&self.resp.raw, shard, obs.response_size);
         if let Some(trace_id) = obs.trace {
             self.store_exemplar(s, bucket, trace_id, nanos);
         }
@@ -478,9 +488,11 @@ impl Shared {
 
     #[cold]
     fn store_exemplar(&self, s: &Series, bucket: usize, trace_id: TraceId, value: u64) {
-        let slots = s
-            .exemplars
-            .get_or_init(|| (0..self.duration.le.len()).map(|_| Mutex::new(None)).collect());
+        let slots = s.exemplars.get_or_init(|| {
+            (0..self.duration.le.len())
+                .map(|_| Mutex::new(None))
+                .collect()
+        });
         // Best effort: a bucket whose exemplar is being written or read keeps the other one.
         if let Some(mut slot) = slots[bucket].try_lock() {
             let unix_millis = SystemTime::now()
@@ -629,15 +641,24 @@ mod tests {
             .duration_buckets(&[0.1, 0.05])
             .try_build()
             .unwrap_err();
-        assert_eq!(e.to_string(), "metrics.duration_buckets: bounds must be strictly ascending");
+        assert_eq!(
+            e.to_string(),
+            "metrics.duration_buckets: bounds must be strictly ascending"
+        );
         let e = MetricsRegistry::builder()
             .request_size_buckets(&[f64::NAN])
             .try_build()
             .unwrap_err();
         assert!(e.to_string().starts_with("metrics.request_size_buckets:"));
-        let e = MetricsRegistry::builder().max_series(0).try_build().unwrap_err();
+        let e = MetricsRegistry::builder()
+            .max_series(0)
+            .try_build()
+            .unwrap_err();
         assert!(e.to_string().starts_with("metrics.max_series:"));
-        let e = MetricsRegistry::builder().shards(0).try_build().unwrap_err();
+        let e = MetricsRegistry::builder()
+            .shards(0)
+            .try_build()
+            .unwrap_err();
         assert!(e.to_string().starts_with("metrics.shards:"));
     }
 
@@ -659,8 +680,14 @@ mod tests {
             status: 200,
         };
         let b = SeriesKey { route: 2, ..a };
-        let c = SeriesKey { method: MethodLabel::Post, ..a };
-        let d = SeriesKey { error: ErrorType::Cancelled, ..a };
+        let c = SeriesKey {
+            method: MethodLabel::Post,
+            ..a
+        };
+        let d = SeriesKey {
+            error: ErrorType::Cancelled,
+            ..a
+        };
         let e = SeriesKey { status: 201, ..a };
         let all = [a, b, c, d, e].map(SeriesKey::pack);
         for i in 0..all.len() {

@@ -1,0 +1,29 @@
+# Garrison: the commands a person types. `just --list` shows them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+export GARRISON_TEST_POSTGRES_URL := env("GARRISON_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+export GARRISON_TEST_MYSQL_URL := env("GARRISON_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
+export GARRISON_TEST_REDIS_URL := env("GARRISON_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+# Start the demo service on GARRISON_LISTEN (default 127.0.0.1:3000).
+run:
+    cargo run --example metrics_axum
+
+# Run every test (starts or installs the services they need first).
+test: services
+    cargo test --workspace --all-features
+
+# Criterion benches side by side with bare axum and the peer crates.
+bench *ARGS:
+    cargo bench -p garrison-workspace --bench metrics -- {{ARGS}}
+
+# Formatting, clippy with warnings as errors, and docs with warnings as errors.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets --all-features -- -D warnings
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+
+# Make sure PostgreSQL, MariaDB, Redis, promtool and prometheus are there.
+services:
+    scripts/services.sh

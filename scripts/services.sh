@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Makes sure the services and tools the tests need are there. Idempotent and quick when they
+# are: checks PostgreSQL, MariaDB and Redis on their ports, starts any that is installed but
+# stopped, installs any that is missing from Debian's packages when run as root (as on CI), and
+# otherwise stops with the exact command to run. `promtool` and `prometheus` come from Debian's
+# `prometheus` package.
+set -euo pipefail
+
+PG_PORT=5432
+MYSQL_PORT=3306
+REDIS_PORT=6379
+
+log() { printf 'services: %s\n' "$*" >&2; }
+
+answers() { # host port
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null
+}
+
+wait_for() { # name port
+    for _ in $(seq 1 60); do
+        answers 127.0.0.1 "$2" && return 0
+        sleep 0.5
+    done
+    log "$1 did not come up on 127.0.0.1:$2"
+    return 1
+}
+
+is_root() { [ "$(id -u)" = 0 ]; }
+
+APT_UPDATED=0
+apt_install() { # packages...
+    if ! is_root; then
+        log "missing: $*. Run: sudo apt-get update && sudo apt-get install -y --no-install-recommends $*"
+        exit 1
+    fi
+    if [ "$APT_UPDATED" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        APT_UPDATED=1
+    fi
+    log "installing $*"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+need_root_to_start() { # name command
+    if ! is_root; then
+        log "$1 is installed but not running. Run: sudo $2"
+        exit 1
+    fi
+}
+
+ensure_postgres() {
+    answers 127.0.0.1 $PG_PORT && return 0
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql
+    local version
+    version=$(ls /etc/postgresql | sort -V | tail -1)
+    local hba="/etc/postgresql/$version/main/pg_hba.conf"
+    need_root_to_start PostgreSQL "pg_ctlcluster --skip-systemctl-redirect $version main start"
+    # Tests connect as postgres over TCP without a password, as on CI.
+    if ! grep -q '^host all all 127.0.0.1/32 trust' "$hba"; then
+        sed -i '1i host all all 127.0.0.1/32 trust\nhost all all ::1/128 trust' "$hba"
+    fi
+    log "starting PostgreSQL $version"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start || true
+    wait_for PostgreSQL $PG_PORT
+}
+
+ensure_mariadb() {
+    if ! answers 127.0.0.1 $MYSQL_PORT; then
+        command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || apt_install mariadb-server
+        need_root_to_start MariaDB "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd"
+        log "starting MariaDB"
+        mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+        start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+        wait_for MariaDB $MYSQL_PORT
+    fi
+    # The tests use the `test` database as root without a password over TCP.
+    if is_root && command -v mariadb >/dev/null; then
+        mariadb -uroot -e "CREATE DATABASE IF NOT EXISTS test" 2>/dev/null || true
+    fi
+}
+
+ensure_redis() {
+    answers 127.0.0.1 $REDIS_PORT && return 0
+    command -v redis-server >/dev/null || apt_install redis-server
+    log "starting Redis"
+    mkdir -p /tmp/garrison-redis
+    redis-server --daemonize yes --bind 127.0.0.1 --port $REDIS_PORT --save "" --appendonly no \
+        --dir /tmp/garrison-redis --logfile /tmp/garrison-redis/redis.log
+    wait_for Redis $REDIS_PORT
+}
+
+ensure_prometheus_tools() {
+    if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+        apt_install prometheus
+        # The package may start a system Prometheus on :9090; the tests start their own.
+    fi
+}
+
+ensure_postgres
+ensure_mariadb
+ensure_redis
+ensure_prometheus_tools
+log "PostgreSQL :$PG_PORT, MariaDB :$MYSQL_PORT, Redis :$REDIS_PORT answer; promtool and prometheus are installed"
