@@ -47,8 +47,14 @@ async fn main() -> std::io::Result<()> {
         "metrics_hyper listening on http://{}",
         listener.local_addr()?
     );
+    serve(listener, MetricsRegistry::new()).await
+}
 
-    let registry = MetricsRegistry::new();
+/// Serves the example's hyper service on `listener`, measured by `registry`.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    registry: MetricsRegistry,
+) -> std::io::Result<()> {
     let routes = RouteTable::from_patterns(["/", "/items/{id}"]).expect("valid patterns");
     let exporter = registry.exporter();
     let app = ServiceBuilder::new()

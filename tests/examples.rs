@@ -1,0 +1,69 @@
+//! The examples run and measure what they serve, over real sockets.
+
+use garrison_metrics::{Format, MetricsRegistry};
+use garrison_workspace::{get, serve};
+
+#[allow(dead_code)]
+#[path = "../examples/metrics_axum.rs"]
+mod metrics_axum;
+
+#[allow(dead_code)]
+#[path = "../examples/metrics_hyper.rs"]
+mod metrics_hyper;
+
+#[tokio::test]
+async fn metrics_axum_serves_and_measures_by_route_template() {
+    let registry = MetricsRegistry::new();
+    let addr = serve(metrics_axum::app(&registry)).await;
+    assert_eq!(get(addr, "/users/7", &[]).await.body, "user 7\n");
+    assert_eq!(get(addr, "/work?ms=1", &[]).await.body, "worked 1 ms\n");
+    assert_eq!(get(addr, "/fail", &[]).await.status, 500);
+
+    let scrape = get(addr, "/metrics", &[]).await;
+    assert_eq!(scrape.status, 200);
+    for needle in [
+        r#"http_server_request_duration_seconds_count{http_request_method="GET",http_route="/users/{id}",http_response_status_code="200"} 1"#,
+        r#"http_server_request_duration_seconds_count{http_request_method="GET",http_route="/fail",http_response_status_code="500",error_type="500"} 1"#,
+        r#"http_server_response_body_size_bytes_sum{http_request_method="GET",http_route="/users/{id}",http_response_status_code="200"} 7"#,
+    ] {
+        assert!(
+            scrape.body.contains(needle),
+            "missing {needle} in\n{}",
+            scrape.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_hyper_serves_and_measures_by_route_table() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let registry = MetricsRegistry::new();
+    tokio::spawn(metrics_hyper::serve(listener, registry.clone()));
+
+    for id in 0..3 {
+        assert_eq!(
+            get(addr, &format!("/items/{id}"), &[]).await.body,
+            format!("item {id}\n")
+        );
+    }
+    assert_eq!(get(addr, "/random/path", &[]).await.status, 404);
+
+    let scrape = get(
+        addr,
+        "/metrics",
+        &[("accept", "application/openmetrics-text")],
+    )
+    .await;
+    assert_eq!(
+        scrape.headers["content-type"],
+        Format::OpenMetrics.content_type()
+    );
+    assert!(scrape.body.contains(
+        r#"http_server_request_duration_seconds_count{http_request_method="GET",http_route="/items/{id}",http_response_status_code="200"} 3"#
+    ), "{}", scrape.body);
+    assert!(scrape
+        .body
+        .contains(r#"http_route="unmatched",http_response_status_code="404""#));
+    assert!(scrape.body.ends_with("# EOF\n"));
+}
