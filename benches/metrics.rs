@@ -41,7 +41,10 @@ fn variants(background: &tokio::runtime::Runtime) -> Vec<(&'static str, Router)>
     std::mem::forget(peer_handle);
     vec![
         ("bare_axum", bare()),
-        ("noop_body_layer", bare().layer(noop::NoopLayer)),
+        (
+            "noop_body_layer",
+            bare().layer(garrison_workspace::bench::NoopLayer),
+        ),
         (
             "garrison_metrics",
             bare().layer(MetricsLayer::new(&registry)),
@@ -125,59 +128,3 @@ criterion_group! {
     targets = benches
 }
 criterion_main!(metrics);
-
-mod noop {
-    use std::pin::Pin;
-    use std::task::{Context, Poll};
-
-    use http::{Request, Response};
-    use http_body::{Body, Frame};
-
-    #[derive(Clone, Copy)]
-    pub(crate) struct NoopLayer;
-
-    #[derive(Clone)]
-    pub(crate) struct Noop<S>(S);
-
-    impl<S> tower::Layer<S> for NoopLayer {
-        type Service = Noop<S>;
-        fn layer(&self, inner: S) -> Noop<S> {
-            Noop(inner)
-        }
-    }
-
-    pub(crate) struct NoopBody<B>(B);
-
-    impl<B: Body + Unpin> Body for NoopBody<B> {
-        type Data = B::Data;
-        type Error = B::Error;
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-            Pin::new(&mut self.0).poll_frame(cx)
-        }
-        fn is_end_stream(&self) -> bool {
-            self.0.is_end_stream()
-        }
-    }
-
-    impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for Noop<S>
-    where
-        S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
-        S::Future: Send + 'static,
-        ResB: Body + Unpin,
-    {
-        type Response = Response<NoopBody<ResB>>;
-        type Error = S::Error;
-        type Future =
-            futures_util::future::MapOk<S::Future, fn(Response<ResB>) -> Response<NoopBody<ResB>>>;
-        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-            self.0.poll_ready(cx)
-        }
-        fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-            use futures_util::TryFutureExt;
-            self.0.call(req).map_ok(|r| r.map(NoopBody))
-        }
-    }
-}

@@ -98,3 +98,68 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Shared by the benches.
+pub mod bench {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use http::{Request, Response};
+    use http_body::{Body, Frame};
+
+    /// A pass-through layer that wraps the response body and does nothing else: what axum
+    /// charges any middleware that must see the end of the body.
+    #[derive(Clone, Copy, Debug)]
+    pub struct NoopLayer;
+
+    /// The service of [`NoopLayer`].
+    #[derive(Clone, Debug)]
+    pub struct Noop<S>(S);
+
+    impl<S> tower::Layer<S> for NoopLayer {
+        type Service = Noop<S>;
+        fn layer(&self, inner: S) -> Noop<S> {
+            Noop(inner)
+        }
+    }
+
+    /// The body of [`Noop`].
+    #[derive(Debug)]
+    pub struct NoopBody<B>(B);
+
+    impl<B: Body + Unpin> Body for NoopBody<B> {
+        type Data = B::Data;
+        type Error = B::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+            Pin::new(&mut self.0).poll_frame(cx)
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0.is_end_stream()
+        }
+        fn size_hint(&self) -> http_body::SizeHint {
+            self.0.size_hint()
+        }
+    }
+
+    impl<S, ReqB, ResB> tower::Service<Request<ReqB>> for Noop<S>
+    where
+        S: tower::Service<Request<ReqB>, Response = Response<ResB>>,
+        S::Future: Send + 'static,
+        ResB: Body + Unpin,
+    {
+        type Response = Response<NoopBody<ResB>>;
+        type Error = S::Error;
+        type Future =
+            futures_util::future::MapOk<S::Future, fn(Response<ResB>) -> Response<NoopBody<ResB>>>;
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+            self.0.poll_ready(cx)
+        }
+        fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+            use futures_util::TryFutureExt;
+            self.0.call(req).map_ok(|r| r.map(NoopBody))
+        }
+    }
+}

@@ -1,16 +1,15 @@
 use std::fmt;
 
-/// A W3C trace id: 16 bytes, never all zero.
+/// A W3C trace id: 16 bytes, never all zero (so `Option<TraceId>` is 16 bytes too).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct TraceId([u8; 16]);
+pub struct TraceId(std::num::NonZeroU128);
 
 impl TraceId {
     /// The trace id of these bytes, or `None` for the invalid all-zero id.
     pub const fn from_bytes(bytes: [u8; 16]) -> Option<Self> {
-        if u128::from_be_bytes(bytes) == 0 {
-            None
-        } else {
-            Some(Self(bytes))
+        match std::num::NonZeroU128::new(u128::from_be_bytes(bytes)) {
+            Some(v) => Some(Self(v)),
+            None => None,
         }
     }
 
@@ -29,14 +28,14 @@ impl TraceId {
 
     /// The bytes.
     pub const fn to_bytes(self) -> [u8; 16] {
-        self.0
+        self.0.get().to_be_bytes()
     }
 
     /// Writes the 32 lowercase hex digits into `buf` and returns them as a `str`, without
     /// allocating.
     pub fn to_hex<'b>(&self, buf: &'b mut [u8; 32]) -> &'b str {
         const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (i, byte) in self.0.iter().enumerate() {
+        for (i, byte) in self.to_bytes().iter().enumerate() {
             buf[2 * i] = HEX[(byte >> 4) as usize];
             buf[2 * i + 1] = HEX[(byte & 15) as usize];
         }
@@ -101,6 +100,13 @@ mod tests {
         let hex = "4bf92f3577b34da6a3ce929d0e0e4736";
         let id = TraceId::from_hex(hex).unwrap();
         assert_eq!(id.to_string(), hex);
+    }
+
+    #[test]
+    fn bytes_round_trip_and_option_is_free() {
+        let bytes = *b"0123456789abcdef";
+        assert_eq!(TraceId::from_bytes(bytes).unwrap().to_bytes(), bytes);
+        assert_eq!(std::mem::size_of::<Option<TraceId>>(), 16);
     }
 
     #[test]

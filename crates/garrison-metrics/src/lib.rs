@@ -80,6 +80,7 @@ mod histogram;
 mod layer;
 mod process;
 mod registry;
+mod table;
 
 pub use exporter::MetricsExporter;
 pub use exposition::{Collector, Format, MetricType, MetricWriter};

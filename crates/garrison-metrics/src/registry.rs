@@ -1,17 +1,16 @@
 //! The registry: series storage, recording, snapshots.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use garrison_core::{ErrorType, FailureClassifier, MethodLabel, SharedClock, TraceId};
 use parking_lot::{Mutex, RwLock};
 
 use crate::exposition::{Collector, Format, MetricWriter};
 use crate::histogram::{current_shard, Histogram, HistogramSnapshot};
+use crate::table::{IntTable, StrTable};
 
 /// The bucket bounds (seconds) that OpenTelemetry recommends for
 /// `http.server.request.duration`.
@@ -33,8 +32,6 @@ pub const DEFAULT_SIZE_BUCKETS: &[f64] = &[
 
 /// The default cap on HTTP series (one series per method × route × status × error type).
 pub const DEFAULT_MAX_SERIES: usize = 2_000;
-
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One row of active-request gauges per shard: 10 methods, padded to 128 bytes.
 const ACTIVE_STRIDE: usize = 16;
@@ -225,9 +222,9 @@ impl MetricsRegistryBuilder {
                 exemplars: self.exemplars,
                 process_metrics: self.process_metrics,
                 runtime_metrics: self.runtime_metrics,
-                routes: ArcSwap::from_pointee(FastMap::default()),
+                routes: StrTable::new(self.max_series),
                 route_names: boxcar::Vec::new(),
-                index: ArcSwap::from_pointee(FastMap::default()),
+                index: IntTable::new(self.max_series),
                 series: boxcar::Vec::new(),
                 insert_lock: Mutex::new(()),
                 active: (0..shards * ACTIVE_STRIDE)
@@ -369,9 +366,9 @@ pub(crate) struct Shared {
     pub(crate) exemplars: bool,
     pub(crate) process_metrics: bool,
     pub(crate) runtime_metrics: bool,
-    routes: ArcSwap<FastMap<Box<str>, u32>>,
+    routes: StrTable,
     pub(crate) route_names: boxcar::Vec<Box<str>>,
-    index: ArcSwap<FastMap<u64, u32>>,
+    index: IntTable,
     pub(crate) series: boxcar::Vec<Series>,
     insert_lock: Mutex<()>,
     active: Box<[AtomicI64]>,
@@ -390,7 +387,7 @@ impl Shared {
     /// reached (such a request is counted as dropped when it finishes).
     #[inline]
     pub(crate) fn route_id(&self, route: &str) -> Option<u32> {
-        if let Some(&id) = self.routes.load().get(route) {
+        if let Some(id) = self.routes.get(route, |id| self.route_name(id)) {
             return Some(id);
         }
         self.intern_route(route)
@@ -399,24 +396,20 @@ impl Shared {
     #[cold]
     fn intern_route(&self, route: &str) -> Option<u32> {
         let _g = self.insert_lock.lock();
-        let current = self.routes.load_full();
-        if let Some(&id) = current.get(route) {
+        if let Some(id) = self.routes.get(route, |id| self.route_name(id)) {
             return Some(id);
         }
-        if current.len() >= self.max_series {
+        if self.route_names.count() >= self.max_series {
             return None;
         }
-        let id = self.route_names.push(route.into());
-        let id = u32::try_from(id).ok()?;
-        let mut next = (*current).clone();
-        next.insert(route.into(), id);
-        self.routes.store(Arc::new(next));
+        let id = u32::try_from(self.route_names.push(route.into())).ok()?;
+        self.routes.insert(route, id);
         Some(id)
     }
 
     #[inline]
     fn series_id(&self, key: SeriesKey) -> Option<u32> {
-        if let Some(&id) = self.index.load().get(&key.pack()) {
+        if let Some(id) = self.index.get(key.pack()) {
             return Some(id);
         }
         self.insert_series(key)
@@ -425,11 +418,10 @@ impl Shared {
     #[cold]
     fn insert_series(&self, key: SeriesKey) -> Option<u32> {
         let _g = self.insert_lock.lock();
-        let current = self.index.load_full();
-        if let Some(&id) = current.get(&key.pack()) {
+        if let Some(id) = self.index.get(key.pack()) {
             return Some(id);
         }
-        if current.len() >= self.max_series {
+        if self.series.count() >= self.max_series {
             return None;
         }
         let id = self.series.push(Series {
@@ -440,9 +432,7 @@ impl Shared {
             exemplars: OnceLock::new(),
         });
         let id = u32::try_from(id).ok()?;
-        let mut next = (*current).clone();
-        next.insert(key.pack(), id);
-        self.index.store(Arc::new(next));
+        self.index.insert(key.pack(), id);
         Some(id)
     }
 
@@ -525,7 +515,7 @@ impl Shared {
     }
 
     pub(crate) fn series_len(&self) -> usize {
-        self.index.load().len()
+        self.series.count()
     }
 }
 

@@ -7,17 +7,25 @@ use crate::registry::{Observation, Shared};
 
 /// Carries one request's measurements from the call to the end of its response body, and
 /// records them exactly once: when told the outcome, or, if dropped first, as cancelled.
+///
+/// Kept small (64 bytes): it travels inside the response future and body, which are moved
+/// by value several times per request.
 pub(crate) struct RequestGuard {
     shared: Arc<Shared>,
     start: Instant,
-    route: Option<u32>,
-    method: MethodLabel,
-    status: u16,
-    request_size: Option<u64>,
-    response_size: u64,
     trace: Option<TraceId>,
+    /// `UNKNOWN_SIZE` when the request body size is not known.
+    request_size: u64,
+    response_size: u64,
+    /// `NO_ROUTE` when the series cap refused the route.
+    route: u32,
+    status: u16,
+    method: MethodLabel,
     done: bool,
 }
+
+const NO_ROUTE: u32 = u32::MAX;
+const UNKNOWN_SIZE: u64 = u64::MAX;
 
 impl RequestGuard {
     #[inline]
@@ -33,12 +41,12 @@ impl RequestGuard {
         Self {
             shared,
             start,
-            route,
-            method,
-            status: 0,
-            request_size,
-            response_size: 0,
             trace,
+            request_size: request_size.unwrap_or(UNKNOWN_SIZE),
+            response_size: 0,
+            route: route.unwrap_or(NO_ROUTE),
+            status: 0,
+            method,
             done: false,
         }
     }
@@ -76,12 +84,12 @@ impl RequestGuard {
         self.done = true;
         let end = self.shared.clock.now();
         self.shared.record(&Observation {
-            route: self.route,
+            route: (self.route != NO_ROUTE).then_some(self.route),
             method: self.method,
             status: self.status,
             error,
             duration: end.saturating_duration_since(self.start),
-            request_size: self.request_size,
+            request_size: (self.request_size != UNKNOWN_SIZE).then_some(self.request_size),
             response_size: self.response_size,
             trace: self.trace,
         });
