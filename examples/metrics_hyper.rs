@@ -36,17 +36,7 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let listen = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
-    let listener = tokio::net::TcpListener::bind(&listen).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {listen} (set GARRISON_LISTEN): {e}"),
-        )
-    })?;
-    println!(
-        "metrics_hyper listening on http://{}",
-        listener.local_addr()?
-    );
+    let listener = garrison_workspace::listen("metrics_hyper").await?;
     serve(listener, MetricsRegistry::new()).await
 }
 
