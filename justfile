@@ -18,6 +18,10 @@ test: services
 bench *ARGS:
     cargo bench -p garrison-workspace --bench metrics -- {{ARGS}}
 
+# End-to-end load run with wrk on loopback: bare axum vs garrison vs axum-prometheus.
+load:
+    scripts/load.sh
+
 # Formatting, clippy with warnings as errors, and docs with warnings as errors.
 lint:
     cargo fmt --all --check
