@@ -14,7 +14,9 @@ use garrison_metrics::{MetricsLayer, MetricsRegistry};
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let variant = std::env::args().nth(1).unwrap_or_else(|| "garrison_metrics".to_owned());
+    let variant = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "garrison_metrics".to_owned());
     let bare = Router::new().route(
         "/users/{id}",
         get(|Path(id): Path<u64>| async move { format!("user {id}\n") }),

@@ -24,9 +24,10 @@ pin_project! {
 
 impl<B: Body> MetricsBody<B> {
     pub(crate) fn new(inner: B, mut guard: RequestGuard) -> Self {
-        // A body that is empty from the start may never be polled (hyper drops it): the
-        // request is complete now.
-        if inner.is_end_stream() {
+        // A body that is empty from the start, or that HTTP forbids sending (a response to
+        // HEAD, 1xx, 204, 304), is never polled: hyper drops it unread. The request is
+        // complete once the headers are out.
+        if inner.is_end_stream() || !guard.response_has_body() {
             guard.complete();
         }
         Self { inner, guard }

@@ -56,6 +56,15 @@ impl RequestGuard {
         self.status = status.as_u16();
     }
 
+    /// Whether HTTP lets this response carry a body (RFC 9110 §6.4.1).
+    #[inline]
+    pub(crate) fn response_has_body(&self) -> bool {
+        !(self.method == MethodLabel::Head
+            || self.status < 200
+            || self.status == 204
+            || self.status == 304)
+    }
+
     #[inline]
     pub(crate) fn add_response_bytes(&mut self, n: usize) {
         self.response_size = self.response_size.saturating_add(n as u64);
