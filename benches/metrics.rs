@@ -16,17 +16,13 @@
 //! reports the time per request pair (lower is better; equal to `1_thread` means perfect
 //! scaling).
 
-use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
 use garrison_metrics::{MetricsLayer, MetricsRegistry};
-use http::Request;
-use http_body_util::BodyExt;
-use tower::ServiceExt;
+use garrison_workspace::bench::{one, runtime, two_threads};
 
 fn bare() -> Router {
     Router::new().route("/users/{id}", get(|| async { "hello" }))
@@ -53,59 +49,20 @@ fn variants(background: &tokio::runtime::Runtime) -> Vec<(&'static str, Router)>
     ]
 }
 
-#[inline]
-async fn one(app: &Router) {
-    let req = Request::get("/users/42").body(Body::empty()).unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let body = resp.into_body().collect().await.unwrap();
-    std::hint::black_box(body);
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn one_thread(c: &mut Criterion, variants: &[(&'static str, Router)]) {
     let mut g = c.benchmark_group("metrics/1_thread");
     let rt = runtime();
     for (name, app) in variants {
-        g.bench_function(*name, |b| b.to_async(&rt).iter(|| one(app)));
+        g.bench_function(*name, |b| b.to_async(&rt).iter(|| one(app, "/users/42")));
     }
     g.finish();
 }
 
-fn two_threads(c: &mut Criterion, variants: &[(&'static str, Router)]) {
+fn on_two_threads(c: &mut Criterion, variants: &[(&'static str, Router)]) {
     let mut g = c.benchmark_group("metrics/2_threads");
     for (name, app) in variants {
         g.bench_function(*name, |b| {
-            b.iter_custom(|iters| {
-                let barrier = Arc::new(Barrier::new(2));
-                let threads: Vec<_> = (0..2)
-                    .map(|_| {
-                        let app = app.clone();
-                        let barrier = barrier.clone();
-                        std::thread::spawn(move || {
-                            let rt = runtime();
-                            rt.block_on(async {
-                                barrier.wait();
-                                let start = Instant::now();
-                                for _ in 0..iters {
-                                    one(&app).await;
-                                }
-                                start.elapsed()
-                            })
-                        })
-                    })
-                    .collect();
-                threads
-                    .into_iter()
-                    .map(|t| t.join().unwrap())
-                    .max()
-                    .unwrap_or(Duration::ZERO)
-            })
+            b.iter_custom(|iters| two_threads(app, "/users/42", iters))
         });
     }
     g.finish();
@@ -119,7 +76,7 @@ fn benches(c: &mut Criterion) {
         .unwrap();
     let variants = variants(&background);
     one_thread(c, &variants);
-    two_threads(c, &variants);
+    on_two_threads(c, &variants);
 }
 
 criterion_group! {

@@ -11,6 +11,10 @@ mod metrics_axum;
 #[path = "../examples/metrics_hyper.rs"]
 mod metrics_hyper;
 
+#[allow(dead_code)]
+#[path = "../examples/breaker_axum.rs"]
+mod breaker_axum;
+
 #[tokio::test]
 async fn metrics_axum_serves_and_measures_by_route_template() {
     let registry = MetricsRegistry::new();
@@ -66,4 +70,37 @@ async fn metrics_hyper_serves_and_measures_by_route_table() {
         .body
         .contains(r#"http_route="unmatched",http_response_status_code="404""#));
     assert!(scrape.body.ends_with("# EOF\n"));
+}
+
+#[tokio::test]
+async fn breaker_axum_opens_on_the_flaky_handler_and_reports_transitions() {
+    use std::sync::{Arc, Mutex};
+
+    let breakers = garrison_breaker::BreakerRegistry::new();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    breakers.on_transition(move |t| log.lock().unwrap().push(format!("{} -> {}", t.from, t.to)));
+    let addr = serve(breaker_axum::app(&breakers, &MetricsRegistry::new())).await;
+    for _ in 0..4 {
+        assert_eq!(get(addr, "/flaky", &[]).await.status, 502);
+    }
+    let rejected = get(addr, "/flaky", &[]).await;
+    assert_eq!(rejected.status, 503);
+    assert!(
+        rejected.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 10
+    );
+    assert_eq!(*seen.lock().unwrap(), ["closed -> open"]);
+    let scrape = get(addr, "/metrics", &[]).await;
+    assert!(
+        scrape
+            .body
+            .contains(r#"garrison_breaker_state{breaker="flaky",state="open"} 1"#),
+        "{}",
+        scrape.body
+    );
 }

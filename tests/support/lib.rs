@@ -115,6 +115,60 @@ impl Drop for KillOnDrop {
 
 /// Shared by the benches.
 pub mod bench {
+    use std::sync::{Arc, Barrier};
+    use std::time::{Duration, Instant};
+
+    use axum::Router;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// A current-thread runtime, as each bench thread uses.
+    pub fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Sends `GET path` through `app` and reads the response body to its end.
+    #[inline]
+    pub async fn one(app: &Router, path: &'static str) {
+        let req = http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .expect("request");
+        let resp = app.clone().oneshot(req).await.expect("infallible");
+        let body = resp.into_body().collect().await.expect("body");
+        std::hint::black_box(body);
+    }
+
+    /// `iters` requests on each of two threads hammering one shared router, each thread on
+    /// its own runtime; returns the time of the slower thread (for criterion's
+    /// `iter_custom`).
+    pub fn two_threads(app: &Router, path: &'static str, iters: u64) -> Duration {
+        let barrier = Arc::new(Barrier::new(2));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let app = app.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    runtime().block_on(async {
+                        barrier.wait();
+                        let start = Instant::now();
+                        for _ in 0..iters {
+                            one(&app, path).await;
+                        }
+                        start.elapsed()
+                    })
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("bench thread"))
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
     use std::pin::Pin;
     use std::task::{Context, Poll};
 

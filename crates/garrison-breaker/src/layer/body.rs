@@ -1,0 +1,86 @@
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The response body of [`CircuitBreakerService`](super::CircuitBreakerService): the
+    /// inner service's body, or the rejection's.
+    pub struct BreakerBody<B> {
+        #[pin]
+        kind: Kind<B>,
+    }
+}
+
+pin_project! {
+    #[project = Proj]
+    enum Kind<B> {
+        Inner { #[pin] body: B },
+        Rejection { data: Option<Bytes> },
+    }
+}
+
+impl<B> BreakerBody<B> {
+    pub(crate) fn inner(body: B) -> Self {
+        Self {
+            kind: Kind::Inner { body },
+        }
+    }
+
+    pub(crate) fn rejection(data: Bytes) -> Self {
+        Self {
+            kind: Kind::Rejection {
+                data: (!data.is_empty()).then_some(data),
+            },
+        }
+    }
+
+    /// Whether this is the breaker's rejection rather than the inner service's body.
+    pub fn is_rejection(&self) -> bool {
+        matches!(self.kind, Kind::Rejection { .. })
+    }
+}
+
+impl<B> std::fmt::Debug for BreakerBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BreakerBody")
+            .field("rejection", &self.is_rejection())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for BreakerBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().kind.project() {
+            Proj::Inner { body } => body.poll_frame(cx),
+            Proj::Rejection { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Rejection { data } => data.is_none(),
+        }
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Rejection { data } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}

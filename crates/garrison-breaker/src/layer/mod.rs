@@ -1,0 +1,173 @@
+//! The middleware: [`CircuitBreakerLayer`], [`CircuitBreakerService`], its future and body.
+
+mod body;
+mod future;
+mod service;
+
+pub use body::BreakerBody;
+pub use future::ResponseFuture;
+pub use service::CircuitBreakerService;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use garrison_core::RouteResolver;
+use parking_lot::RwLock;
+use tower::Layer;
+
+use crate::{Breaker, BreakerConfig, BreakerRegistry, Rejected};
+
+/// A response made instead of calling the inner service while the breaker rejects.
+pub type Fallback = Arc<dyn Fn(&str, &Rejected) -> http::Response<Bytes> + Send + Sync>;
+
+/// Guards the inner service with a circuit breaker: while the breaker is open, calls are
+/// answered at once with `503 Service Unavailable`, `Retry-After` (the remaining wait, with a
+/// little jitter), `Cache-Control: no-store` and a small JSON body, and the inner service is
+/// not called. Responses the breaker's classifier counts as failures (`5xx` by default) and
+/// errors count against it; calls slower than its slow-call duration count as slow.
+///
+/// One breaker for the whole service, or one per route template
+/// ([`per_route`](Self::per_route)), named `<name>:<route>` in the registry.
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use garrison_breaker::{BreakerConfig, BreakerRegistry, CircuitBreakerLayer};
+///
+/// let breakers = BreakerRegistry::new();
+/// let app: Router = Router::new()
+///     .route("/orders", get(|| async { "orders" }))
+///     .layer(CircuitBreakerLayer::new(&breakers, "orders-db", BreakerConfig::profile("database").unwrap()));
+/// ```
+#[derive(Clone)]
+pub struct CircuitBreakerLayer {
+    pub(crate) shared: Arc<Shared>,
+}
+
+pub(crate) enum Keying {
+    Single(Breaker),
+    PerRoute {
+        resolver: RouteResolver,
+        breakers: RwLock<HashMap<Box<str>, Breaker>>,
+        max: usize,
+    },
+}
+
+pub(crate) struct Shared {
+    pub(crate) registry: BreakerRegistry,
+    pub(crate) name: String,
+    pub(crate) config: BreakerConfig,
+    pub(crate) keying: Keying,
+    pub(crate) fallback: Option<Fallback>,
+}
+
+impl fmt::Debug for CircuitBreakerLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreakerLayer")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CircuitBreakerLayer {
+    /// One breaker called `name` in `registry`, made with `config` if it does not exist.
+    ///
+    /// # Panics
+    ///
+    /// When `config` is invalid ([`BreakerConfig::validate`] says why).
+    pub fn new(registry: &BreakerRegistry, name: &str, config: BreakerConfig) -> Self {
+        let breaker = registry.breaker(name, config.clone());
+        Self {
+            shared: Arc::new(Shared {
+                registry: registry.clone(),
+                name: name.to_owned(),
+                config,
+                keying: Keying::Single(breaker),
+                fallback: None,
+            }),
+        }
+    }
+
+    /// One breaker per route template (axum's `MatchedPath`, else the resolver's table),
+    /// named `<name>:<route>`, at most `max` of them (further routes share
+    /// `<name>:_other`).
+    pub fn per_route(self, resolver: RouteResolver, max: usize) -> Self {
+        self.rebuild(|s| {
+            s.keying = Keying::PerRoute {
+                resolver,
+                breakers: RwLock::new(HashMap::new()),
+                max,
+            }
+        })
+    }
+
+    /// Answers rejected calls with `f(breaker name, rejection)` instead of the JSON 503.
+    pub fn fallback(
+        self,
+        f: impl Fn(&str, &Rejected) -> http::Response<Bytes> + Send + Sync + 'static,
+    ) -> Self {
+        self.rebuild(|s| s.fallback = Some(Arc::new(f)))
+    }
+
+    fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
+        let s = &self.shared;
+        let mut shared = Shared {
+            registry: s.registry.clone(),
+            name: s.name.clone(),
+            config: s.config.clone(),
+            keying: match &s.keying {
+                Keying::Single(b) => Keying::Single(b.clone()),
+                Keying::PerRoute { resolver, max, .. } => Keying::PerRoute {
+                    resolver: resolver.clone(),
+                    breakers: RwLock::new(HashMap::new()),
+                    max: *max,
+                },
+            },
+            fallback: s.fallback.clone(),
+        };
+        f(&mut shared);
+        Self {
+            shared: Arc::new(shared),
+        }
+    }
+}
+
+impl Shared {
+    #[inline]
+    pub(crate) fn breaker_for<B>(&self, req: &http::Request<B>) -> Breaker {
+        match &self.keying {
+            Keying::Single(b) => b.clone(),
+            Keying::PerRoute {
+                resolver,
+                breakers,
+                max,
+            } => {
+                let route = resolver.resolve(req).as_str();
+                if let Some(b) = breakers.read().get(route) {
+                    return b.clone();
+                }
+                let mut map = breakers.write();
+                let key: &str = if map.len() >= *max && !map.contains_key(route) {
+                    "_other"
+                } else {
+                    route
+                };
+                map.entry(key.into())
+                    .or_insert_with(|| {
+                        self.registry
+                            .breaker(&format!("{}:{key}", self.name), self.config.clone())
+                    })
+                    .clone()
+            }
+        }
+    }
+}
+
+impl<S> Layer<S> for CircuitBreakerLayer {
+    type Service = CircuitBreakerService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreakerService::new(inner, self.shared.clone())
+    }
+}
