@@ -20,7 +20,7 @@ use tower::ServiceExt;
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let Some(variant) = args.next() else {
-        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus> [requests]");
+        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects> [requests]");
         return;
     };
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
@@ -33,6 +33,17 @@ fn main() {
         "bare_axum" => bare,
         "noop_body_layer" => bare.layer(garrison_workspace::bench::NoopLayer),
         "garrison_metrics" => bare.layer(MetricsLayer::new(&MetricsRegistry::new())),
+        "breaker_closed" | "breaker_open_rejects" => {
+            let breakers = garrison_breaker::BreakerRegistry::new();
+            let config = garrison_breaker::BreakerConfig::profile("database").expect("profile");
+            let app = bare.layer(garrison_breaker::CircuitBreakerLayer::new(
+                &breakers, "db", config,
+            ));
+            if variant == "breaker_open_rejects" {
+                breakers.force_open("db").expect("breaker exists");
+            }
+            app
+        }
         "axum_prometheus" => {
             let _enter = rt.enter();
             let (layer, handle) = axum_prometheus::PrometheusMetricLayer::pair();

@@ -134,8 +134,32 @@ impl CircuitBreakerLayer {
 }
 
 impl Shared {
+    /// Asks the request's breaker for a permit; on rejection, returns the answer to send.
+    // The rejection is returned by value to the response future either way; boxing it would
+    // add an allocation to the rejection path.
+    #[allow(clippy::result_large_err)]
     #[inline]
-    pub(crate) fn breaker_for<B>(&self, req: &http::Request<B>) -> Breaker {
+    pub(crate) fn admit<B>(
+        &self,
+        req: &http::Request<B>,
+    ) -> Result<crate::Permit, http::Response<Bytes>> {
+        let keyed;
+        let breaker = match &self.keying {
+            Keying::Single(b) => b,
+            Keying::PerRoute { .. } => {
+                keyed = self.keyed_breaker(req);
+                &keyed
+            }
+        };
+        breaker
+            .try_acquire()
+            .map_err(|rejected| match &self.fallback {
+                Some(f) => f(breaker.name(), &rejected),
+                None => service::rejection(breaker.name(), &rejected),
+            })
+    }
+
+    fn keyed_breaker<B>(&self, req: &http::Request<B>) -> Breaker {
         match &self.keying {
             Keying::Single(b) => b.clone(),
             Keying::PerRoute {

@@ -75,16 +75,9 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let breaker = self.shared.breaker_for(&req);
-        match breaker.try_acquire() {
+        match self.shared.admit(&req) {
             Ok(permit) => ResponseFuture::called(self.inner.call(req), permit),
-            Err(rejected) => {
-                let resp = match &self.shared.fallback {
-                    Some(f) => f(breaker.name(), &rejected),
-                    None => rejection(breaker.name(), &rejected),
-                };
-                ResponseFuture::rejected(resp)
-            }
+            Err(resp) => ResponseFuture::rejected(resp),
         }
     }
 }
