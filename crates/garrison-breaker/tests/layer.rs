@@ -276,3 +276,26 @@ async fn a_fallback_replaces_the_json_rejection() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"dep is resting");
 }
+
+#[tokio::test]
+async fn per_host_breakers_are_capped_against_hostile_hosts() {
+    let breakers = BreakerRegistry::new();
+    let app = Router::new()
+        .route("/", get(|| async { StatusCode::SERVICE_UNAVAILABLE }))
+        .layer(CircuitBreakerLayer::new(&breakers, "up", config()).per_host(2));
+    for host in ["a.internal", "b.internal", "evil1", "evil2", "evil3"] {
+        let req = Request::get("/")
+            .header("host", host)
+            .body(Body::empty())
+            .unwrap();
+        app.clone().oneshot(req).await.unwrap();
+    }
+    let mut names: Vec<String> = breakers.list().into_iter().map(|b| b.name).collect();
+    names.sort();
+    assert_eq!(names, ["up", "up:_other", "up:a.internal", "up:b.internal"]);
+    let other = breakers.get("up:_other").unwrap().snapshot();
+    assert_eq!(
+        other.window.calls, 3,
+        "the three hostile hosts share one breaker"
+    );
+}

@@ -28,7 +28,8 @@ pub type Fallback = Arc<dyn Fn(&str, &Rejected) -> http::Response<Bytes> + Send 
 /// not called. Responses the breaker's classifier counts as failures (`5xx` by default) and
 /// errors count against it; calls slower than its slow-call duration count as slow.
 ///
-/// One breaker for the whole service, or one per route template
+/// One breaker for the whole service, one per upstream host ([`per_host`](Self::per_host)),
+/// or one per route template
 /// ([`per_route`](Self::per_route)), named `<name>:<route>` in the registry.
 ///
 /// ```
@@ -47,11 +48,35 @@ pub struct CircuitBreakerLayer {
 
 pub(crate) enum Keying {
     Single(Breaker),
-    PerRoute {
-        resolver: RouteResolver,
+    PerKey {
+        key: Key,
         breakers: RwLock<HashMap<Box<str>, Breaker>>,
         max: usize,
     },
+}
+
+#[derive(Clone)]
+pub(crate) enum Key {
+    Route(RouteResolver),
+    Host,
+}
+
+impl Key {
+    fn of<'a, B>(&'a self, req: &'a http::Request<B>) -> &'a str {
+        match self {
+            Key::Route(resolver) => resolver.resolve(req).as_str(),
+            Key::Host => req
+                .uri()
+                .authority()
+                .map(|a| a.as_str())
+                .or_else(|| {
+                    req.headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                })
+                .unwrap_or("_none"),
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -93,9 +118,21 @@ impl CircuitBreakerLayer {
     /// named `<name>:<route>`, at most `max` of them (further routes share
     /// `<name>:_other`).
     pub fn per_route(self, resolver: RouteResolver, max: usize) -> Self {
+        self.keyed(Key::Route(resolver), max)
+    }
+
+    /// One breaker per upstream host (the request URI's authority, else its `Host` header),
+    /// named `<name>:<host>`, at most `max` of them (further hosts share `<name>:_other`, so a
+    /// client sending random hosts cannot grow the registry). For proxies and clients that
+    /// call several upstreams.
+    pub fn per_host(self, max: usize) -> Self {
+        self.keyed(Key::Host, max)
+    }
+
+    fn keyed(self, key: Key, max: usize) -> Self {
         self.rebuild(|s| {
-            s.keying = Keying::PerRoute {
-                resolver,
+            s.keying = Keying::PerKey {
+                key,
                 breakers: RwLock::new(HashMap::new()),
                 max,
             }
@@ -118,8 +155,8 @@ impl CircuitBreakerLayer {
             config: s.config.clone(),
             keying: match &s.keying {
                 Keying::Single(b) => Keying::Single(b.clone()),
-                Keying::PerRoute { resolver, max, .. } => Keying::PerRoute {
-                    resolver: resolver.clone(),
+                Keying::PerKey { key, max, .. } => Keying::PerKey {
+                    key: key.clone(),
                     breakers: RwLock::new(HashMap::new()),
                     max: *max,
                 },
@@ -146,7 +183,7 @@ impl Shared {
         let keyed;
         let breaker = match &self.keying {
             Keying::Single(b) => b,
-            Keying::PerRoute { .. } => {
+            Keying::PerKey { .. } => {
                 keyed = self.keyed_breaker(req);
                 &keyed
             }
@@ -162,12 +199,12 @@ impl Shared {
     fn keyed_breaker<B>(&self, req: &http::Request<B>) -> Breaker {
         match &self.keying {
             Keying::Single(b) => b.clone(),
-            Keying::PerRoute {
-                resolver,
+            Keying::PerKey {
+                key: k,
                 breakers,
                 max,
             } => {
-                let route = resolver.resolve(req).as_str();
+                let route = k.of(req);
                 if let Some(b) = breakers.read().get(route) {
                     return b.clone();
                 }
