@@ -9,20 +9,13 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::routing::get;
 use axum::Router;
-use garrison_breaker::{BreakerConfig, BreakerRegistry, CircuitBreakerLayer, State, Window};
+use garrison_breaker::{BreakerRegistry, CircuitBreakerLayer, State};
 use garrison_core::{ManualClock, SharedClock};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
-fn config() -> BreakerConfig {
-    BreakerConfig::default()
-        .window(Window::Count(10))
-        .minimum_calls(4)
-        .failure_rate_threshold(0.5)
-        .wait_in_open(Duration::from_secs(30))
-        .half_open_calls(3)
-        .retry_after_jitter(0.0)
-}
+mod common;
+use common::config;
 
 #[test]
 fn half_open_lets_exactly_the_permitted_calls_through_under_concurrency() {

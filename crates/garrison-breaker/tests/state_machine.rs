@@ -9,6 +9,8 @@ use garrison_breaker::{
 use garrison_core::{ManualClock, SharedClock};
 use garrison_metrics::{Format, MetricsRegistry};
 
+mod common;
+
 const F: CallOutcome = CallOutcome::Failure;
 const S: CallOutcome = CallOutcome::Success;
 
@@ -24,12 +26,7 @@ fn call(b: &Breaker, outcome: CallOutcome) {
 }
 
 fn count_config() -> BreakerConfig {
-    BreakerConfig::default()
-        .window(Window::Count(10))
-        .minimum_calls(4)
-        .failure_rate_threshold(0.5)
-        .wait_in_open(Duration::from_secs(30))
-        .half_open_calls(3)
+    common::config()
 }
 
 #[test]
