@@ -115,6 +115,16 @@ fn unpack(w: u64) -> (u64, State) {
 
 const OUTCOMES: [&str; 4] = ["success", "failure", "slow", "rejected"];
 
+/// Decodes the probe results word: done, failed, slow (10 bits each) below the generation.
+#[inline]
+fn probe_counts(r: u64) -> WindowCounts {
+    WindowCounts {
+        calls: (r >> 20) & 1023,
+        failures: (r >> 10) & 1023,
+        slow: r & 1023,
+    }
+}
+
 pub(crate) struct Inner {
     pub(crate) name: Box<str>,
     pub(crate) config: BreakerConfig,
@@ -290,11 +300,7 @@ impl Breaker {
         let window = if state == State::HalfOpen {
             let r = i.probe_results.load(Ordering::Acquire);
             if r >> 32 == gen & 0xffff_ffff {
-                WindowCounts {
-                    calls: (r >> 20) & 1023,
-                    failures: (r >> 10) & 1023,
-                    slow: r & 1023,
-                }
+                probe_counts(r)
             } else {
                 WindowCounts::default()
             }
@@ -310,8 +316,13 @@ impl Breaker {
             window,
             open_remaining,
             trips: i.trips.load(Ordering::Relaxed),
-            calls: std::array::from_fn(|k| (OUTCOMES[k], i.calls[k].load(Ordering::Relaxed))),
+            calls: self.calls(),
         }
+    }
+
+    /// Calls by outcome since start: success, failure, slow, rejected.
+    pub fn calls(&self) -> [(&'static str, u64); 4] {
+        std::array::from_fn(|k| (OUTCOMES[k], self.inner.calls[k].load(Ordering::Relaxed)))
     }
 
     /// How many times the breaker went from `from` to `to`.
@@ -428,14 +439,8 @@ impl Inner {
                 else {
                     return;
                 };
-                let r = prev + add;
-                let done = (r >> 20) & 1023;
-                if done == u64::from(self.config.half_open_calls) {
-                    let c = WindowCounts {
-                        calls: done,
-                        failures: (r >> 10) & 1023,
-                        slow: r & 1023,
-                    };
+                let c = probe_counts(prev + add);
+                if c.calls == u64::from(self.config.half_open_calls) {
                     let to = if self.over_threshold(&c) {
                         State::Open
                     } else {
@@ -492,12 +497,7 @@ impl Inner {
     fn entered(&self, from: State, to: State, gen: u64, now_ms: u64) {
         let g = (gen & 0xffff_ffff) << 32;
         let window = if from == State::HalfOpen {
-            let r = self.probe_results.load(Ordering::Acquire);
-            WindowCounts {
-                calls: (r >> 20) & 1023,
-                failures: (r >> 10) & 1023,
-                slow: r & 1023,
-            }
+            probe_counts(self.probe_results.load(Ordering::Acquire))
         } else {
             self.window.counts(now_ms)
         };
@@ -597,19 +597,5 @@ impl Drop for Permit {
         if self.kind == PermitKind::Probe {
             self.inner.release_probe(self.gen);
         }
-    }
-}
-
-pub(crate) fn outcome_labels() -> &'static [&'static str; 4] {
-    &OUTCOMES
-}
-
-impl Inner {
-    pub(crate) fn calls(&self, k: usize) -> u64 {
-        self.calls[k].load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn transitions_count(&self, from: State, to: State) -> u64 {
-        self.transitions[from as usize][to as usize].load(Ordering::Relaxed)
     }
 }

@@ -8,7 +8,7 @@ use garrison_core::SharedClock;
 use garrison_metrics::{Collector, MetricType, MetricWriter};
 use parking_lot::RwLock;
 
-use crate::breaker::{outcome_labels, Breaker, BreakerSnapshot, Listener, State, Transition};
+use crate::breaker::{Breaker, BreakerSnapshot, Listener, State, Transition};
 use crate::config::BreakerConfig;
 
 /// Every breaker of a service by name: list them with their figures, reset, force open or
@@ -169,11 +169,11 @@ impl Collector for BreakerRegistry {
             "Calls seen by a circuit breaker, by outcome.",
         );
         for b in &breakers {
-            for (k, outcome) in outcome_labels().iter().enumerate() {
+            for (outcome, n) in b.calls() {
                 w.sample_u64(
                     "garrison_breaker_calls",
                     &[("breaker", b.name()), ("outcome", outcome)],
-                    b.inner.calls(k),
+                    n,
                 );
             }
         }
@@ -185,7 +185,7 @@ impl Collector for BreakerRegistry {
         for b in &breakers {
             for from in State::ALL {
                 for to in State::ALL {
-                    let n = b.inner.transitions_count(from, to);
+                    let n = b.transitions(from, to);
                     if n > 0 {
                         w.sample_u64(
                             "garrison_breaker_transitions",
