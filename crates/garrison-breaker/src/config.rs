@@ -137,7 +137,7 @@ impl BreakerConfig {
         self
     }
 
-    /// Probe calls admitted in half-open (default 10).
+    /// Probe calls admitted in half-open (default 10, at most 1000).
     pub fn half_open_calls(mut self, n: u32) -> Self {
         self.half_open_calls = n;
         self
@@ -182,6 +182,10 @@ impl BreakerConfig {
         }
         if self.half_open_calls == 0 {
             return err("half_open_calls", "must be > 0");
+        }
+        if self.half_open_calls > 1000 {
+            // probe results are counted in 10-bit fields of one atomic word
+            return err("half_open_calls", "at most 1000");
         }
         if !(self.wait_multiplier >= 1.0 && self.wait_multiplier.is_finite()) {
             return err("wait_multiplier", "must be a finite number ≥ 1");
@@ -232,6 +236,15 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(e.to_string().starts_with("breaker.window:"));
+        let e = BreakerConfig::default()
+            .half_open_calls(1001)
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.to_string(), "breaker.half_open_calls: at most 1000");
+        BreakerConfig::default()
+            .half_open_calls(1000)
+            .validate()
+            .unwrap();
         let e = BreakerConfig::default()
             .exponential_wait(2.0, Duration::from_secs(1))
             .validate()
