@@ -36,24 +36,37 @@ impl IntTable {
 
     #[inline]
     pub(crate) fn get(&self, key: u64) -> Option<u32> {
-        let mut i = mix(key) as usize & self.mask;
-        loop {
-            let k = self.keys[i].load(Ordering::Acquire);
-            if k == key {
-                return Some(self.values[i].load(Ordering::Relaxed) as u32);
-            }
-            if k == EMPTY {
-                return None;
-            }
-            i = (i + 1) & self.mask;
-        }
+        self.find(key, |k| k == key)
+            .map(|i| self.values[i].load(Ordering::Relaxed) as u32)
     }
 
     /// Inserts a key that is not present. The caller holds the insert lock and keeps the
     /// number of entries within the capacity given to [`new`](Self::new).
     pub(crate) fn insert(&self, key: u64, value: u32) {
+        self.insert_from(key, key, value);
+    }
+
+    /// The slot of the first key, probing from the home slot of `start`, for which `hit`
+    /// says yes; `None` at the first empty slot.
+    #[inline]
+    fn find(&self, start: u64, hit: impl Fn(u64) -> bool) -> Option<usize> {
+        let mut i = mix(start) as usize & self.mask;
+        loop {
+            let k = self.keys[i].load(Ordering::Acquire);
+            if k == EMPTY {
+                return None;
+            }
+            if hit(k) {
+                return Some(i);
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Stores `key` and `value` in the first empty slot from the home slot of `start`.
+    fn insert_from(&self, start: u64, key: u64, value: u32) {
         debug_assert_ne!(key, EMPTY);
-        let mut i = mix(key) as usize & self.mask;
+        let mut i = mix(start) as usize & self.mask;
         while self.keys[i].load(Ordering::Relaxed) != EMPTY {
             i = (i + 1) & self.mask;
         }
@@ -89,31 +102,16 @@ impl StrTable {
     #[inline]
     pub(crate) fn get<'a>(&self, s: &str, name_of: impl Fn(u32) -> &'a str) -> Option<u32> {
         let h = self.hash(s);
-        // Probe the slots of this hash: keys are `hash | id`.
-        let mut i = mix(h) as usize & self.ids.mask;
-        loop {
-            let k = self.ids.keys[i].load(Ordering::Acquire);
-            if k == EMPTY {
-                return None;
-            }
-            if k & !0xffff_ffff == h {
-                let id = k as u32;
-                if name_of(id) == s {
-                    return Some(id);
-                }
-            }
-            i = (i + 1) & self.ids.mask;
-        }
+        // Keys are `hash | id`: same hash, then the same string.
+        self.ids
+            .find(h, |k| k & !0xffff_ffff == h && name_of(k as u32) == s)
+            .map(|i| self.ids.keys[i].load(Ordering::Relaxed) as u32)
     }
 
     /// Inserts `s` with `id`; the caller holds the insert lock and checked it is absent.
     pub(crate) fn insert(&self, s: &str, id: u32) {
         let h = self.hash(s);
-        let mut i = mix(h) as usize & self.ids.mask;
-        while self.ids.keys[i].load(Ordering::Relaxed) != EMPTY {
-            i = (i + 1) & self.ids.mask;
-        }
-        self.ids.keys[i].store(h | u64::from(id), Ordering::Release);
+        self.ids.insert_from(h, h | u64::from(id), id);
     }
 }
 
