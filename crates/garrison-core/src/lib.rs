@@ -9,6 +9,8 @@
 //! - [`FailureClassifier`]: one decision of what counts as a failure;
 //! - [`Clock`]: time read through a trait, so tests can use tokio's paused clock or a
 //!   [`ManualClock`];
+//! - [`TrustedProxies`]: the client address of a request, believing `X-Forwarded-For` or
+//!   `Forwarded` only from trusted proxies;
 //! - [`TraceContext`]: the trace id a request runs under, placed in request extensions by the
 //!   trace layer (or by your own middleware) and read by the others (metrics exemplars).
 //!
@@ -36,14 +38,23 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod body;
 mod classify;
+mod client;
 mod clock;
 mod method;
 mod route;
+mod text;
 mod trace_context;
 
+pub use body::LayerBody;
 pub use classify::{ErrorType, FailureClassifier};
+pub use client::{
+    normalize as normalize_ip, peer_addr, ForwardedHeader, IpNet, IpNetError, PeerAddr,
+    TrustedProxies, MAX_FORWARDED_HOPS,
+};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, TokioClock};
 pub use method::MethodLabel;
 pub use route::{RouteLabel, RouteResolver, RouteTable, RouteTableError, UNMATCHED};
+pub use text::push_json_string;
 pub use trace_context::{TraceContext, TraceId};

@@ -75,7 +75,7 @@ where
             }
             Proj::Rejected { resp } => {
                 let resp = resp.take().expect("ResponseFuture polled after completion");
-                Poll::Ready(Ok(resp.map(BreakerBody::rejection)))
+                Poll::Ready(Ok(resp.map(BreakerBody::local)))
             }
         }
     }

@@ -1,10 +1,10 @@
 //! The middleware: [`CircuitBreakerLayer`], [`CircuitBreakerService`], its future and body.
 
-mod body;
 mod future;
 mod service;
 
-pub use body::BreakerBody;
+/// The response body of [`CircuitBreakerService`]: the inner service's, or the rejection's.
+pub type BreakerBody<B> = garrison_core::LayerBody<B>;
 pub use future::ResponseFuture;
 pub use service::CircuitBreakerService;
 

@@ -34,17 +34,10 @@ impl<S: std::fmt::Debug> std::fmt::Debug for CircuitBreakerService<S> {
 pub(crate) fn rejection(name: &str, r: &Rejected) -> Response<Bytes> {
     let secs = r.retry_after.as_secs() + u64::from(r.retry_after.subsec_nanos() > 0);
     let secs = secs.max(1);
-    let mut name_json = String::with_capacity(name.len());
-    for c in name.chars() {
-        match c {
-            '"' => name_json.push_str("\\\""),
-            '\\' => name_json.push_str("\\\\"),
-            c if c.is_control() => name_json.push_str(&format!("\\u{:04x}", c as u32)),
-            c => name_json.push(c),
-        }
-    }
+    let mut name_json = String::with_capacity(name.len() + 2);
+    garrison_core::push_json_string(&mut name_json, name);
     let body = format!(
-        "{{\"error\":\"circuit_open\",\"breaker\":\"{name_json}\",\"state\":\"{}\",\"retry_after_seconds\":{secs}}}",
+        "{{\"error\":\"circuit_open\",\"breaker\":{name_json},\"state\":\"{}\",\"retry_after_seconds\":{secs}}}",
         r.state
     );
     let mut resp = Response::new(Bytes::from(body));

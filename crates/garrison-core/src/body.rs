@@ -1,3 +1,5 @@
+//! A response body that is either the inner service's or the layer's own.
+
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -6,9 +8,9 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// The response body of [`CircuitBreakerService`](super::CircuitBreakerService): the
-    /// inner service's body, or the rejection's.
-    pub struct BreakerBody<B> {
+    /// The response body of a Garrison layer that may answer by itself: the inner service's
+    /// body, or the small body of a response the layer made (a `429`, a `503`).
+    pub struct LayerBody<B> {
         #[pin]
         kind: Kind<B>,
     }
@@ -22,14 +24,16 @@ pin_project! {
     }
 }
 
-impl<B> BreakerBody<B> {
-    pub(crate) fn inner(body: B) -> Self {
+impl<B> LayerBody<B> {
+    /// The inner service's body.
+    pub fn inner(body: B) -> Self {
         Self {
             kind: Kind::Inner { body },
         }
     }
 
-    pub(crate) fn rejection(data: Bytes) -> Self {
+    /// A body the layer made.
+    pub fn local(data: Bytes) -> Self {
         Self {
             kind: Kind::Rejection {
                 data: (!data.is_empty()).then_some(data),
@@ -37,21 +41,21 @@ impl<B> BreakerBody<B> {
         }
     }
 
-    /// Whether this is the breaker's rejection rather than the inner service's body.
-    pub fn is_rejection(&self) -> bool {
+    /// Whether the layer made this body rather than the inner service.
+    pub fn is_local(&self) -> bool {
         matches!(self.kind, Kind::Rejection { .. })
     }
 }
 
-impl<B> std::fmt::Debug for BreakerBody<B> {
+impl<B> std::fmt::Debug for LayerBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BreakerBody")
-            .field("rejection", &self.is_rejection())
+        f.debug_struct("LayerBody")
+            .field("local", &self.is_local())
             .finish_non_exhaustive()
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for BreakerBody<B> {
+impl<B: Body<Data = Bytes>> Body for LayerBody<B> {
     type Data = Bytes;
     type Error = B::Error;
 

@@ -1,0 +1,232 @@
+//! The rate limiter: policies, their stores and their counters, usable without HTTP.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use garrison_core::SharedClock;
+use garrison_metrics::{Collector, MetricType, MetricWriter};
+
+use crate::gcra::Decision;
+use crate::headers::PolicyHeaders;
+use crate::key::KeyHasher;
+use crate::store::memory::MemoryTable;
+use crate::{ClientKey, Policy};
+
+/// What a decision was, for the `garrison_ratelimit_decisions_total` counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Allowed = 0,
+    Limited = 1,
+    Exempt = 2,
+    Unavailable = 3,
+}
+
+const OUTCOMES: [(&str, Outcome); 4] = [
+    ("allowed", Outcome::Allowed),
+    ("limited", Outcome::Limited),
+    ("exempt", Outcome::Exempt),
+    ("unavailable", Outcome::Unavailable),
+];
+
+#[repr(align(64))]
+#[derive(Debug, Default)]
+struct Counters([AtomicU64; 4]);
+
+#[derive(Debug)]
+pub(crate) struct PolicyState {
+    pub(crate) policy: Policy,
+    pub(crate) table: MemoryTable,
+    pub(crate) headers: PolicyHeaders,
+    counters: Counters,
+}
+
+/// Enforces a set of named [`Policy`]s for [`ClientKey`]s.
+///
+/// [`RateLimitLayer`](crate::RateLimitLayer) builds one and uses it for every request; you can
+/// also ask it directly, e.g. to limit jobs or messages rather than HTTP requests:
+///
+/// ```
+/// use garrison_ratelimit::{ClientKey, Policy, RateLimitLayer};
+///
+/// let layer = RateLimitLayer::builder()
+///     .policy(Policy::per_minute("jobs", 2))
+///     .build()
+///     .unwrap();
+/// let limiter = layer.limiter();
+/// let key = ClientKey(42);
+/// assert!(limiter.check("jobs", key).unwrap().is_allowed());
+/// assert!(limiter.check("jobs", key).unwrap().is_allowed());
+/// let refused = limiter.check("jobs", key).unwrap();
+/// assert!(!refused.is_allowed());
+/// assert_eq!(refused.retry_after_secs(), 30);
+/// ```
+pub struct RateLimiter {
+    pub(crate) policies: Box<[PolicyState]>,
+    clock: SharedClock,
+    epoch: Instant,
+    pub(crate) hasher: KeyHasher,
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Option<Arc<crate::RedisStore>>,
+}
+
+impl fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimiter")
+            .field(
+                "policies",
+                &self.policies.iter().map(|p| &p.policy).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimiter {
+    pub(crate) fn new(
+        policies: Vec<Policy>,
+        clock: SharedClock,
+        hasher: KeyHasher,
+        max_keys: usize,
+        sweep_every: Duration,
+    ) -> Self {
+        let per_policy = max_keys.div_ceil(policies.len().max(1));
+        let sweep_ns = u64::try_from(sweep_every.as_nanos()).unwrap_or(u64::MAX);
+        Self {
+            policies: policies
+                .into_iter()
+                .map(|p| PolicyState {
+                    table: MemoryTable::new(p.quota(), per_policy, sweep_ns),
+                    headers: PolicyHeaders::new(&p),
+                    counters: Counters::default(),
+                    policy: p,
+                })
+                .collect(),
+            epoch: clock.now(),
+            clock,
+            hasher,
+            #[cfg(feature = "redis")]
+            redis: None,
+        }
+    }
+
+    /// Nanoseconds on the limiter's clock (never 0, so that 0 can mean "no state").
+    #[inline]
+    pub(crate) fn now(&self) -> u64 {
+        let d = self.clock.now().saturating_duration_since(self.epoch);
+        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX) + 1
+    }
+
+    /// The index of the policy named `name`.
+    pub(crate) fn index(&self, name: &str) -> Option<usize> {
+        self.policies.iter().position(|p| p.policy.name() == name)
+    }
+
+    /// The policies, in the order they were added.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.iter().map(|p| &p.policy)
+    }
+
+    /// One request of `key` under the policy `policy`, in this process's memory (a Redis
+    /// store, when configured, is not asked). `None` when there is no such policy.
+    pub fn check(&self, policy: &str, key: ClientKey) -> Option<Decision> {
+        let i = self.index(policy)?;
+        let d = self.policies[i].table.check(key, self.now());
+        self.count(i, outcome(&d));
+        Some(d)
+    }
+
+    /// Drops the keys that are idle now and gives their memory back; returns how many went.
+    /// A background task does this every sweep interval while a tokio runtime runs the layer.
+    pub fn sweep(&self) -> usize {
+        let now = self.now();
+        self.policies.iter().map(|p| p.table.sweep(now)).sum()
+    }
+
+    /// Keys tracked in memory, over all policies.
+    pub fn tracked_keys(&self) -> usize {
+        self.policies.iter().map(|p| p.table.len()).sum()
+    }
+
+    /// Bytes the in-memory tables hold now.
+    pub fn memory_bytes(&self) -> usize {
+        self.policies.iter().map(|p| p.table.memory_bytes()).sum()
+    }
+
+    /// Decisions so far for `policy`: `(allowed, limited, exempt)`.
+    pub fn decisions(&self, policy: &str) -> Option<(u64, u64, u64)> {
+        let c = &self.policies[self.index(policy)?].counters.0;
+        let get = |o: Outcome| c[o as usize].load(Ordering::Relaxed);
+        Some((
+            get(Outcome::Allowed),
+            get(Outcome::Limited),
+            get(Outcome::Exempt),
+        ))
+    }
+
+    #[inline]
+    pub(crate) fn count(&self, policy: usize, o: Outcome) {
+        self.policies[policy].counters.0[o as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[inline]
+pub(crate) fn outcome(d: &Decision) -> Outcome {
+    if d.allowed {
+        Outcome::Allowed
+    } else {
+        Outcome::Limited
+    }
+}
+
+impl Collector for RateLimiter {
+    fn collect(&self, w: &mut MetricWriter<'_>) {
+        w.family(
+            "garrison_ratelimit_decisions",
+            MetricType::Counter,
+            "Rate-limit decisions by policy: allowed, limited, exempt, or unavailable (the shared store could not be reached and the limiter fails closed).",
+        );
+        for p in self.policies.iter() {
+            for (name, o) in OUTCOMES {
+                w.sample_u64(
+                    "garrison_ratelimit_decisions",
+                    &[("policy", p.policy.name()), ("decision", name)],
+                    p.counters.0[o as usize].load(Ordering::Relaxed),
+                );
+            }
+        }
+        w.family(
+            "garrison_ratelimit_tracked_keys",
+            MetricType::Gauge,
+            "Client keys the in-memory store tracks, by policy.",
+        );
+        for p in self.policies.iter() {
+            w.sample_u64(
+                "garrison_ratelimit_tracked_keys",
+                &[("policy", p.policy.name())],
+                p.table.len() as u64,
+            );
+        }
+        w.family(
+            "garrison_ratelimit_overflow",
+            MetricType::Counter,
+            "Requests of new keys counted in a shared overflow bucket because the key table was full.",
+        );
+        for p in self.policies.iter() {
+            w.sample_u64(
+                "garrison_ratelimit_overflow",
+                &[("policy", p.policy.name())],
+                p.table.overflowed(),
+            );
+        }
+        #[cfg(feature = "redis")]
+        if let Some(r) = &self.redis {
+            r.collect(w);
+        }
+    }
+}
+
+/// Registers `limiter`'s metrics in `registry`.
+pub(crate) fn register(limiter: &Arc<RateLimiter>, registry: &garrison_metrics::MetricsRegistry) {
+    registry.register_collector(limiter.clone());
+}
