@@ -139,4 +139,56 @@ mod tests {
         assert_eq!((t2.granted, t2.decision.remaining), (6, 0));
         assert_eq!(take(&q, t2.new_tat.unwrap(), 5 * S, 3).granted, 0);
     }
+
+    /// The same decisions as the governor crate, request for request, on random arrivals.
+    #[test]
+    fn agrees_with_governor() {
+        use governor::clock::FakeRelativeClock;
+        use governor::{Quota as GQuota, RateLimiter};
+        use std::num::NonZeroU32;
+
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for (limit, period_ms, burst) in [
+            (5, 900_000, 5),
+            (100, 60_000, 100),
+            (10, 300_000, 2),
+            (7, 1000, 3),
+        ] {
+            let p = Policy::new("p", limit, Duration::from_millis(period_ms)).burst(burst);
+            let q = p.quota();
+            let clock = FakeRelativeClock::default();
+            let g = RateLimiter::direct_with_clock(
+                GQuota::with_period(p.emission_interval())
+                    .unwrap()
+                    .allow_burst(NonZeroU32::new(burst).unwrap()),
+                clock.clone(),
+            );
+            let mut tat = 0;
+            let mut now = 1;
+            for _ in 0..5_000 {
+                let step = rand(q.emission / 2 + 1);
+                now += step;
+                clock.advance(Duration::from_nanos(step));
+                let ours = take(&q, tat, now, 1);
+                let theirs = g.check();
+                assert_eq!(ours.decision.allowed, theirs.is_ok(), "{p:?} at {now}");
+                if let Err(not_until) = theirs {
+                    use governor::clock::Clock as _;
+                    assert_eq!(
+                        ours.decision.retry_after,
+                        not_until.wait_time_from(clock.now()).as_nanos() as u64
+                    );
+                }
+                if let Some(t) = ours.new_tat {
+                    tat = t;
+                }
+            }
+        }
+    }
 }

@@ -153,6 +153,13 @@ impl RateLimiter {
         self.policies.iter().map(|p| p.table.memory_bytes()).sum()
     }
 
+    /// The Redis store, when one is configured: its availability (for health checks) and
+    /// its counters.
+    #[cfg(feature = "redis")]
+    pub fn redis_store(&self) -> Option<&Arc<crate::RedisStore>> {
+        self.redis.as_ref()
+    }
+
     /// Decisions so far for `policy`: `(allowed, limited, exempt)`.
     pub fn decisions(&self, policy: &str) -> Option<(u64, u64, u64)> {
         let c = &self.policies[self.index(policy)?].counters.0;

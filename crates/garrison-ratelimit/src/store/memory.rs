@@ -116,8 +116,10 @@ impl MemoryTable {
         if let Some(cell) = map.get(&key.0) {
             return update(&self.quota, cell, now, want);
         }
-        if map.len() >= self.shard_cap
-            || (map.len() == map.capacity() && self.sweep_due(shard, now))
+        // Sweep before the table grows or when it is full, at most once per sweep interval:
+        // a flood of new keys must not turn every insert into a scan.
+        if (map.len() >= self.shard_cap || map.len() == map.capacity())
+            && self.sweep_due(shard, now)
         {
             sweep_map(&mut map, now);
             shard
@@ -245,7 +247,7 @@ mod tests {
     #[test]
     fn a_full_shard_sends_newcomers_to_its_overflow_bucket() {
         // 64 keys in all: one per shard; 2 requests per second each.
-        let t = MemoryTable::new(Policy::per_second("p", 2).quota(), 64, 10 * S);
+        let t = MemoryTable::new(Policy::per_second("p", 2).quota(), 64, 2 * S);
         let key = |shard: u64, n: u64| ClientKey(shard << 40 | n);
         assert!(t.check(key(3, 1), S).allowed);
         // Shard 3 is full: the next two newcomers share one bucket of 2.
@@ -255,9 +257,12 @@ mod tests {
         assert_eq!(t.overflowed(), 3);
         // The tracked key keeps its own allowance.
         assert!(t.check(key(3, 1), S).allowed);
-        // Once the tracked key is idle, a newcomer takes its place.
-        assert!(t.check(key(3, 5), 3 * S).allowed);
+        // The tracked key is idle at 2 s, but a full shard is swept at most every 2 s.
+        assert!(t.check(key(3, 5), 2 * S).allowed);
+        assert_eq!(t.overflowed(), 4);
+        // At the next sweep a newcomer takes the idle key's place.
+        assert!(t.check(key(3, 6), 3 * S).allowed);
         assert_eq!(t.len(), 1);
-        assert_eq!(t.overflowed(), 3);
+        assert_eq!(t.overflowed(), 4);
     }
 }

@@ -61,7 +61,10 @@ impl std::error::Error for RedisStoreError {}
 /// so the shared limit holds; a replica can be ahead of the limit by at most one lease, and
 /// leases that expire unspent cost at most one lease each. With `R` replicas the limit holds
 /// within `R × fraction` of the burst (±4 % for two replicas at the default). Policies whose
-/// burst is below `1 / fraction` (e.g. 5 logins per 15 minutes) always ask Redis.
+/// burst is below `1 / fraction` (e.g. 5 logins per 15 minutes) always ask Redis for
+/// allowed requests. A refusal from Redis is remembered until its `Retry-After` ends: no
+/// replica can give tokens back, so refusing locally until then is exact, and a client
+/// hammering a spent limit costs no round trips.
 ///
 /// **Faults.** Each call is bounded by [`timeout`](Self::timeout) (default 50 ms). When
 /// Redis errs or times out, decisions fall back to the memory store
@@ -111,6 +114,8 @@ struct Stats {
 struct Lease {
     tokens: u32,
     expires: u64,
+    /// Redis refused until then: nobody can return tokens, so refusing locally is exact.
+    denied_until: u64,
     remaining: u32,
     full_at: u64,
 }
@@ -228,6 +233,16 @@ impl RedisStore {
     fn from_lease(&self, idx: usize, key: ClientKey, now: u64) -> Option<Decision> {
         let mut shard = self.lease_shard((idx, key.0)).lock();
         let lease = shard.get_mut(&(idx, key.0))?;
+        if now < lease.denied_until {
+            let d = Decision {
+                allowed: false,
+                remaining: 0,
+                reset: lease.full_at.saturating_sub(now),
+                retry_after: lease.denied_until - now,
+            };
+            self.stats.lease_hits.fetch_add(1, Ordering::Relaxed);
+            return Some(d);
+        }
         if lease.tokens == 0 || now >= lease.expires {
             return None;
         }
@@ -250,7 +265,7 @@ impl RedisStore {
         let per_shard = self.max_leases / LEASE_SHARDS;
         let mut shard = self.lease_shard((idx, key.0)).lock();
         if shard.len() >= per_shard {
-            shard.retain(|_, l| l.expires > now && l.tokens > 0);
+            shard.retain(|_, l| (l.expires > now && l.tokens > 0) || l.denied_until > now);
             if shard.len() >= per_shard {
                 return;
             }
@@ -260,6 +275,7 @@ impl RedisStore {
             .or_insert(Lease { tokens: 0, ..lease });
         e.tokens = e.tokens.saturating_add(lease.tokens);
         e.expires = e.expires.max(lease.expires);
+        e.denied_until = lease.denied_until;
         e.remaining = lease.remaining;
         e.full_at = lease.full_at;
     }
@@ -452,15 +468,29 @@ pub(crate) fn decide(
         {
             Ok((granted, d)) => {
                 store.mark_up();
+                let now = limiter.now();
                 if granted > 1 {
-                    let now = limiter.now();
                     store.store_lease(
                         idx,
                         key,
                         Lease {
                             tokens: granted - 1,
                             expires: now.saturating_add(q.emission * u64::from(granted)),
+                            denied_until: 0,
                             remaining: d.remaining,
+                            full_at: now.saturating_add(d.reset),
+                        },
+                        now,
+                    );
+                } else if granted == 0 && store.lease_fraction > 0.0 {
+                    store.store_lease(
+                        idx,
+                        key,
+                        Lease {
+                            tokens: 0,
+                            expires: 0,
+                            denied_until: now.saturating_add(d.retry_after),
+                            remaining: 0,
                             full_at: now.saturating_add(d.reset),
                         },
                         now,

@@ -1,0 +1,314 @@
+//! The Redis store against real Redis servers: the shared one from `GARRISON_TEST_REDIS_URL`,
+//! and private ones this test starts, stops and restarts itself.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::routing::get;
+use axum::Router;
+use garrison_metrics::{Format, MetricsRegistry};
+use garrison_ratelimit::{FailMode, PeerAddr, Policy, RateLimitLayer, RedisStore};
+use http::{Request, StatusCode};
+use tower::ServiceExt;
+
+fn redis_url() -> String {
+    std::env::var("GARRISON_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Fails loudly when the shared Redis does not answer.
+async fn require_redis(url: &str) {
+    let client = redis::Client::open(url).expect("GARRISON_TEST_REDIS_URL parses");
+    let result = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut c = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut c).await
+    })
+    .await;
+    match result {
+        Ok(Ok(_)) => {}
+        other => panic!(
+            "Redis at {url} (GARRISON_TEST_REDIS_URL) does not answer: {other:?}; start it with `just services`"
+        ),
+    }
+}
+
+fn unique_prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("garrison-test:{test}:{}:{nanos}", std::process::id())
+}
+
+fn app(layer: RateLimitLayer) -> Router {
+    Router::new()
+        .route("/items", get(|| async { "items" }))
+        .layer(layer)
+}
+
+async fn status(app: &Router) -> StatusCode {
+    let mut r = Request::get("/items").body(Body::empty()).unwrap();
+    r.extensions_mut()
+        .insert(PeerAddr("192.0.2.1:1000".parse::<SocketAddr>().unwrap()));
+    app.clone().oneshot(r).await.unwrap().status()
+}
+
+fn layer(store: RedisStore, policy: Policy, registry: Option<&MetricsRegistry>) -> RateLimitLayer {
+    let mut b = RateLimitLayer::builder().policy(policy).store(store);
+    if let Some(r) = registry {
+        b = b.metrics(r);
+    }
+    b.build().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_on_one_redis_share_one_limit() {
+    let url = redis_url();
+    require_redis(&url).await;
+    let prefix = unique_prefix("shared");
+    let store = || {
+        RedisStore::new(&url)
+            .unwrap()
+            .key_prefix(&prefix)
+            .lease_fraction(0.0)
+            .timeout(Duration::from_secs(2))
+    };
+    // Two "gateways": separate layers, separate connections, one Redis.
+    let a = app(layer(store(), Policy::per_hour("shared", 20), None));
+    let b = app(layer(store(), Policy::per_hour("shared", 20), None));
+    let mut allowed = 0;
+    for i in 0..40 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        if status(app).await == StatusCode::OK {
+            allowed += 1;
+        }
+    }
+    assert_eq!(
+        allowed, 20,
+        "two replicas admit the policy's limit, not twice it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_keep_the_shared_limit_within_five_percent_with_fewer_round_trips() {
+    let url = redis_url();
+    require_redis(&url).await;
+    let prefix = unique_prefix("leases");
+    let registry = MetricsRegistry::new();
+    let store = || {
+        RedisStore::new(&url)
+            .unwrap()
+            .key_prefix(&prefix)
+            .timeout(Duration::from_secs(2))
+    };
+    let policy = || Policy::per_hour("busy", 2000);
+    let la = layer(store(), policy(), Some(&registry));
+    let lb = layer(store(), policy(), None);
+    let (a, b) = (app(la.clone()), app(lb.clone()));
+    let mut allowed = 0u32;
+    for i in 0..3000 {
+        let app = if (i / 7) % 2 == 0 { &a } else { &b };
+        if status(app).await == StatusCode::OK {
+            allowed += 1;
+        }
+    }
+    // At most the burst plus what came back during the run (2000 an hour).
+    assert!(
+        (1900..=2002).contains(&allowed),
+        "admitted {allowed}, the limit is 2000 ±5%"
+    );
+    let calls: u64 = [&la, &lb]
+        .iter()
+        .map(|l| {
+            let (ok, _, _, _) = redis_store_stats(l);
+            ok
+        })
+        .sum();
+    let hits: u64 = [&la, &lb].iter().map(|l| redis_store_stats(l).3).sum();
+    eprintln!(
+        "leases: {allowed} of 3000 admitted (limit 2000), {calls} round trips, {hits} lease hits"
+    );
+    assert!(hits > 0, "no request was served from a lease");
+    assert!(
+        calls < 3000 / 20,
+        "{calls} round trips for 3000 requests: leases save nothing"
+    );
+    let scrape = registry.render(Format::Prometheus);
+    assert!(scrape.contains("garrison_ratelimit_store_available{store=\"redis\"} 1"));
+    assert!(scrape.contains("garrison_ratelimit_store_lease_hits_total{store=\"redis\"}"));
+}
+
+fn redis_store_stats(l: &RateLimitLayer) -> (u64, u64, u64, u64) {
+    l.limiter().redis_store().expect("a Redis store").stats()
+}
+
+/// A private redis-server on a free port, killed when dropped.
+struct PrivateRedis {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    fn start(port: u16) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); install it with `just services`")
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            port,
+            child: Some(child),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends requests until `done` holds, at most for 15 s (a deadline, not a timing claim).
+async fn until(app: &Router, mut done: impl FnMut() -> bool) -> Vec<StatusCode> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached; saw {seen:?}"
+        );
+        seen.push(status(app).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dying_falls_back_to_memory_and_coming_back_is_picked_up() {
+    let port = free_port();
+    let mut server = PrivateRedis::start(port);
+    let registry = MetricsRegistry::new();
+    let store = RedisStore::new(&server.url())
+        .unwrap()
+        .lease_fraction(0.0)
+        .timeout(Duration::from_millis(200))
+        .retry_interval(Duration::from_millis(100));
+    let l = layer(
+        store,
+        Policy::per_minute("general", 100_000),
+        Some(&registry),
+    );
+    let app = app(l.clone());
+    let redis = l.limiter().redis_store().unwrap().clone();
+
+    for _ in 0..5 {
+        assert_eq!(status(&app).await, StatusCode::OK);
+    }
+    assert!(redis.is_available());
+    let (ok_before, _, _, _) = redis.stats();
+    assert_eq!(ok_before, 5);
+
+    server.kill();
+    // Requests keep flowing through the fallback while Redis is gone.
+    let seen = until(&app, || !redis.is_available()).await;
+    for _ in 0..20 {
+        assert_eq!(status(&app).await, StatusCode::OK);
+    }
+    assert!(seen.iter().all(|s| *s == StatusCode::OK), "{seen:?}");
+    let (_, errors, fallbacks, _) = redis.stats();
+    assert!(
+        errors >= 1 && fallbacks >= 20,
+        "errors {errors}, fallbacks {fallbacks}"
+    );
+    let scrape = registry.render(Format::Prometheus);
+    assert!(
+        scrape.contains("garrison_ratelimit_store_available{store=\"redis\"} 0"),
+        "{scrape}"
+    );
+
+    // Redis comes back on the same port: the store returns to it by itself.
+    let _server = PrivateRedis::start(port);
+    let seen = until(&app, || redis.is_available()).await;
+    assert!(seen.iter().all(|s| *s == StatusCode::OK), "{seen:?}");
+    let (ok_after, _, _, _) = redis.stats();
+    assert_eq!(status(&app).await, StatusCode::OK);
+    assert!(redis.stats().0 > ok_after, "decisions went back to Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refuses_while_redis_is_down() {
+    let port = free_port();
+    let mut server = PrivateRedis::start(port);
+    let store = RedisStore::new(&server.url())
+        .unwrap()
+        .fail_mode(FailMode::Closed)
+        .lease_fraction(0.0)
+        .timeout(Duration::from_millis(200))
+        .retry_interval(Duration::from_secs(2));
+    let l = layer(store, Policy::per_minute("general", 100_000), None);
+    let app = app(l.clone());
+    assert_eq!(status(&app).await, StatusCode::OK);
+    server.kill();
+    let mut r = Request::get("/items").body(Body::empty()).unwrap();
+    r.extensions_mut()
+        .insert(PeerAddr("192.0.2.1:1000".parse::<SocketAddr>().unwrap()));
+    let resp = app.clone().oneshot(r).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(resp.headers()["retry-after"], "2");
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    assert_eq!(
+        l.limiter().decisions("general"),
+        Some((1, 0, 0)),
+        "the refusal is counted as unavailable, not as a limit"
+    );
+}
+
+#[tokio::test]
+async fn a_redis_url_that_does_not_parse_is_a_clear_error() {
+    let e = RedisStore::new("not a url").unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("rate limit: the Redis URL does not parse"),
+        "{e}"
+    );
+}
