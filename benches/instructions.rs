@@ -20,7 +20,7 @@ use tower::ServiceExt;
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let Some(variant) = args.next() else {
-        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects> [requests]");
+        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects|bare_axum_peer|garrison_ratelimit|garrison_ratelimit_ietf|garrison_ratelimit_legacy|tower_governor> [requests]");
         return;
     };
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
@@ -44,6 +44,36 @@ fn main() {
             }
             app
         }
+        // The rate limiters key by the peer address: their floor is bare axum with one.
+        "bare_axum_peer" => bare,
+        "garrison_ratelimit" | "garrison_ratelimit_ietf" | "garrison_ratelimit_legacy" => {
+            let set = match variant.as_str() {
+                "garrison_ratelimit_ietf" => garrison_ratelimit::HeaderSet::IETF,
+                "garrison_ratelimit_legacy" => garrison_ratelimit::HeaderSet::LEGACY,
+                _ => garrison_ratelimit::HeaderSet::ALL,
+            };
+            bare.layer(
+                garrison_ratelimit::RateLimitLayer::builder()
+                    .policy(
+                        garrison_ratelimit::Policy::per_second("bench", 1_000_000)
+                            .burst(1_000_000_000),
+                    )
+                    .headers(set)
+                    .build()
+                    .expect("layer"),
+            )
+        }
+        "tower_governor" => {
+            let config = tower_governor::governor::GovernorConfigBuilder::default()
+                .per_nanosecond(1)
+                .burst_size(u32::MAX)
+                .use_headers()
+                .finish()
+                .expect("governor config");
+            bare.layer(tower_governor::GovernorLayer::new(std::sync::Arc::new(
+                config,
+            )))
+        }
         "axum_prometheus" => {
             let _enter = rt.enter();
             let (layer, handle) = axum_prometheus::PrometheusMetricLayer::pair();
@@ -54,9 +84,22 @@ fn main() {
     };
     // What `axum::serve` does once: turn every handler into its final route.
     let app: Router = app.with_state(());
+    let with_peer = matches!(
+        variant.as_str(),
+        "bare_axum_peer"
+            | "garrison_ratelimit"
+            | "garrison_ratelimit_ietf"
+            | "garrison_ratelimit_legacy"
+            | "tower_governor"
+    );
+    let peer: std::net::SocketAddr = "192.0.2.1:40000".parse().unwrap();
     rt.block_on(async {
         for _ in 0..n {
-            let req = Request::get("/users/42").body(Body::empty()).unwrap();
+            let mut req = Request::get("/users/42").body(Body::empty()).unwrap();
+            if with_peer {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+            }
             let resp = app.clone().oneshot(req).await.unwrap();
             std::hint::black_box(resp.into_body().collect().await.unwrap());
         }

@@ -1,7 +1,7 @@
 //! The examples run and measure what they serve, over real sockets.
 
 use garrison_metrics::{Format, MetricsRegistry};
-use garrison_workspace::{get, serve};
+use garrison_workspace::{get, send, serve, serve_with_peers};
 
 #[allow(dead_code)]
 #[path = "../examples/metrics_axum.rs"]
@@ -14,6 +14,10 @@ mod metrics_hyper;
 #[allow(dead_code)]
 #[path = "../examples/breaker_axum.rs"]
 mod breaker_axum;
+
+#[allow(dead_code)]
+#[path = "../examples/ratelimit_axum.rs"]
+mod ratelimit_axum;
 
 #[tokio::test]
 async fn metrics_axum_serves_and_measures_by_route_template() {
@@ -103,4 +107,60 @@ async fn breaker_axum_opens_on_the_flaky_handler_and_reports_transitions() {
         "{}",
         scrape.body
     );
+}
+
+#[tokio::test]
+async fn ratelimit_axum_limits_three_routes_by_three_policies_over_real_sockets() {
+    use http::Method;
+    let metrics = MetricsRegistry::new();
+    let limits = ratelimit_axum::limits(&metrics).build().unwrap();
+    let addr = serve_with_peers(ratelimit_axum::app(limits, &metrics)).await;
+
+    let items = get(addr, "/items", &[]).await;
+    assert_eq!(items.status, 200);
+    assert_eq!(items.headers["ratelimit-policy"], "\"general\";q=100;w=60");
+    assert_eq!(items.headers["ratelimit"], "\"general\";r=99;t=1");
+
+    for left in (0..5).rev() {
+        let ok = send(addr, Method::POST, "/login", &[]).await;
+        assert_eq!(ok.status, 200);
+        assert_eq!(
+            ok.headers["x-ratelimit-remaining"],
+            left.to_string().as_str()
+        );
+    }
+    let refused = send(addr, Method::POST, "/login", &[]).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.headers["retry-after"], "180");
+    assert_eq!(refused.headers["ratelimit-policy"], "\"auth\";q=5;w=900");
+    assert!(
+        refused.body.contains("\"policy\":\"auth\""),
+        "{}",
+        refused.body
+    );
+
+    // Uploads count per API key: a new key has a whole allowance.
+    for key in ["k1", "k2"] {
+        let up = send(addr, Method::POST, "/upload", &[("x-api-key", key)]).await;
+        assert_eq!(up.status, 200);
+        assert_eq!(up.headers["ratelimit"], "\"upload\";r=9;t=30");
+    }
+
+    let scrape = get(addr, "/metrics", &[]).await;
+    assert!(
+        scrape.headers.get("ratelimit").is_none(),
+        "/metrics is exempt"
+    );
+    for line in [
+        "garrison_ratelimit_decisions_total{policy=\"auth\",decision=\"allowed\"} 5",
+        "garrison_ratelimit_decisions_total{policy=\"auth\",decision=\"limited\"} 1",
+        "garrison_ratelimit_decisions_total{policy=\"upload\",decision=\"allowed\"} 2",
+        "garrison_ratelimit_tracked_keys{policy=\"upload\"} 2",
+    ] {
+        assert!(
+            scrape.body.contains(line),
+            "missing {line} in\n{}",
+            scrape.body
+        );
+    }
 }

@@ -45,6 +45,18 @@ async fn traffic(addr: std::net::SocketAddr, rounds: usize) {
 async fn promtool_accepts_the_metrics_output() {
     let promtool = require_tool("promtool", "prometheus");
     let registry = MetricsRegistry::new();
+    // The rate limiter's families (with a Redis store's) go through promtool too.
+    let limits = garrison_ratelimit::RateLimitLayer::builder()
+        .policy(garrison_ratelimit::Policy::per_minute("general", 100))
+        .store(garrison_ratelimit::RedisStore::new("redis://127.0.0.1:1").unwrap())
+        .metrics(&registry)
+        .build()
+        .unwrap();
+    assert!(limits
+        .limiter()
+        .check("general", garrison_ratelimit::ClientKey(1))
+        .unwrap()
+        .is_allowed());
     let addr = serve(with_trace_context(example::app(&registry))).await;
     traffic(addr, 3).await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -59,6 +71,12 @@ async fn promtool_accepts_the_metrics_output() {
     );
     assert!(scrape.body.contains("process_resident_memory_bytes"));
     assert!(scrape.body.contains("tokio_runtime_workers"));
+    assert!(scrape
+        .body
+        .contains("garrison_ratelimit_decisions_total{policy=\"general\",decision=\"allowed\"} 1"));
+    assert!(scrape
+        .body
+        .contains("garrison_ratelimit_store_available{store=\"redis\"} 1"));
 
     let mut child = Command::new(&promtool)
         .args(["check", "metrics"])

@@ -40,6 +40,24 @@ pub async fn serve(router: Router) -> SocketAddr {
     addr
 }
 
+/// Serves `router` like [`serve`], with the peer address of each connection in the request
+/// extensions (axum's `ConnectInfo`), as client-keyed layers need.
+pub async fn serve_with_peers(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("local addr");
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .expect("server");
+    });
+    addr
+}
+
 /// A response as a test sees it.
 #[derive(Debug)]
 pub struct TestResponse {
@@ -53,15 +71,27 @@ pub struct TestResponse {
 
 /// Sends `GET path` to `addr` over a real connection, with extra `headers`.
 pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> TestResponse {
+    send(addr, http::Method::GET, path, headers).await
+}
+
+/// Sends a bodiless `method path` to `addr` over a real connection, with extra `headers`.
+pub async fn send(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> TestResponse {
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let mut req = Request::get(format!("http://{addr}{path}"));
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
     let resp = client
         .request(req.body(Empty::new()).expect("request"))
         .await
-        .unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"));
+        .unwrap_or_else(|e| panic!("{path} on {addr}: {e}"));
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
@@ -141,10 +171,36 @@ pub mod bench {
         std::hint::black_box(body);
     }
 
+    /// Sends `GET path` through `app` from the client `peer` (axum's `ConnectInfo`, as
+    /// `into_make_service_with_connect_info` sets it) and reads the body to its end.
+    #[inline]
+    pub async fn one_from(app: &Router, path: &'static str, peer: std::net::SocketAddr) {
+        let mut req = http::Request::get(path)
+            .body(axum::body::Body::empty())
+            .expect("request");
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let resp = app.clone().oneshot(req).await.expect("infallible");
+        let body = resp.into_body().collect().await.expect("body");
+        std::hint::black_box(body);
+    }
+
+    /// The client address number `i` of `keys` distinct ones (`10.x.y.z`).
+    #[inline]
+    pub fn peer(i: u64, keys: u64) -> std::net::SocketAddr {
+        let n = (i % keys.max(1)) as u32;
+        std::net::SocketAddr::from((std::net::Ipv4Addr::from(0x0a00_0000 | n), 40_000))
+    }
+
     /// `iters` requests on each of two threads hammering one shared router, each thread on
     /// its own runtime; returns the time of the slower thread (for criterion's
     /// `iter_custom`).
     pub fn two_threads(app: &Router, path: &'static str, iters: u64) -> Duration {
+        two_threads_keys(app, path, iters, 1)
+    }
+
+    /// [`two_threads`], each request from one of `keys` client addresses.
+    pub fn two_threads_keys(app: &Router, path: &'static str, iters: u64, keys: u64) -> Duration {
         let barrier = Arc::new(Barrier::new(2));
         let threads: Vec<_> = (0..2)
             .map(|_| {
@@ -154,8 +210,8 @@ pub mod bench {
                     runtime().block_on(async {
                         barrier.wait();
                         let start = Instant::now();
-                        for _ in 0..iters {
-                            one(&app, path).await;
+                        for i in 0..iters {
+                            one_from(&app, path, peer(i, keys)).await;
                         }
                         start.elapsed()
                     })

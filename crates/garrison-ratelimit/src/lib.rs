@@ -72,7 +72,7 @@ pub use headers::{
 };
 pub use key::{ClientKey, KeySource};
 pub use layer::{
-    ConfigError, RateLimitBody, RateLimitBuilder, RateLimitLayer, RateLimitService, ResponseFuture,
+    ConfigError, RateLimitBuilder, RateLimitLayer, RateLimitService, ResponseFuture,
     DEFAULT_MAX_KEYS, DEFAULT_SWEEP_INTERVAL,
 };
 pub use limiter::RateLimiter;

@@ -7,7 +7,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::{Info, RateLimitBody};
+use super::Info;
 
 pin_project! {
     /// The response future of [`RateLimitService`](super::RateLimitService).
@@ -87,9 +87,9 @@ impl<S: Service<Request<ReqB>>, ReqB> std::fmt::Debug for ResponseFuture<S, ReqB
 impl<S, ReqB, B> Future for ResponseFuture<S, ReqB>
 where
     S: Service<Request<ReqB>, Response = Response<B>>,
-    B: http_body::Body<Data = Bytes>,
+    B: From<Bytes>,
 {
-    type Output = Result<Response<RateLimitBody<B>>, S::Error>;
+    type Output = Result<Response<B>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
@@ -100,11 +100,11 @@ where
                         i.headers
                             .apply(i.set, i.remaining, i.reset_secs, resp.headers_mut());
                     }
-                    return Poll::Ready(Ok(resp.map(RateLimitBody::inner)));
+                    return Poll::Ready(Ok(resp));
                 }
                 Proj::Refused { resp } => {
                     let resp = resp.take().expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(resp.map(RateLimitBody::local)));
+                    return Poll::Ready(Ok(resp.map(B::from)));
                 }
                 #[cfg(feature = "redis")]
                 Proj::Remote {

@@ -23,9 +23,6 @@ use crate::key::KeyHasher;
 use crate::limiter::{outcome, register, Outcome, RateLimiter};
 use crate::{ClientKey, HeaderSet, KeySource, Policy, PolicyError};
 
-/// The response body of [`RateLimitService`]: the inner service's, or the `429`'s.
-pub type RateLimitBody<B> = garrison_core::LayerBody<B>;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Rule {
     Policy(usize),
@@ -317,6 +314,9 @@ use std::hash::BuildHasher as _;
 /// answered at once with `429 Too Many Requests`, `Retry-After` (whole seconds, rounded up),
 /// `Cache-Control: no-store`, the same headers and a small JSON body, and the inner service
 /// is not called.
+///
+/// The response body stays the inner service's: the `429` is made with `B: From<Bytes>`
+/// (axum's `Body`, `Full<Bytes>`, `String`...), so axum need not box the body once more.
 ///
 /// ```
 /// use std::time::Duration;

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use tower::Service;
 
-use super::{RateLimitBody, ResponseFuture, Shared, Verdict};
+use super::{ResponseFuture, Shared, Verdict};
 
 /// The service made by [`RateLimitLayer`](super::RateLimitLayer).
 #[derive(Clone)]
@@ -31,9 +31,9 @@ impl<S: std::fmt::Debug> std::fmt::Debug for RateLimitService<S> {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for RateLimitService<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
-    ResB: http_body::Body<Data = Bytes>,
+    ResB: From<Bytes>,
 {
-    type Response = Response<RateLimitBody<ResB>>;
+    type Response = Response<ResB>;
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqB>;
 

@@ -94,7 +94,7 @@ pub struct RedisStore {
     prefix: Arc<str>,
     secret: u64,
     lease_fraction: f64,
-    leases: Box<[Mutex<HashMap<(usize, u64), Lease>>]>,
+    leases: Box<[Mutex<Leases>]>,
     max_leases: usize,
     available: AtomicBool,
     next_probe: AtomicU64,
@@ -121,6 +121,9 @@ struct Lease {
 }
 
 const LEASE_SHARDS: usize = 16;
+
+/// Leases by (policy index, key).
+type Leases = HashMap<(usize, u64), Lease>;
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -226,11 +229,11 @@ impl RedisStore {
         ((f64::from(burst) * self.lease_fraction) as u32).max(1)
     }
 
-    fn lease_shard(&self, key: (usize, u64)) -> &Mutex<HashMap<(usize, u64), Lease>> {
+    fn lease_shard(&self, key: (usize, u64)) -> &Mutex<Leases> {
         &self.leases[(key.1 >> 20) as usize % LEASE_SHARDS]
     }
 
-    fn from_lease(&self, idx: usize, key: ClientKey, now: u64) -> Option<Decision> {
+    fn take_leased(&self, idx: usize, key: ClientKey, now: u64) -> Option<Decision> {
         let mut shard = self.lease_shard((idx, key.0)).lock();
         let lease = shard.get_mut(&(idx, key.0))?;
         if now < lease.denied_until {
@@ -447,7 +450,7 @@ pub(crate) fn decide(
     shared: &Shared,
 ) -> Verdict {
     let now = limiter.now();
-    if let Some(d) = store.from_lease(idx, key, now) {
+    if let Some(d) = store.take_leased(idx, key, now) {
         return shared.verdict(idx, d);
     }
     if !store.should_try(now) {
