@@ -43,6 +43,7 @@ mod classify;
 mod client;
 mod clock;
 mod method;
+mod refusal;
 mod route;
 mod text;
 mod trace_context;
@@ -55,6 +56,7 @@ pub use client::{
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, TokioClock};
 pub use method::MethodLabel;
+pub use refusal::refusal;
 pub use route::{RouteLabel, RouteResolver, RouteTable, RouteTableError, UNMATCHED};
 pub use text::push_json_string;
 pub use trace_context::{TraceContext, TraceId};

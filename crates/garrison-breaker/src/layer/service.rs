@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use tower::Service;
 
 use super::{BreakerBody, ResponseFuture, Shared};
@@ -40,16 +40,7 @@ pub(crate) fn rejection(name: &str, r: &Rejected) -> Response<Bytes> {
         "{{\"error\":\"circuit_open\",\"breaker\":{name_json},\"state\":\"{}\",\"retry_after_seconds\":{secs}}}",
         r.state
     );
-    let mut resp = Response::new(Bytes::from(body));
-    *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-    let h = resp.headers_mut();
-    h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    garrison_core::refusal(StatusCode::SERVICE_UNAVAILABLE, secs, Bytes::from(body))
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for CircuitBreakerService<S>

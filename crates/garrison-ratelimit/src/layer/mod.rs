@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use garrison_core::{RouteResolver, SharedClock, TrustedProxies};
 use garrison_metrics::MetricsRegistry;
-use http::{header, HeaderValue, Request, Response, StatusCode};
+use http::{Request, Response, StatusCode};
 use tower::Layer;
 
 use crate::gcra::Decision;
@@ -500,15 +500,9 @@ impl Shared {
         body.push_str(",\"retry_after_seconds\":");
         body.push_str(itoa::Buffer::new().format(secs));
         body.push('}');
-        let mut resp = Response::new(Bytes::from(body));
-        *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+        let mut resp =
+            garrison_core::refusal(StatusCode::TOO_MANY_REQUESTS, secs, Bytes::from(body));
         let h = resp.headers_mut();
-        h.insert(header::RETRY_AFTER, crate::headers::number(secs));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
         p.headers.apply_decision(self.headers, d, h);
         resp
     }
@@ -517,19 +511,11 @@ impl Shared {
     #[cfg(feature = "redis")]
     pub(crate) fn unavailable(&self, i: usize, retry: Duration) -> Response<Bytes> {
         self.limiter.count(i, Outcome::Unavailable);
-        let secs = retry.as_secs().max(1);
-        let mut resp = Response::new(Bytes::from_static(
-            b"{\"error\":\"rate_limit_unavailable\"}",
-        ));
-        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-        let h = resp.headers_mut();
-        h.insert(header::RETRY_AFTER, crate::headers::number(secs));
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        resp
+        garrison_core::refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            retry.as_secs(),
+            Bytes::from_static(b"{\"error\":\"rate_limit_unavailable\"}"),
+        )
     }
 
     /// Starts the idle-key sweep once, on the runtime that runs the first request.
