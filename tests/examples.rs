@@ -164,3 +164,67 @@ async fn ratelimit_axum_limits_three_routes_by_three_policies_over_real_sockets(
         );
     }
 }
+
+#[allow(dead_code)]
+#[path = "../examples/health_axum.rs"]
+mod health_axum;
+
+#[tokio::test]
+async fn health_axum_reports_the_pool_and_redis_on_all_three_routes() {
+    let db_url = std::env::var("GARRISON_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let redis_url = std::env::var("GARRISON_TEST_REDIS_URL")
+        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let metrics = MetricsRegistry::new();
+    let pool = garrison_health::DbMetrics::new(&metrics).instrument(
+        "main",
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .connect_lazy(&db_url)
+            .unwrap(),
+    );
+    let health = health_axum::health(&pool, &redis_url, Some("s3cret".into()), &metrics).unwrap();
+    health.refresh().await;
+    let addr = serve(health_axum::app(pool, &health, &metrics)).await;
+
+    let live = get(addr, "/health/live", &[]).await;
+    assert_eq!(
+        (live.status.as_u16(), live.body.as_str()),
+        (200, r#"{"status":"pass"}"#)
+    );
+    assert_eq!(live.headers["content-type"], "application/health+json");
+    let ready = get(addr, "/health/ready", &[]).await;
+    assert_eq!(
+        (ready.status.as_u16(), ready.body.as_str()),
+        (200, r#"{"status":"pass"}"#),
+        "PostgreSQL ({db_url}) and Redis ({redis_url}) must answer; start them with `just services`"
+    );
+    let deep = get(addr, "/health", &[("authorization", "Bearer s3cret")]).await;
+    let body: serde_json::Value = serde_json::from_str(&deep.body).unwrap();
+    assert_eq!(body["status"], "pass", "{body}");
+    assert_eq!(body["serviceId"], "health-example");
+    for key in [
+        "postgres:responseTime",
+        "postgres:utilization",
+        "postgres:connections",
+        "redis:responseTime",
+    ] {
+        assert_eq!(body["checks"][key][0]["status"], "pass", "{key} in {body}");
+    }
+    let count = get(addr, "/orders/count", &[]).await;
+    assert_eq!(count.status, 200);
+    assert!(count.body.ends_with(" sessions\n"), "{}", count.body);
+    let scrape = get(addr, "/metrics", &[]).await;
+    for needle in [
+        "db_client_connection_max{db_client_connection_pool_name=\"main\"} 10\n",
+        "db_client_connection_wait_time_seconds_count{db_client_connection_pool_name=\"main\"} 1\n",
+        "garrison_health_check_status{check=\"postgres\",status=\"pass\"} 1\n",
+        "garrison_health_check_status{check=\"redis\",status=\"pass\"} 1\n",
+    ] {
+        assert!(
+            scrape.body.contains(needle),
+            "missing {needle} in\n{}",
+            scrape.body
+        );
+    }
+}

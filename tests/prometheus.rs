@@ -57,6 +57,29 @@ async fn promtool_accepts_the_metrics_output() {
         .check("general", garrison_ratelimit::ClientKey(1))
         .unwrap()
         .is_allowed());
+    // The health families and the pool's db_client_connection_* (a real PostgreSQL pool).
+    let health = garrison_health::HealthRegistry::new();
+    health.metrics(&registry);
+    health
+        .register(
+            "queue",
+            garrison_health::check_fn(|| async { garrison_health::CheckResult::warn("deep") }),
+            garrison_health::CheckOptions::readiness(),
+        )
+        .unwrap();
+    health.refresh().await;
+    let pg_url = std::env::var("GARRISON_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let pool = garrison_health::DbMetrics::new(&registry).instrument(
+        "main",
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(3)
+            .connect_lazy(&pg_url)
+            .unwrap(),
+    );
+    let conn = pool.acquire().await.unwrap_or_else(|e| {
+        panic!("PostgreSQL at {pg_url} (GARRISON_TEST_POSTGRES_URL) does not answer: {e}; start it with `just services`")
+    });
     let addr = serve(with_trace_context(example::app(&registry))).await;
     traffic(addr, 3).await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -77,6 +100,13 @@ async fn promtool_accepts_the_metrics_output() {
     assert!(scrape
         .body
         .contains("garrison_ratelimit_store_available{store=\"redis\"} 1"));
+    assert!(scrape.body.contains(
+        "db_client_connection_usage{db_client_connection_pool_name=\"main\",db_client_connection_state=\"used\"} 1"
+    ));
+    assert!(scrape
+        .body
+        .contains("garrison_health_check_status{check=\"queue\",status=\"warn\"} 1"));
+    drop(conn);
 
     let mut child = Command::new(&promtool)
         .args(["check", "metrics"])

@@ -86,7 +86,7 @@ pub trait Collector: Send + Sync + 'static {
 pub struct MetricWriter<'a> {
     out: &'a mut String,
     format: Format,
-    kind: Option<MetricType>,
+    pub(crate) kind: Option<MetricType>,
 }
 
 impl<'a> MetricWriter<'a> {
@@ -116,7 +116,7 @@ impl<'a> MetricWriter<'a> {
         self.header(name, suffix, ty, help);
     }
 
-    fn header(&mut self, name: &str, suffix: &str, ty: &str, help: &str) {
+    pub(crate) fn header(&mut self, name: &str, suffix: &str, ty: &str, help: &str) {
         let _ = write!(self.out, "# HELP {name}{suffix} ");
         escape_help(self.out, help);
         let _ = writeln!(self.out, "\n# TYPE {name}{suffix} {ty}");
@@ -178,7 +178,7 @@ fn escape_label_value(out: &mut String, v: &str) {
     }
 }
 
-fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
+pub(crate) fn write_labels(out: &mut String, labels: &[(&str, &str)], le: Option<&str>) {
     if labels.is_empty() && le.is_none() {
         return;
     }

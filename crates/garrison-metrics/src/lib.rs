@@ -74,6 +74,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
+mod duration;
 mod exporter;
 mod exposition;
 mod histogram;
@@ -82,6 +83,7 @@ mod process;
 mod registry;
 mod table;
 
+pub use duration::DurationHistogram;
 pub use exporter::MetricsExporter;
 pub use exposition::{Collector, Format, MetricType, MetricWriter};
 pub use garrison_core::{RouteTable, TraceContext, TraceId};

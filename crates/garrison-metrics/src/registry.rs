@@ -261,7 +261,11 @@ pub(crate) struct Bounds {
     pub(crate) scale: f64,
 }
 
-fn bounds(option: &'static str, values: &[f64], per_unit: f64) -> Result<Bounds, BuildError> {
+pub(crate) fn bounds(
+    option: &'static str,
+    values: &[f64],
+    per_unit: f64,
+) -> Result<Bounds, BuildError> {
     let err = |reason: &str| BuildError {
         option,
         reason: reason.to_owned(),

@@ -1,0 +1,396 @@
+//! Reports in `application/health+json` (draft-inadarei-api-health-check) and the HTTP
+//! answer to a probe.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderMap, Response};
+use subtle::ConstantTimeEq;
+
+use crate::registry::{Config, Details, Entry, HealthRegistry, Observation};
+use crate::status::{Measurement, Observed};
+use crate::Status;
+
+/// The media type of health reports.
+pub const HEALTH_JSON: &str = "application/health+json";
+
+/// Which probe a report answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Probe {
+    /// `/health/live`.
+    Live,
+    /// `/health/ready`.
+    Ready,
+    /// `/health`.
+    Deep,
+}
+
+/// A report: the overall status and, per check, its last observation.
+#[derive(Clone)]
+pub struct Report {
+    probe: Probe,
+    status: Status,
+    entries: Vec<(Arc<Entry>, Option<Arc<Observation>>)>,
+    shutting_down: bool,
+}
+
+impl std::fmt::Debug for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Report")
+            .field("probe", &self.probe)
+            .field("status", &self.status)
+            .field("checks", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const PENDING: &str = "not checked yet";
+
+impl Report {
+    pub(crate) fn new(
+        probe: Probe,
+        entries: Vec<(Arc<Entry>, Option<Arc<Observation>>)>,
+        shutting_down: bool,
+    ) -> Self {
+        let mut status = if shutting_down {
+            Status::Fail
+        } else {
+            Status::Pass
+        };
+        for (e, obs) in &entries {
+            let s = match obs {
+                Some(o) => o.status(),
+                None => pending_status(probe, e),
+            };
+            status = status.max(s);
+        }
+        Self {
+            probe,
+            status,
+            entries,
+            shutting_down,
+        }
+    }
+
+    /// The overall status: the worst of the checks'.
+    pub fn status(&self) -> Status {
+        self.status
+    }
+
+    /// The probe answered.
+    pub fn probe(&self) -> Probe {
+        self.probe
+    }
+
+    /// The report as `application/health+json`: with `details`, the checks, outputs and
+    /// service facts; without, only the status.
+    pub fn to_json(&self, registry: &HealthRegistry, details: bool) -> String {
+        let mut out = String::with_capacity(if details {
+            256 * (self.entries.len() + 1)
+        } else {
+            24
+        });
+        out.push_str("{\"status\":\"");
+        out.push_str(self.status.as_str());
+        out.push('"');
+        if !details {
+            out.push('}');
+            return out;
+        }
+        let c = &registry.inner.config;
+        for (k, v) in [
+            ("version", &c.version),
+            ("releaseId", &c.release_id),
+            ("serviceId", &c.service_id),
+            ("description", &c.description),
+        ] {
+            if let Some(v) = v {
+                push_key(&mut out, k);
+                garrison_core::push_json_string(&mut out, v);
+            }
+        }
+        if self.shutting_down {
+            push_key(&mut out, "output");
+            out.push_str("\"shutting down\"");
+        } else if let Some(reason) = self.first_reason() {
+            push_key(&mut out, "output");
+            garrison_core::push_json_string(&mut out, reason);
+        }
+        push_key(&mut out, "checks");
+        out.push('{');
+        let mut first = true;
+        for (e, obs) in &self.entries {
+            let ctype = e.check.component_type();
+            let Some(obs) = obs else {
+                comma(&mut out, &mut first);
+                garrison_core::push_json_string(&mut out, &e.name);
+                out.push_str(":[{");
+                push_component_type(&mut out, ctype);
+                out.push_str("\"status\":\"");
+                out.push_str(pending_status(self.probe, e).as_str());
+                out.push_str("\",\"output\":\"");
+                out.push_str(PENDING);
+                out.push_str("\"}]");
+                continue;
+            };
+            let time = rfc3339(obs.at);
+            let r = &obs.result;
+            if r.measurements.is_empty() || r.status != Status::Pass {
+                // the check's own status, under its bare name, with the run's duration
+                comma(&mut out, &mut first);
+                garrison_core::push_json_string(&mut out, &e.name);
+                out.push_str(":[{");
+                push_component_type(&mut out, ctype);
+                if r.measurements.is_empty() {
+                    out.push_str("\"observedValue\":");
+                    push_number(&mut out, obs.duration.as_secs_f64() * 1e3);
+                    out.push_str(",\"observedUnit\":\"ms\",");
+                }
+                out.push_str("\"status\":\"");
+                out.push_str(r.status.as_str());
+                out.push_str("\",\"time\":\"");
+                out.push_str(&time);
+                out.push('"');
+                if let (Some(o), true) = (&r.output, r.status != Status::Pass) {
+                    out.push_str(",\"output\":");
+                    garrison_core::push_json_string(&mut out, o);
+                }
+                out.push_str("}]");
+            }
+            for m in &r.measurements {
+                comma(&mut out, &mut first);
+                let mut key = String::with_capacity(e.name.len() + 1 + m.name.len());
+                key.push_str(&e.name);
+                key.push(':');
+                key.push_str(&m.name);
+                garrison_core::push_json_string(&mut out, &key);
+                out.push_str(":[{");
+                push_component_type(&mut out, ctype);
+                push_measurement(&mut out, m, &time);
+                out.push_str("}]");
+            }
+        }
+        out.push_str("}}");
+        out
+    }
+
+    fn first_reason(&self) -> Option<&str> {
+        if self.status == Status::Pass {
+            return None;
+        }
+        self.entries.iter().find_map(|(_, o)| {
+            o.as_ref()
+                .filter(|o| o.status() == self.status)
+                .and_then(|o| o.result.reason())
+        })
+    }
+}
+
+fn pending_status(probe: Probe, e: &Entry) -> Status {
+    match probe {
+        // the process is up; a liveness check that has not run yet says nothing against it
+        Probe::Live => Status::Pass,
+        _ if e.opts.critical => Status::Fail,
+        _ => Status::Warn,
+    }
+}
+
+fn comma(out: &mut String, first: &mut bool) {
+    if !*first {
+        out.push(',');
+    }
+    *first = false;
+}
+
+fn push_key(out: &mut String, k: &str) {
+    out.push_str(",\"");
+    out.push_str(k);
+    out.push_str("\":");
+}
+
+fn push_component_type(out: &mut String, t: Option<&'static str>) {
+    if let Some(t) = t {
+        out.push_str("\"componentType\":");
+        garrison_core::push_json_string(out, t);
+        out.push(',');
+    }
+}
+
+fn push_measurement(out: &mut String, m: &Measurement, time: &str) {
+    if let Some(v) = &m.value {
+        out.push_str("\"observedValue\":");
+        match v {
+            Observed::Number(n) => push_number(out, *n),
+            Observed::Text(t) => garrison_core::push_json_string(out, t),
+        }
+        out.push(',');
+    }
+    if let Some(u) = &m.unit {
+        out.push_str("\"observedUnit\":");
+        garrison_core::push_json_string(out, u);
+        out.push(',');
+    }
+    for (k, v) in &m.fields {
+        garrison_core::push_json_string(out, k);
+        out.push(':');
+        push_number(out, *v);
+        out.push(',');
+    }
+    out.push_str("\"status\":\"");
+    out.push_str(m.status.as_str());
+    out.push_str("\",\"time\":\"");
+    out.push_str(time);
+    out.push('"');
+    if let (Some(o), true) = (&m.output, m.status != Status::Pass) {
+        out.push_str(",\"output\":");
+        garrison_core::push_json_string(out, o);
+    }
+}
+
+/// A JSON number: integers without a fraction, three decimals at most, `null` for NaN.
+fn push_number(out: &mut String, v: f64) {
+    if !v.is_finite() {
+        out.push_str("null");
+        return;
+    }
+    let r = (v * 1000.0).round() / 1000.0;
+    if r.fract() == 0.0 && r.abs() < 9e15 {
+        out.push_str(itoa::Buffer::new().format(r as i64));
+    } else {
+        use std::fmt::Write;
+        let _ = write!(out, "{r}");
+    }
+}
+
+/// `1.5s`, `250ms`, `2m`: how a timeout reads in an output.
+pub(crate) fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 || ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else if ms % 60_000 == 0 {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+/// RFC 3339 in UTC, to the millisecond: `2026-11-22T09:30:00.123Z`.
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's days-to-civil
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+impl HealthRegistry {
+    /// Whether a caller with these request headers may see details.
+    pub fn allows_details(&self, headers: &HeaderMap) -> bool {
+        let c: &Config = &self.inner.config;
+        let policy = c.details.unwrap_or(Details::Token);
+        match policy {
+            Details::Always => true,
+            Details::Never => false,
+            Details::Token => {
+                let Some(token) = &c.token else { return false };
+                let Some(given) = headers.get(AUTHORIZATION).and_then(bearer) else {
+                    return false;
+                };
+                bool::from(given.ct_eq(token.as_slice()))
+            }
+        }
+    }
+
+    /// The HTTP answer to `probe` for a request with these headers: the status code mapped
+    /// from the report's status, `application/health+json`, `Cache-Control: no-store`.
+    pub fn respond(&self, probe: Probe, headers: &HeaderMap) -> Response<Bytes> {
+        let report = self.report(probe);
+        let details = self.allows_details(headers);
+        let body = report.to_json(self, details);
+        let mut resp = Response::new(Bytes::from(body));
+        *resp.status_mut() = self.inner.config.codes.of(report.status());
+        let h = resp.headers_mut();
+        h.insert(CONTENT_TYPE, HeaderValue::from_static(HEALTH_JSON));
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp
+    }
+
+    /// Which probe a request path asks for, if any.
+    pub fn probe_for(&self, path: &str) -> Option<Probe> {
+        let p = &self.inner.config.paths;
+        if path == p.live {
+            Some(Probe::Live)
+        } else if path == p.ready {
+            Some(Probe::Ready)
+        } else if path == p.deep {
+            Some(Probe::Deep)
+        } else {
+            None
+        }
+    }
+}
+
+/// The credentials of `Authorization: Bearer <token>` (scheme case-insensitive).
+fn bearer(v: &HeaderValue) -> Option<&[u8]> {
+    let b = v.as_bytes();
+    if b.len() < 7 || !b[..7].eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let t = b[7..].trim_ascii();
+    (!t.is_empty()).then_some(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_338_000_123);
+        assert_eq!(rfc3339(t), "2026-11-22T09:00:00.123Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn numbers_and_durations() {
+        let mut s = String::new();
+        push_number(&mut s, 3.0);
+        s.push(' ');
+        push_number(&mut s, 1.23456);
+        s.push(' ');
+        push_number(&mut s, f64::NAN);
+        assert_eq!(s, "3 1.235 null");
+        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(human_duration(Duration::from_secs(2)), "2s");
+        assert_eq!(human_duration(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let hv = HeaderValue::from_static;
+        assert_eq!(bearer(&hv("Bearer abc")), Some(&b"abc"[..]));
+        assert_eq!(bearer(&hv("bearer  abc ")), Some(&b"abc"[..]));
+        assert_eq!(bearer(&hv("Basic abc")), None);
+        assert_eq!(bearer(&hv("Bearer ")), None);
+    }
+}

@@ -1,0 +1,257 @@
+//! The shipped checks against real peers: Redis (`GARRISON_TEST_REDIS_URL`), HTTP upstreams
+//! on real sockets, breakers and the rate limiter's Redis store.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use garrison_breaker::{BreakerConfig, BreakerRegistry};
+use garrison_health::{
+    BreakerCheck, CheckOptions, HealthRegistry, HttpCheck, Observed, RateLimitStoreCheck,
+    RedisCheck, Status,
+};
+use garrison_ratelimit::{Policy, RateLimitLayer, RedisStore};
+
+fn redis_url() -> String {
+    std::env::var("GARRISON_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+async fn serve(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+async fn silent_listener() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+fn opts() -> CheckOptions {
+    CheckOptions::readiness().timeout(Duration::from_secs(5))
+}
+
+#[tokio::test]
+async fn redis_ping_against_the_real_redis_and_a_dead_one() {
+    let health = HealthRegistry::new();
+    health
+        .register("redis", RedisCheck::new(&redis_url()).unwrap(), opts())
+        .unwrap();
+    health
+        .register(
+            "redis-closed",
+            RedisCheck::new(&format!("redis://:hunter2@127.0.0.1:{}", closed_port())).unwrap(),
+            opts(),
+        )
+        .unwrap();
+    let silent = silent_listener().await;
+    health
+        .register(
+            "redis-silent",
+            RedisCheck::new(&format!("redis://{silent}")).unwrap(),
+            CheckOptions::readiness().timeout(Duration::from_millis(200)),
+        )
+        .unwrap();
+    health.refresh().await;
+
+    let ok = health.last("redis").unwrap();
+    assert_eq!(
+        ok.status(),
+        Status::Pass,
+        "Redis at GARRISON_TEST_REDIS_URL ({}) must answer; start it with `just services`: {ok:?}",
+        redis_url()
+    );
+    let rt = ok.result.get("responseTime").unwrap();
+    assert!(matches!(rt.value(), Some(Observed::Number(ms)) if *ms >= 0.0));
+
+    let closed = health.last("redis-closed").unwrap();
+    assert_eq!(closed.status(), Status::Fail);
+    let reason = closed.result.reason().unwrap();
+    assert!(reason.starts_with("redis: "), "{reason}");
+    assert!(!reason.contains("hunter2"), "{reason}");
+
+    let silent = health.last("redis-silent").unwrap();
+    assert_eq!(silent.result.reason(), Some("timed out after 200ms"));
+
+    // the connection is kept between runs and the check keeps passing
+    health.refresh().await;
+    assert_eq!(health.last("redis").unwrap().status(), Status::Pass);
+    assert_eq!(health.runs("redis"), Some(2));
+}
+
+#[tokio::test]
+async fn http_upstreams_by_status() {
+    let upstream = serve(
+        Router::new()
+            .route("/ok", get(|| async { "fine" }))
+            .route("/down", get(|| async { StatusCode::SERVICE_UNAVAILABLE })),
+    )
+    .await;
+    let health = HealthRegistry::new();
+    health
+        .register(
+            "up",
+            HttpCheck::new(&format!("http://{upstream}/ok")).unwrap(),
+            opts(),
+        )
+        .unwrap();
+    health
+        .register(
+            "down",
+            HttpCheck::new(&format!("http://{upstream}/down")).unwrap(),
+            opts(),
+        )
+        .unwrap();
+    health
+        .register(
+            "gone",
+            HttpCheck::new(&format!("http://127.0.0.1:{}/", closed_port())).unwrap(),
+            opts(),
+        )
+        .unwrap();
+    health
+        .register(
+            "teapot-ok",
+            HttpCheck::new(&format!("http://{upstream}/down"))
+                .unwrap()
+                .expect(|s| s == StatusCode::SERVICE_UNAVAILABLE),
+            opts(),
+        )
+        .unwrap();
+    health.refresh().await;
+
+    let up = health.last("up").unwrap();
+    assert_eq!(up.status(), Status::Pass);
+    assert_eq!(
+        up.result.get("responseTime").unwrap().get_field("status"),
+        Some(200.0)
+    );
+    let down = health.last("down").unwrap();
+    assert_eq!(down.status(), Status::Fail);
+    assert_eq!(
+        down.result.reason(),
+        Some("upstream answered 503 Service Unavailable")
+    );
+    let gone = health.last("gone").unwrap();
+    assert_eq!(gone.status(), Status::Fail);
+    assert!(
+        gone.result.reason().unwrap().contains("refused"),
+        "{gone:?}"
+    );
+    assert_eq!(health.last("teapot-ok").unwrap().status(), Status::Pass);
+
+    assert!(HttpCheck::new("https://example.com/").is_err());
+    assert!(HttpCheck::new("http://user:pw@example.com/").is_err());
+    assert!(HttpCheck::new("not a url").is_err());
+}
+
+#[tokio::test]
+async fn open_breakers_warn_or_fail_when_critical() {
+    let breakers = BreakerRegistry::new();
+    breakers.breaker("payments", BreakerConfig::default());
+    breakers.breaker("search", BreakerConfig::default());
+    let health = HealthRegistry::new();
+    health
+        .register("breakers", BreakerCheck::new(&breakers), opts())
+        .unwrap();
+    health
+        .register(
+            "breakers-critical",
+            BreakerCheck::new(&breakers).critical(),
+            opts(),
+        )
+        .unwrap();
+    health.refresh().await;
+    assert_eq!(health.last("breakers").unwrap().status(), Status::Pass);
+
+    breakers.force_open("payments").unwrap();
+    health.refresh().await;
+    let obs = health.last("breakers").unwrap();
+    assert_eq!(obs.status(), Status::Warn);
+    let open = obs.result.get("open").unwrap();
+    assert_eq!(open.value(), Some(&Observed::Number(1.0)));
+    assert_eq!(open.get_output(), Some("open: payments"));
+    assert_eq!(
+        health.ready().status(),
+        Status::Fail,
+        "the critical one fails"
+    );
+    assert_eq!(
+        health.last("breakers-critical").unwrap().status(),
+        Status::Fail
+    );
+
+    breakers.reset("payments").unwrap();
+    health.refresh().await;
+    assert_eq!(health.ready().status(), Status::Pass);
+}
+
+#[tokio::test]
+async fn rate_limit_store_fallback_is_a_warning() {
+    let store = RedisStore::new(&format!("redis://127.0.0.1:{}", closed_port()))
+        .unwrap()
+        .timeout(Duration::from_millis(100));
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::per_minute("general", 100))
+        .store(store)
+        .build()
+        .unwrap();
+    let limiter = layer.limiter().clone();
+    let memory_only = RateLimitLayer::builder()
+        .policy(Policy::per_minute("general", 100))
+        .build()
+        .unwrap();
+    let health = HealthRegistry::new();
+    health
+        .register(
+            "ratelimit",
+            RateLimitStoreCheck::new(&limiter),
+            opts().non_critical(),
+        )
+        .unwrap();
+    health
+        .register(
+            "ratelimit-memory",
+            RateLimitStoreCheck::new(memory_only.limiter()),
+            opts(),
+        )
+        .unwrap();
+
+    // a request whose decision reaches for the dead Redis and falls back
+    let app = Router::new()
+        .route("/items", get(|| async { "items" }))
+        .layer(layer);
+    let mut req = http::Request::get("/items")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    req.extensions_mut().insert(garrison_ratelimit::PeerAddr(
+        "192.0.2.1:1000".parse().unwrap(),
+    ));
+    let resp = tower::ServiceExt::oneshot(app, req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "the fallback keeps serving");
+    health.refresh().await;
+    let obs = health.last("ratelimit").unwrap();
+    assert_eq!(obs.status(), Status::Warn, "{obs:?}");
+    assert_eq!(obs.reported, Status::Fail);
+    assert!(obs.result.reason().unwrap().contains("local fallback"));
+    assert_eq!(
+        health.last("ratelimit-memory").unwrap().status(),
+        Status::Pass
+    );
+    assert_eq!(health.ready().status(), Status::Warn);
+}
