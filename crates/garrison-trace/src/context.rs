@@ -1,0 +1,63 @@
+//! The trace context of the request being served, for outgoing calls and logs.
+
+use std::cell::RefCell;
+use std::sync::Arc;
+
+use garrison_core::TraceId;
+use http::HeaderValue;
+
+use crate::tracer::LocalTrace;
+use crate::w3c::SpanId;
+
+/// The trace context of one request: put in its extensions by
+/// [`TraceLayer`](crate::TraceLayer), and current while its handler runs.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// The server span of this request (the parent of outgoing calls).
+    pub span_id: SpanId,
+    /// The sampled flag sent downstream.
+    pub sampled: bool,
+    /// The request id (`x-request-id`).
+    pub request_id: HeaderValue,
+    /// The caller's `tracestate`, passed on.
+    pub tracestate: Option<HeaderValue>,
+    /// The caller's `baggage`, passed on.
+    pub baggage: Option<HeaderValue>,
+    pub(crate) local: Option<Arc<LocalTrace>>,
+}
+
+impl RequestContext {
+    /// Whether this request's spans are being recorded.
+    pub fn is_recording(&self) -> bool {
+        self.local.is_some()
+    }
+}
+
+thread_local! {
+    static CURRENT: RefCell<Option<Arc<RequestContext>>> = const { RefCell::new(None) };
+}
+
+/// The context of the request whose handler is running on this thread: set while
+/// [`TraceLayer`](crate::TraceLayer)'s future is polled. A task spawned by the handler does
+/// not inherit it; pass [`RequestContext`] from the request's extensions instead.
+pub fn current() -> Option<Arc<RequestContext>> {
+    CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Makes `ctx` current until dropped, restoring the previous one.
+pub(crate) struct CurrentGuard(Option<Arc<RequestContext>>);
+
+impl CurrentGuard {
+    pub(crate) fn set(ctx: &Arc<RequestContext>) -> Self {
+        Self(CURRENT.with(|c| c.borrow_mut().replace(ctx.clone())))
+    }
+}
+
+impl Drop for CurrentGuard {
+    fn drop(&mut self) {
+        let prev = self.0.take();
+        CURRENT.with(|c| *c.borrow_mut() = prev);
+    }
+}

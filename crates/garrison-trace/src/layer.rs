@@ -1,0 +1,535 @@
+//! `TraceLayer`: the server side.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use garrison_core::{RouteResolver, TraceContext};
+use http::header::{HeaderName, HeaderValue, HOST, USER_AGENT};
+use http::{Request, Response, Version};
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::context::{CurrentGuard, RequestContext};
+use crate::redact::Redaction;
+use crate::sampler::Start;
+use crate::span::{SpanKind, SpanRecord, Value};
+use crate::w3c::{format_traceparent, Incoming};
+use crate::{ids, Tracer};
+
+/// The longest incoming request id kept; a longer or non-printable one is replaced.
+pub const MAX_REQUEST_ID: usize = 128;
+
+#[derive(Clone)]
+struct Shared {
+    tracer: Tracer,
+    request_id: HeaderName,
+    trace_response: bool,
+    access_log: bool,
+    resolver: RouteResolver,
+    redaction: Arc<Redaction>,
+}
+
+/// Joins each request to its caller's trace (W3C `traceparent`, `tracestate`, `baggage`),
+/// records a server span in the OpenTelemetry HTTP conventions, and gives every request an
+/// id.
+///
+/// - The span is named `{method} {route}` (axum's `MatchedPath` or a route table; never the
+///   raw path) and carries `http.request.method`, `http.route`, `url.path`, `url.scheme`,
+///   `server.address`, `client.address`, `user_agent.original`,
+///   `network.protocol.version`, `http.response.status_code` and `error.type`; its status is
+///   an error for 5xx only; it ends when the response body ends.
+/// - A malformed, duplicated or oversized header starts a fresh trace; the request goes on.
+/// - `x-request-id` is taken from the caller (if printable and at most
+///   [`MAX_REQUEST_ID`] bytes) or made, and returned on the response;
+///   [`trace_response`](Self::trace_response) also returns a `traceresponse` header.
+/// - The request's extensions get a [`RequestContext`] and garrison-core's
+///   [`TraceContext`], which garrison-metrics turns into exemplars.
+/// - Inside the request, a `tracing` span `request` carries `trace_id`, `span_id` and
+///   `request_id`, so every log line can name them ([`json_logs`](crate::json_logs)).
+///
+/// ```
+/// use axum::{routing::get, Router};
+/// use garrison_trace::{Sampler, TraceLayer, Tracer};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let tracer = Tracer::builder().sampler(Sampler::Ratio(0.1)).build();
+/// let app: Router = Router::new()
+///     .route("/users/{id}", get(|| async { "hi" }))
+///     .layer(TraceLayer::new(&tracer).trace_response(true));
+/// # let _ = app;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct TraceLayer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TraceLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceLayer")
+            .field("tracer", &self.shared.tracer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TraceLayer {
+    /// A layer recording into `tracer`.
+    pub fn new(tracer: &Tracer) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                tracer: tracer.clone(),
+                request_id: HeaderName::from_static("x-request-id"),
+                trace_response: false,
+                access_log: false,
+                resolver: RouteResolver::new(),
+                redaction: Arc::new(Redaction::default()),
+            }),
+        }
+    }
+
+    fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
+        f(Arc::make_mut(&mut self.shared));
+        self
+    }
+
+    /// The request id header. Default: `x-request-id`.
+    pub fn request_id_header(self, name: HeaderName) -> Self {
+        self.edit(|s| s.request_id = name)
+    }
+
+    /// Also return `traceresponse: 00-<trace>-<span>-<flags>` (W3C Trace Context level 2) so
+    /// that callers can find their request's trace. Default: off.
+    pub fn trace_response(self, on: bool) -> Self {
+        self.edit(|s| s.trace_response = on)
+    }
+
+    /// One `tracing` event per request at its end (target `garrison_trace::access`, INFO):
+    /// method, route, path with redacted query parameters, status, duration, request id.
+    /// Default: off.
+    pub fn access_log(self, on: bool) -> Self {
+        self.edit(|s| s.access_log = on)
+    }
+
+    /// What the access log redacts. Default: [`Redaction::default`].
+    pub fn redaction(self, r: Redaction) -> Self {
+        self.edit(|s| s.redaction = Arc::new(r))
+    }
+
+    /// How routes are named when there is no `MatchedPath` (a plain hyper service).
+    pub fn route_resolver(self, r: RouteResolver) -> Self {
+        self.edit(|s| s.resolver = r)
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceService {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The service made by [`TraceLayer`].
+#[derive(Clone)]
+pub struct TraceService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> std::fmt::Debug for TraceService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceService").finish_non_exhaustive()
+    }
+}
+
+fn valid_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|&c| (0x21..=0x7e).contains(&c))
+}
+
+/// Hex of a trace or span id, formatted only if a log line asks.
+struct Hex<const N: usize>([u8; N]);
+
+impl<const N: usize> std::fmt::Display for Hex<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut buf = [0u8; 64];
+        f.write_str(crate::w3c::hex_into(&self.0, &mut buf[..2 * N]))
+    }
+}
+
+struct Lossy<'a>(&'a HeaderValue);
+
+impl std::fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.to_str().unwrap_or("?"))
+    }
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for TraceService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<TraceBody<ResB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let sh = &self.shared;
+        let clock = sh.tracer.inner.clock.clone();
+        let started = clock.now();
+        let incoming = Incoming::extract(req.headers());
+        let trace_id = incoming.parent.map_or_else(ids::trace_id, |p| p.trace_id);
+        let span_id = ids::span_id();
+        let sampler = &sh.tracer.inner.sampler;
+        let start = sampler.start(trace_id, incoming.parent.as_ref());
+        let request_id = match req.headers().get(&sh.request_id) {
+            Some(v) if valid_request_id(v) => v.clone(),
+            _ => HeaderValue::from_bytes(&ids::request_id()).expect("hex is a valid header"),
+        };
+        let local = (start != Start::Drop).then(|| sh.tracer.local(trace_id, start));
+        let root = local.as_ref().map(|_| {
+            root_span(&req, &sh.resolver, trace_id, span_id, &incoming)
+        });
+        let ctx = Arc::new(RequestContext {
+            trace_id,
+            span_id,
+            sampled: sampler.head_flag(start, trace_id),
+            request_id,
+            tracestate: incoming.tracestate,
+            baggage: incoming.baggage,
+            local,
+        });
+        let ext = req.extensions_mut();
+        ext.insert(TraceContext {
+            trace_id,
+            span_id: Some(span_id.to_bytes()),
+            sampled: start != Start::Drop,
+        });
+        ext.insert(ctx.clone());
+        let span = tracing::info_span!(
+            target: "garrison_trace",
+            "request",
+            trace_id = %Hex(trace_id.to_bytes()),
+            span_id = %Hex(span_id.to_bytes()),
+            request_id = %Lossy(&ctx.request_id),
+        );
+        let access = sh.access_log.then(|| {
+            let route = sh.resolver.resolve(&req).as_str().to_owned();
+            Access {
+                method: req.method().clone(),
+                route,
+                path: sh.redaction.path_and_query(req.uri()),
+            }
+        });
+        let fut = {
+            let _enter = span.enter();
+            let _current = CurrentGuard::set(&ctx);
+            self.inner.call(req)
+        };
+        ResponseFuture {
+            inner: fut,
+            state: Some(State {
+                finisher: Finisher {
+                    root,
+                    ctx,
+                    span,
+                    clock,
+                    started,
+                    status: 0,
+                    access,
+                    done: false,
+                },
+                shared: self.shared.clone(),
+            }),
+        }
+    }
+}
+
+fn root_span<B>(
+    req: &Request<B>,
+    resolver: &RouteResolver,
+    trace_id: garrison_core::TraceId,
+    span_id: crate::w3c::SpanId,
+    incoming: &Incoming,
+) -> SpanRecord {
+    let method = req.method().as_str();
+    let method_label = garrison_core::MethodLabel::from_method(req.method());
+    let route = resolver.resolve(req).as_str();
+    let mut name = String::with_capacity(method.len() + 1 + route.len());
+    name.push_str(method_label.as_str());
+    name.push(' ');
+    name.push_str(route);
+    let mut attributes: Vec<(&'static str, Value)> = Vec::with_capacity(12);
+    let s = |v: &str| Value::Str(Cow::Owned(v.to_owned()));
+    attributes.push(("http.request.method", Value::Str(Cow::Borrowed(method_label.as_str()))));
+    if method_label == garrison_core::MethodLabel::Other {
+        attributes.push(("http.request.method_original", s(&method[..method.len().min(64)])));
+    }
+    attributes.push(("http.route", s(route)));
+    attributes.push(("url.path", s(truncate(req.uri().path(), 1024))));
+    attributes.push((
+        "url.scheme",
+        Value::Str(Cow::Borrowed(match req.uri().scheme_str() {
+            Some("https") => "https",
+            _ => "http",
+        })),
+    ));
+    let host = req
+        .uri()
+        .host()
+        .map(str::to_owned)
+        .or_else(|| {
+            req.headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| strip_port(h).to_owned())
+        });
+    if let Some(h) = host {
+        attributes.push(("server.address", s(truncate(&h, 255))));
+    }
+    if let Some(peer) = garrison_core::peer_addr(req) {
+        attributes.push(("client.address", Value::Str(Cow::Owned(peer.ip().to_string()))));
+    }
+    if let Some(ua) = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()) {
+        attributes.push(("user_agent.original", s(truncate(ua, 512))));
+    }
+    attributes.push((
+        "network.protocol.version",
+        Value::Str(Cow::Borrowed(match req.version() {
+            Version::HTTP_09 => "0.9",
+            Version::HTTP_10 => "1.0",
+            Version::HTTP_2 => "2",
+            Version::HTTP_3 => "3",
+            _ => "1.1",
+        })),
+    ));
+    let now = SystemTime::now();
+    SpanRecord {
+        trace_id,
+        span_id,
+        parent: incoming.parent.map(|p| p.span_id),
+        parent_remote: incoming.parent.is_some(),
+        name: Cow::Owned(name),
+        kind: SpanKind::Server,
+        start: now,
+        end: now,
+        attributes,
+        error: None,
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split(']').next().map_or(host, |h| &h[1..]);
+    }
+    host.rsplit_once(':').map_or(host, |(h, _)| h)
+}
+
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+struct Access {
+    method: http::Method,
+    route: String,
+    path: String,
+}
+
+/// Ends the server span (and the access log line) once, when the body ends, or when the
+/// request is dropped.
+struct Finisher {
+    root: Option<SpanRecord>,
+    ctx: Arc<RequestContext>,
+    span: tracing::Span,
+    clock: garrison_core::SharedClock,
+    started: Instant,
+    status: u16,
+    access: Option<Access>,
+    done: bool,
+}
+
+impl Finisher {
+    fn finish(&mut self, error: Option<&'static str>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let took = self.clock.now().saturating_duration_since(self.started);
+        let error = error.map(Cow::Borrowed).or_else(|| {
+            (self.status >= 500).then(|| Cow::Owned(self.status.to_string()))
+        });
+        if let Some(a) = &self.access {
+            let _e = self.span.enter();
+            tracing::info!(
+                target: "garrison_trace::access",
+                method = %a.method,
+                route = %a.route,
+                path = %a.path,
+                status = self.status,
+                duration_ms = took.as_secs_f64() * 1e3,
+                "request"
+            );
+        }
+        let (Some(mut root), Some(local)) = (self.root.take(), self.ctx.local.clone()) else {
+            return;
+        };
+        root.end = root.start + took;
+        if self.status != 0 {
+            root.attributes
+                .push(("http.response.status_code", Value::Int(i64::from(self.status))));
+        }
+        if let Some(e) = &error {
+            root.attributes.push(("error.type", Value::Str(e.clone())));
+            root.error = Some(e.clone());
+        }
+        local.finish(root, error.is_some(), took);
+    }
+}
+
+impl Drop for Finisher {
+    fn drop(&mut self) {
+        if self.status == 0 {
+            self.finish(Some("cancelled"));
+        } else {
+            self.finish(None);
+        }
+    }
+}
+
+struct State {
+    finisher: Finisher,
+    shared: Arc<Shared>,
+}
+
+pin_project! {
+    /// The response future of [`TraceService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        state: Option<State>,
+    }
+}
+
+impl<F> std::fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<TraceBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let state = this.state.as_mut().expect("polled after completion");
+        let result = {
+            let _enter = state.finisher.span.enter();
+            let _current = CurrentGuard::set(&state.finisher.ctx);
+            match this.inner.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
+            }
+        };
+        let State {
+            mut finisher,
+            shared,
+        } = this.state.take().expect("present");
+        match result {
+            Ok(mut resp) => {
+                finisher.status = resp.status().as_u16();
+                let ctx = &finisher.ctx;
+                let h = resp.headers_mut();
+                h.insert(shared.request_id.clone(), ctx.request_id.clone());
+                if shared.trace_response {
+                    let tp = format_traceparent(ctx.trace_id, ctx.span_id, ctx.sampled);
+                    if let Ok(v) = HeaderValue::from_bytes(&tp) {
+                        h.insert(HeaderName::from_static("traceresponse"), v);
+                    }
+                }
+                let needs_end = finisher.root.is_some() || finisher.access.is_some();
+                Poll::Ready(Ok(resp.map(|body| TraceBody {
+                    inner: body,
+                    finisher: needs_end.then_some(finisher),
+                })))
+            }
+            Err(e) => {
+                finisher.status = 500;
+                finisher.finish(Some("service_error"));
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The response body of [`TraceService`]: the inner body, ending the server span when it
+    /// ends.
+    pub struct TraceBody<B> {
+        #[pin]
+        inner: B,
+        finisher: Option<Finisher>,
+    }
+}
+
+impl<B> std::fmt::Debug for TraceBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceBody").finish_non_exhaustive()
+    }
+}
+
+impl<B: Body> Body for TraceBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        match &r {
+            Poll::Ready(None) => {
+                if let Some(mut f) = this.finisher.take() {
+                    f.finish(None);
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut f) = this.finisher.take() {
+                    f.finish(Some("body_error"));
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,235 @@
+//! `PropagateLayer`: the client side.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Instant, SystemTime};
+
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::context::{current, RequestContext};
+use crate::redact::Redaction;
+use crate::span::{SpanKind, SpanRecord, Value};
+use crate::w3c::format_traceparent;
+
+/// Carries the current trace into outgoing requests: `traceparent` (a new client span under
+/// the server span), `tracestate`, `baggage` and `x-request-id`; and, when the request's trace
+/// is recorded, a client span with the OpenTelemetry HTTP client conventions
+/// (`http.request.method`, `server.address`, `server.port`, `url.full` with redacted query
+/// parameters, `http.response.status_code`, `error.type` for 4xx, 5xx and errors), ended when
+/// the response head arrives.
+///
+/// The context is the outgoing request's [`RequestContext`] extension if it has one (copy it
+/// from the incoming request in a proxy), or else the request being served on this thread
+/// ([`current`]).
+///
+/// ```
+/// use garrison_trace::PropagateLayer;
+/// use tower::ServiceBuilder;
+///
+/// let client = ServiceBuilder::new()
+///     .layer(PropagateLayer::new())
+///     .service_fn(|req: http::Request<()>| async move {
+///         Ok::<_, std::convert::Infallible>(http::Response::new(()))
+///     });
+/// # let _ = client;
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct PropagateLayer {
+    redaction: Arc<Redaction>,
+}
+
+impl PropagateLayer {
+    /// A layer with the default [`Redaction`] of `url.full`.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// What `url.full` redacts.
+    pub fn redaction(mut self, r: Redaction) -> Self {
+        self.redaction = Arc::new(r);
+        self
+    }
+}
+
+impl<S> Layer<S> for PropagateLayer {
+    type Service = PropagateService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PropagateService {
+            inner,
+            redaction: self.redaction.clone(),
+        }
+    }
+}
+
+/// The service made by [`PropagateLayer`].
+#[derive(Clone, Debug)]
+pub struct PropagateService<S> {
+    inner: S,
+    redaction: Arc<Redaction>,
+}
+
+struct ClientSpan {
+    ctx: Arc<RequestContext>,
+    record: SpanRecord,
+    started: Instant,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for PropagateService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+    S::Error: std::fmt::Display,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = PropagateFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let ctx = req
+            .extensions()
+            .get::<Arc<RequestContext>>()
+            .cloned()
+            .or_else(current);
+        let Some(ctx) = ctx else {
+            return PropagateFuture {
+                inner: self.inner.call(req),
+                span: None,
+            };
+        };
+        let span_id = crate::ids::span_id();
+        let h = req.headers_mut();
+        let tp = format_traceparent(ctx.trace_id, span_id, ctx.sampled);
+        if let Ok(v) = HeaderValue::from_bytes(&tp) {
+            h.insert(HeaderName::from_static("traceparent"), v);
+        }
+        match &ctx.tracestate {
+            Some(ts) => {
+                h.insert(HeaderName::from_static("tracestate"), ts.clone());
+            }
+            None => {
+                h.remove("tracestate");
+            }
+        }
+        if let Some(b) = &ctx.baggage {
+            h.insert(HeaderName::from_static("baggage"), b.clone());
+        }
+        if !h.contains_key("x-request-id") {
+            h.insert(HeaderName::from_static("x-request-id"), ctx.request_id.clone());
+        }
+        let span = ctx.is_recording().then(|| client_span(&req, &ctx, span_id, &self.redaction));
+        PropagateFuture {
+            inner: self.inner.call(req),
+            span,
+        }
+    }
+}
+
+fn client_span<B>(
+    req: &Request<B>,
+    ctx: &Arc<RequestContext>,
+    span_id: crate::w3c::SpanId,
+    redaction: &Redaction,
+) -> ClientSpan {
+    let method = garrison_core::MethodLabel::from_method(req.method());
+    let uri = req.uri();
+    let mut attributes: Vec<(&'static str, Value)> = Vec::with_capacity(8);
+    attributes.push(("http.request.method", Value::Str(Cow::Borrowed(method.as_str()))));
+    if let Some(host) = uri.host() {
+        attributes.push(("server.address", Value::Str(Cow::Owned(host.to_owned()))));
+    }
+    let port = uri.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    });
+    if let Some(p) = port {
+        attributes.push(("server.port", Value::Int(i64::from(p))));
+    }
+    let mut full = String::new();
+    if let (Some(scheme), Some(auth)) = (uri.scheme_str(), uri.authority()) {
+        full.push_str(scheme);
+        full.push_str("://");
+        // never the user info
+        full.push_str(auth.as_str().rsplit('@').next().unwrap_or_default());
+    }
+    full.push_str(&redaction.path_and_query(uri));
+    attributes.push(("url.full", Value::Str(Cow::Owned(full))));
+    ClientSpan {
+        ctx: ctx.clone(),
+        record: SpanRecord {
+            trace_id: ctx.trace_id,
+            span_id,
+            parent: Some(ctx.span_id),
+            parent_remote: false,
+            name: Cow::Borrowed(method.as_str()),
+            kind: SpanKind::Client,
+            start: SystemTime::now(),
+            end: SystemTime::now(),
+            attributes,
+            error: None,
+        },
+        started: Instant::now(),
+    }
+}
+
+pin_project! {
+    /// The response future of [`PropagateService`].
+    pub struct PropagateFuture<F> {
+        #[pin]
+        inner: F,
+        span: Option<ClientSpan>,
+    }
+}
+
+impl<F> std::fmt::Debug for PropagateFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PropagateFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for PropagateFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: std::fmt::Display,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let r = match this.inner.poll(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r,
+        };
+        if let Some(mut s) = this.span.take() {
+            s.record.end = s.record.start + s.started.elapsed();
+            let error: Option<Cow<'static, str>> = match &r {
+                Ok(resp) => {
+                    let code = resp.status().as_u16();
+                    s.record
+                        .attributes
+                        .push(("http.response.status_code", Value::Int(i64::from(code))));
+                    (code >= 400).then(|| Cow::Owned(code.to_string()))
+                }
+                Err(_) => Some(Cow::Borrowed("request_error")),
+            };
+            if let Some(e) = error {
+                s.record.attributes.push(("error.type", Value::Str(e.clone())));
+                s.record.error = Some(e);
+            }
+            if let Some(local) = &s.ctx.local {
+                local.add(s.record);
+            }
+        }
+        Poll::Ready(r)
+    }
+}

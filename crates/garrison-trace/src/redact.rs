@@ -1,0 +1,121 @@
+//! What logs must not show: named headers, query parameters and fields.
+
+use std::fmt::Write;
+
+/// Names whose values logs replace with `[redacted]`: header names, query parameter names and
+/// log field names, compared case-insensitively. The default covers credentials: headers
+/// `authorization`, `proxy-authorization`, `cookie`, `set-cookie`, `x-api-key`; query
+/// parameters and fields `token`, `access_token`, `refresh_token`, `id_token`, `api_key`,
+/// `apikey`, `key`, `password`, `secret`, `signature`, `code`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redaction {
+    headers: Vec<String>,
+    params: Vec<String>,
+}
+
+const REDACTED: &str = "[redacted]";
+
+impl Default for Redaction {
+    fn default() -> Self {
+        let own = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+        Self {
+            headers: own(&[
+                "authorization",
+                "proxy-authorization",
+                "cookie",
+                "set-cookie",
+                "x-api-key",
+            ]),
+            params: own(&[
+                "token",
+                "access_token",
+                "refresh_token",
+                "id_token",
+                "api_key",
+                "apikey",
+                "key",
+                "password",
+                "secret",
+                "signature",
+                "code",
+            ]),
+        }
+    }
+}
+
+impl Redaction {
+    /// Nothing redacted.
+    pub fn none() -> Self {
+        Self {
+            headers: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Also redact this header.
+    pub fn header(mut self, name: &str) -> Self {
+        self.headers.push(name.to_ascii_lowercase());
+        self
+    }
+
+    /// Also redact this query parameter and log field.
+    pub fn param(mut self, name: &str) -> Self {
+        self.params.push(name.to_ascii_lowercase());
+        self
+    }
+
+    /// Whether the header `name` is redacted.
+    pub fn is_secret_header(&self, name: &str) -> bool {
+        self.headers.iter().any(|h| h.eq_ignore_ascii_case(name))
+    }
+
+    /// Whether the query parameter or log field `name` is redacted.
+    pub fn is_secret_param(&self, name: &str) -> bool {
+        self.params.iter().any(|h| h.eq_ignore_ascii_case(name))
+    }
+
+    /// The path and query of `uri`, with redacted parameter values replaced, at most 2 KiB.
+    pub fn path_and_query(&self, uri: &http::Uri) -> String {
+        let path = crate::layer::truncate(uri.path(), 2048);
+        let Some(query) = uri.query() else {
+            return path.to_owned();
+        };
+        let mut out = String::with_capacity(path.len() + query.len() + 1);
+        out.push_str(path);
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((k, _)) if self.is_secret_param(k) => {
+                    let _ = write!(out, "{k}={REDACTED}");
+                }
+                _ => out.push_str(pair),
+            }
+            if out.len() > 4096 {
+                out.push('…');
+                break;
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_secrets_are_replaced() {
+        let r = Redaction::default();
+        let uri: http::Uri = "/cb?code=abc&state=x&Token=t&page=2".parse().unwrap();
+        assert_eq!(
+            r.path_and_query(&uri),
+            "/cb?code=[redacted]&state=x&Token=[redacted]&page=2"
+        );
+        assert!(r.is_secret_header("Authorization"));
+        assert!(!Redaction::none().is_secret_header("authorization"));
+        assert!(Redaction::none().param("session").is_secret_param("SESSION"));
+    }
+}

@@ -1,0 +1,320 @@
+//! W3C Trace Context (`traceparent`, `tracestate`) and Baggage: strict, bounded parsers.
+//!
+//! Anything malformed is ignored, never an error for the request: a bad `traceparent` starts
+//! a fresh trace, a bad `tracestate` or `baggage` is dropped. Sizes are capped so that a
+//! hostile caller cannot make us copy or keep large headers.
+
+use garrison_core::TraceId;
+use http::header::HeaderMap;
+use http::HeaderValue;
+
+/// A span id: 8 bytes, never zero.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SpanId(pub(crate) std::num::NonZeroU64);
+
+impl SpanId {
+    /// The id from its 8 bytes (big-endian); `None` for all zeros.
+    pub const fn from_bytes(b: [u8; 8]) -> Option<Self> {
+        match std::num::NonZeroU64::new(u64::from_be_bytes(b)) {
+            Some(v) => Some(Self(v)),
+            None => None,
+        }
+    }
+
+    /// The 8 bytes.
+    pub const fn to_bytes(self) -> [u8; 8] {
+        self.0.get().to_be_bytes()
+    }
+
+    /// Lower-case hex into `buf`.
+    pub fn to_hex<'b>(&self, buf: &'b mut [u8; 16]) -> &'b str {
+        hex_into(&self.to_bytes(), buf)
+    }
+}
+
+impl std::fmt::Display for SpanId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.to_hex(&mut [0; 16]))
+    }
+}
+
+impl std::fmt::Debug for SpanId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SpanId({self})")
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+pub(crate) fn hex_into<'b>(bytes: &[u8], buf: &'b mut [u8]) -> &'b str {
+    for (i, b) in bytes.iter().enumerate() {
+        buf[2 * i] = HEX[(b >> 4) as usize];
+        buf[2 * i + 1] = HEX[(b & 15) as usize];
+    }
+    std::str::from_utf8(&buf[..bytes.len() * 2]).unwrap_or_default()
+}
+
+fn unhex(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn unhex_into(src: &[u8], out: &mut [u8]) -> Option<()> {
+    for (o, pair) in out.iter_mut().zip(src.chunks_exact(2)) {
+        *o = (unhex(pair[0])? << 4) | unhex(pair[1])?;
+    }
+    Some(())
+}
+
+/// The caller's span, from a valid `traceparent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Parent {
+    /// The trace.
+    pub trace_id: TraceId,
+    /// The caller's span.
+    pub span_id: SpanId,
+    /// Whether the caller sampled the trace.
+    pub sampled: bool,
+}
+
+/// Parses a `traceparent` value: version `00` exactly as specified; a higher version is read
+/// for its first four fields as the spec asks (and must be longer only after a `-`); version
+/// `ff`, upper-case hex, zero ids and any other shape are rejected.
+pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
+    if v.len() < 55 {
+        return None;
+    }
+    let mut version = [0u8; 1];
+    unhex_into(&v[0..2], &mut version)?;
+    match version[0] {
+        0xff => return None,
+        0 if v.len() != 55 => return None,
+        _ if v.len() > 55 && v[55] != b'-' => return None,
+        _ => {}
+    }
+    if v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return None;
+    }
+    let mut trace = [0u8; 16];
+    unhex_into(&v[3..35], &mut trace)?;
+    let mut span = [0u8; 8];
+    unhex_into(&v[36..52], &mut span)?;
+    let mut flags = [0u8; 1];
+    unhex_into(&v[53..55], &mut flags)?;
+    Some(Parent {
+        trace_id: TraceId::from_bytes(trace)?,
+        span_id: SpanId::from_bytes(span)?,
+        sampled: flags[0] & 1 == 1,
+    })
+}
+
+/// `00-<trace>-<span>-<flags>`, 55 bytes.
+pub fn format_traceparent(trace: TraceId, span: SpanId, sampled: bool) -> [u8; 55] {
+    let mut out = [b'-'; 55];
+    out[0] = b'0';
+    out[1] = b'0';
+    hex_into(&trace.to_bytes(), &mut out[3..35]);
+    hex_into(&span.to_bytes(), &mut out[36..52]);
+    out[53] = b'0';
+    out[54] = if sampled { b'1' } else { b'0' };
+    out
+}
+
+/// The largest `tracestate` kept (the spec asks vendors to propagate at least 512 bytes).
+pub const MAX_TRACESTATE: usize = 512;
+/// The most list members of a `tracestate`.
+pub const MAX_TRACESTATE_MEMBERS: usize = 32;
+/// The largest `baggage` kept, in bytes (the W3C Baggage limit).
+pub const MAX_BAGGAGE: usize = 8192;
+/// The most list members of a `baggage`.
+pub const MAX_BAGGAGE_MEMBERS: usize = 64;
+
+/// Whether `v` is a valid `tracestate` within the limits: comma-separated `key=value`
+/// members (optional spaces and tabs around them), keys `[a-z0-9_\-*/@]` starting with a
+/// letter or digit (at most 256 bytes), values of printable ASCII without `,` and `=` (at
+/// most 256 bytes, not ending in a space), no key twice.
+pub fn valid_tracestate(v: &[u8]) -> bool {
+    if v.len() > MAX_TRACESTATE {
+        return false;
+    }
+    let mut keys: [&[u8]; MAX_TRACESTATE_MEMBERS] = [&[]; MAX_TRACESTATE_MEMBERS];
+    let mut n = 0;
+    for member in v.split(|&c| c == b',') {
+        let member = member.trim_ascii();
+        if member.is_empty() {
+            continue; // empty members are allowed and ignored
+        }
+        if n == MAX_TRACESTATE_MEMBERS {
+            return false;
+        }
+        let Some(eq) = member.iter().position(|&c| c == b'=') else {
+            return false;
+        };
+        let (key, value) = (&member[..eq], &member[eq + 1..]);
+        let key_ok = !key.is_empty()
+            && key.len() <= 256
+            && (key[0].is_ascii_lowercase() || key[0].is_ascii_digit())
+            && key.iter().all(|&c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/' | b'@')
+            });
+        let value_ok = !value.is_empty()
+            && value.len() <= 256
+            && value.last() != Some(&b' ')
+            && value
+                .iter()
+                .all(|&c| (0x20..=0x7e).contains(&c) && c != b',' && c != b'=');
+        if !key_ok || !value_ok || keys[..n].contains(&key) {
+            return false;
+        }
+        keys[n] = key;
+        n += 1;
+    }
+    true
+}
+
+/// Whether `v` is a valid `baggage` within the limits: comma-separated `key=value` members
+/// with optional `;property` parts, keys HTTP tokens, values without control characters,
+/// spaces, `"`, `,`, `;` or `\`.
+pub fn valid_baggage(v: &[u8]) -> bool {
+    if v.len() > MAX_BAGGAGE {
+        return false;
+    }
+    let mut n = 0;
+    for member in v.split(|&c| c == b',') {
+        let member = member.trim_ascii();
+        if member.is_empty() {
+            return false;
+        }
+        n += 1;
+        if n > MAX_BAGGAGE_MEMBERS {
+            return false;
+        }
+        let kv = member.split(|&c| c == b';').next().unwrap_or_default();
+        let Some(eq) = kv.iter().position(|&c| c == b'=') else {
+            return false;
+        };
+        let key = kv[..eq].trim_ascii();
+        let value = kv[eq + 1..].trim_ascii();
+        let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+        if key.is_empty() || !key.iter().all(|&c| token(c)) {
+            return false;
+        }
+        if !value
+            .iter()
+            .all(|&c| (0x21..=0x7e).contains(&c) && !matches!(c, b'"' | b',' | b';' | b'\\'))
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// What came in with a request: the parent span (if the `traceparent` was valid and alone),
+/// and the `tracestate` and `baggage` to pass on (if valid; `tracestate` only with a parent).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Incoming {
+    /// The caller's span.
+    pub parent: Option<Parent>,
+    /// The caller's `tracestate`, to pass on unchanged.
+    pub tracestate: Option<HeaderValue>,
+    /// The caller's `baggage`, to pass on unchanged (never copied to spans or logs).
+    pub baggage: Option<HeaderValue>,
+}
+
+fn single<'a>(headers: &'a HeaderMap, name: &'static str) -> Option<&'a HeaderValue> {
+    let mut all = headers.get_all(name).iter();
+    let first = all.next()?;
+    // two traceparent headers are ambiguous: ignore both
+    all.next().is_none().then_some(first)
+}
+
+impl Incoming {
+    /// Reads the three headers.
+    pub fn extract(headers: &HeaderMap) -> Self {
+        let Some(tp) = single(headers, "traceparent") else {
+            return Self {
+                parent: None,
+                tracestate: None,
+                baggage: baggage(headers),
+            };
+        };
+        let parent = parse_traceparent(tp.as_bytes());
+        let tracestate = parent
+            .and(single(headers, "tracestate"))
+            .filter(|v| valid_tracestate(v.as_bytes()))
+            .cloned();
+        Self {
+            parent,
+            tracestate,
+            baggage: baggage(headers),
+        }
+    }
+}
+
+fn baggage(headers: &HeaderMap) -> Option<HeaderValue> {
+    single(headers, "baggage")
+        .filter(|v| valid_baggage(v.as_bytes()))
+        .cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn traceparent_round_trips() {
+        let p = parse_traceparent(TP.as_bytes()).unwrap();
+        assert!(p.sampled);
+        assert_eq!(p.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(p.span_id.to_string(), "00f067aa0ba902b7");
+        assert_eq!(
+            &format_traceparent(p.trace_id, p.span_id, true)[..],
+            TP.as_bytes()
+        );
+    }
+
+    #[test]
+    fn traceparent_rejects_what_the_spec_rejects() {
+        for bad in [
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+            "",
+        ] {
+            assert_eq!(parse_traceparent(bad.as_bytes()), None, "{bad}");
+        }
+        // a future version with more fields is read for the four we know
+        let p = parse_traceparent(
+            b"cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-the-future-holds",
+        );
+        assert!(p.is_some_and(|p| p.sampled));
+    }
+
+    #[test]
+    fn tracestate_and_baggage_rules() {
+        assert!(valid_tracestate(b"rojo=00f067aa0ba902b7,congo=t61rcWkgMzE"));
+        assert!(valid_tracestate(b"a@b=1 , ,c=2"));
+        assert!(!valid_tracestate(b"Upper=1"));
+        assert!(!valid_tracestate(b"a=1,a=2"));
+        assert!(!valid_tracestate(b"a"));
+        assert!(!valid_tracestate(&b"a=1,".repeat(200)));
+        let many: Vec<u8> = (0..33).flat_map(|i| format!("k{i}=v,").into_bytes()).collect();
+        assert!(!valid_tracestate(&many));
+        assert!(valid_baggage(b"userId=alice,serverNode=DF%2028;p=1"));
+        assert!(!valid_baggage(b"user id=alice"));
+        assert!(!valid_baggage(b"a=\"quoted\""));
+        assert!(!valid_baggage(b"a=1,,b=2"));
+        assert!(!valid_baggage(&b"k=v,".repeat(3000)));
+    }
+}
