@@ -36,9 +36,7 @@ pub fn push_json_string(out: &mut String, s: &str) {
 /// assert_eq!(garrison_core::rfc3339(t, 0), "2000-02-29T00:00:00Z");
 /// ```
 pub fn rfc3339(t: std::time::SystemTime, fraction: u8) -> String {
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let rem = secs % 86_400;
     // Howard Hinnant's days-to-civil

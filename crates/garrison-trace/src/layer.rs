@@ -200,9 +200,9 @@ where
             _ => HeaderValue::from_bytes(&ids::request_id()).expect("hex is a valid header"),
         };
         let local = (start != Start::Drop).then(|| sh.tracer.local(trace_id, start));
-        let root = local.as_ref().map(|_| {
-            root_span(&req, &sh.resolver, trace_id, span_id, &incoming)
-        });
+        let root = local
+            .as_ref()
+            .map(|_| root_span(&req, &sh.resolver, trace_id, span_id, &incoming));
         let ctx = Arc::new(RequestContext {
             trace_id,
             span_id,
@@ -274,9 +274,15 @@ fn root_span<B>(
     name.push_str(route);
     let mut attributes: Vec<(&'static str, Value)> = Vec::with_capacity(12);
     let s = |v: &str| Value::Str(Cow::Owned(v.to_owned()));
-    attributes.push(("http.request.method", Value::Str(Cow::Borrowed(method_label.as_str()))));
+    attributes.push((
+        "http.request.method",
+        Value::Str(Cow::Borrowed(method_label.as_str())),
+    ));
     if method_label == garrison_core::MethodLabel::Other {
-        attributes.push(("http.request.method_original", s(&method[..method.len().min(64)])));
+        attributes.push((
+            "http.request.method_original",
+            s(&method[..method.len().min(64)]),
+        ));
     }
     attributes.push(("http.route", s(route)));
     attributes.push(("url.path", s(truncate(req.uri().path(), 1024))));
@@ -287,21 +293,20 @@ fn root_span<B>(
             _ => "http",
         })),
     ));
-    let host = req
-        .uri()
-        .host()
-        .map(str::to_owned)
-        .or_else(|| {
-            req.headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| strip_port(h).to_owned())
-        });
+    let host = req.uri().host().map(str::to_owned).or_else(|| {
+        req.headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| strip_port(h).to_owned())
+    });
     if let Some(h) = host {
         attributes.push(("server.address", s(truncate(&h, 255))));
     }
     if let Some(peer) = garrison_core::peer_addr(req) {
-        attributes.push(("client.address", Value::Str(Cow::Owned(peer.ip().to_string()))));
+        attributes.push((
+            "client.address",
+            Value::Str(Cow::Owned(peer.ip().to_string())),
+        ));
     }
     if let Some(ua) = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()) {
         attributes.push(("user_agent.original", s(truncate(ua, 512))));
@@ -374,9 +379,9 @@ impl Finisher {
             return;
         }
         let took = self.clock.now().saturating_duration_since(self.started);
-        let error = error.map(Cow::Borrowed).or_else(|| {
-            (self.status >= 500).then(|| Cow::Owned(self.status.to_string()))
-        });
+        let error = error
+            .map(Cow::Borrowed)
+            .or_else(|| (self.status >= 500).then(|| Cow::Owned(self.status.to_string())));
         if let Some(a) = &self.access {
             let _e = self.span.enter();
             tracing::info!(
@@ -394,8 +399,10 @@ impl Finisher {
         };
         root.end = root.start + took;
         if self.status != 0 {
-            root.attributes
-                .push(("http.response.status_code", Value::Int(i64::from(self.status))));
+            root.attributes.push((
+                "http.response.status_code",
+                Value::Int(i64::from(self.status)),
+            ));
         }
         if let Some(e) = &error {
             root.attributes.push(("error.type", Value::Str(e.clone())));

@@ -106,7 +106,9 @@ impl JsonVisitor<'_> {
             return;
         }
         self.key(field.name());
-        if self.redaction.is_secret_param(field.name()) || self.redaction.is_secret_header(field.name()) {
+        if self.redaction.is_secret_param(field.name())
+            || self.redaction.is_secret_header(field.name())
+        {
             self.out.push_str("\"[redacted]\"");
         } else {
             garrison_core::push_json_string(self.out, crate::layer::truncate(s, MAX_FIELD));

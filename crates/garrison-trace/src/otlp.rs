@@ -197,9 +197,9 @@ pub(crate) fn to_span_data(r: SpanRecord, scope: &InstrumentationScope) -> SpanD
         .collect();
     SpanData {
         span_context: ctx,
-        parent_span_id: r
-            .parent
-            .map_or(OtelSpanId::INVALID, |p| OtelSpanId::from_bytes(p.to_bytes())),
+        parent_span_id: r.parent.map_or(OtelSpanId::INVALID, |p| {
+            OtelSpanId::from_bytes(p.to_bytes())
+        }),
         parent_span_is_remote: r.parent_remote,
         span_kind: match r.kind {
             SpanKind::Server => OtelKind::Server,
@@ -226,11 +226,6 @@ impl SpanSink for OtlpSink {
             .into_iter()
             .map(|r| to_span_data(r, &self.scope))
             .collect();
-        Box::pin(async move {
-            self.exporter
-                .export(data)
-                .await
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(async move { self.exporter.export(data).await.map_err(|e| e.to_string()) })
     }
 }

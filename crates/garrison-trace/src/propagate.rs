@@ -124,9 +124,14 @@ where
             h.insert(HeaderName::from_static("baggage"), b.clone());
         }
         if !h.contains_key("x-request-id") {
-            h.insert(HeaderName::from_static("x-request-id"), ctx.request_id.clone());
+            h.insert(
+                HeaderName::from_static("x-request-id"),
+                ctx.request_id.clone(),
+            );
         }
-        let span = ctx.is_recording().then(|| client_span(&req, &ctx, span_id, &self.redaction));
+        let span = ctx
+            .is_recording()
+            .then(|| client_span(&req, &ctx, span_id, &self.redaction));
         PropagateFuture {
             inner: self.inner.call(req),
             span,
@@ -143,7 +148,10 @@ fn client_span<B>(
     let method = garrison_core::MethodLabel::from_method(req.method());
     let uri = req.uri();
     let mut attributes: Vec<(&'static str, Value)> = Vec::with_capacity(8);
-    attributes.push(("http.request.method", Value::Str(Cow::Borrowed(method.as_str()))));
+    attributes.push((
+        "http.request.method",
+        Value::Str(Cow::Borrowed(method.as_str())),
+    ));
     if let Some(host) = uri.host() {
         attributes.push(("server.address", Value::Str(Cow::Owned(host.to_owned()))));
     }
@@ -223,7 +231,9 @@ where
                 Err(_) => Some(Cow::Borrowed("request_error")),
             };
             if let Some(e) = error {
-                s.record.attributes.push(("error.type", Value::Str(e.clone())));
+                s.record
+                    .attributes
+                    .push(("error.type", Value::Str(e.clone())));
                 s.record.error = Some(e);
             }
             if let Some(local) = &s.ctx.local {

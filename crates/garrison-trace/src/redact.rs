@@ -116,6 +116,8 @@ mod tests {
         );
         assert!(r.is_secret_header("Authorization"));
         assert!(!Redaction::none().is_secret_header("authorization"));
-        assert!(Redaction::none().param("session").is_secret_param("SESSION"));
+        assert!(Redaction::none()
+            .param("session")
+            .is_secret_param("SESSION"));
     }
 }

@@ -414,7 +414,11 @@ impl Collector for TraceCollector {
             "Recorded traces by sampling decision.",
         );
         w.sample_u64("garrison_trace_traces", &[("decision", "kept")], kept);
-        w.sample_u64("garrison_trace_traces", &[("decision", "discarded")], discarded);
+        w.sample_u64(
+            "garrison_trace_traces",
+            &[("decision", "discarded")],
+            discarded,
+        );
         w.family(
             "garrison_trace_pending_spans",
             MetricType::Gauge,

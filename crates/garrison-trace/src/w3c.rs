@@ -158,7 +158,9 @@ pub fn valid_tracestate(v: &[u8]) -> bool {
             && key.len() <= 256
             && (key[0].is_ascii_lowercase() || key[0].is_ascii_digit())
             && key.iter().all(|&c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'_' | b'-' | b'*' | b'/' | b'@')
+                c.is_ascii_lowercase()
+                    || c.is_ascii_digit()
+                    || matches!(c, b'_' | b'-' | b'*' | b'/' | b'@')
             });
         let value_ok = !value.is_empty()
             && value.len() <= 256
@@ -309,7 +311,9 @@ mod tests {
         assert!(!valid_tracestate(b"a=1,a=2"));
         assert!(!valid_tracestate(b"a"));
         assert!(!valid_tracestate(&b"a=1,".repeat(200)));
-        let many: Vec<u8> = (0..33).flat_map(|i| format!("k{i}=v,").into_bytes()).collect();
+        let many: Vec<u8> = (0..33)
+            .flat_map(|i| format!("k{i}=v,").into_bytes())
+            .collect();
         assert!(!valid_tracestate(&many));
         assert!(valid_baggage(b"userId=alice,serverNode=DF%2028;p=1"));
         assert!(!valid_baggage(b"user id=alice"));
