@@ -17,10 +17,16 @@ use http::Request;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+fn info_subscriber() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let sub = tracing_subscriber::registry().with(tracing::level_filters::LevelFilter::INFO);
+    tracing::subscriber::set_global_default(sub).unwrap();
+}
+
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let Some(variant) = args.next() else {
-        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects|bare_axum_peer|garrison_ratelimit|garrison_ratelimit_ietf|garrison_ratelimit_legacy|tower_governor> [requests]");
+        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects|bare_axum_peer|garrison_ratelimit|garrison_ratelimit_ietf|garrison_ratelimit_legacy|tower_governor|bare_axum_info|garrison_trace_0pct|garrison_trace_100pct|otel_axum_layer|otel_axum_layer_unsampled|tower_http_trace> [requests]");
         return;
     };
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
@@ -79,6 +85,54 @@ fn main() {
             let (layer, handle) = axum_prometheus::PrometheusMetricLayer::pair();
             std::mem::forget(handle);
             bare.layer(layer)
+        }
+        // Trace variants run under a `tracing` subscriber at INFO (the otel ones with
+        // tracing-opentelemetry on it), as a service that logs would.
+        "bare_axum_info" => {
+            info_subscriber();
+            bare
+        }
+        "garrison_trace_0pct" | "garrison_trace_100pct" => {
+            info_subscriber();
+            let ratio = if variant.ends_with("100pct") {
+                1.0
+            } else {
+                0.0
+            };
+            let _enter = rt.enter();
+            let tracer = garrison_trace::Tracer::builder()
+                .sampler(garrison_trace::Sampler::Ratio(ratio))
+                .build();
+            bare.layer(garrison_trace::TraceLayer::new(&tracer))
+        }
+        "otel_axum_layer" | "otel_axum_layer_unsampled" => {
+            use opentelemetry::trace::TracerProvider as _;
+            use tracing_subscriber::layer::SubscriberExt;
+            let sampler = if variant.ends_with("unsampled") {
+                opentelemetry_sdk::trace::Sampler::AlwaysOff
+            } else {
+                opentelemetry_sdk::trace::Sampler::AlwaysOn
+            };
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_sampler(sampler)
+                .build();
+            let sub = tracing_subscriber::registry()
+                .with(tracing::level_filters::LevelFilter::INFO)
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
+            tracing::subscriber::set_global_default(sub).unwrap();
+            bare.layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default())
+        }
+        "tower_http_trace" => {
+            info_subscriber();
+            bare.layer(
+                tower_http::trace::TraceLayer::new_for_http()
+                    .make_span_with(
+                        tower_http::trace::DefaultMakeSpan::new().level(tracing::Level::INFO),
+                    )
+                    .on_response(
+                        tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
+                    ),
+            )
         }
         other => panic!("unknown variant {other}"),
     };

@@ -20,7 +20,7 @@ pub struct RequestContext {
     /// The sampled flag sent downstream.
     pub sampled: bool,
     /// The request id (`x-request-id`).
-    pub request_id: HeaderValue,
+    pub request_id: RequestId,
     /// The caller's `tracestate`, passed on.
     pub tracestate: Option<HeaderValue>,
     /// The caller's `baggage`, passed on.
@@ -32,6 +32,49 @@ impl RequestContext {
     /// Whether this request's spans are being recorded.
     pub fn is_recording(&self) -> bool {
         self.local.is_some()
+    }
+}
+
+/// A request id: the caller's (printable, at most
+/// [`MAX_REQUEST_ID`](crate::MAX_REQUEST_ID) bytes) or 32 random hex digits of ours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestId(Repr);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Repr {
+    Made([u8; 32]),
+    Given(HeaderValue),
+}
+
+impl RequestId {
+    pub(crate) fn made(hex: [u8; 32]) -> Self {
+        Self(Repr::Made(hex))
+    }
+
+    pub(crate) fn given(v: HeaderValue) -> Self {
+        Self(Repr::Given(v))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        match &self.0 {
+            Repr::Made(b) => std::str::from_utf8(b).unwrap_or_default(),
+            Repr::Given(v) => v.to_str().unwrap_or_default(),
+        }
+    }
+
+    /// The id as a header value.
+    pub fn to_header_value(&self) -> HeaderValue {
+        match &self.0 {
+            Repr::Made(b) => HeaderValue::from_bytes(b).expect("hex is a valid header value"),
+            Repr::Given(v) => v.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

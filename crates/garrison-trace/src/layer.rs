@@ -14,7 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
-use crate::context::{CurrentGuard, RequestContext};
+use crate::context::{CurrentGuard, RequestContext, RequestId};
 use crate::redact::Redaction;
 use crate::sampler::Start;
 use crate::span::{SpanKind, SpanRecord, Value};
@@ -30,6 +30,7 @@ struct Shared {
     request_id: HeaderName,
     trace_response: bool,
     access_log: bool,
+    tracing_span: bool,
     resolver: RouteResolver,
     redaction: Arc<Redaction>,
 }
@@ -47,10 +48,14 @@ struct Shared {
 /// - `x-request-id` is taken from the caller (if printable and at most
 ///   [`MAX_REQUEST_ID`] bytes) or made, and returned on the response;
 ///   [`trace_response`](Self::trace_response) also returns a `traceresponse` header.
-/// - The request's extensions get a [`RequestContext`] and garrison-core's
-///   [`TraceContext`], which garrison-metrics turns into exemplars.
-/// - Inside the request, a `tracing` span `request` carries `trace_id`, `span_id` and
-///   `request_id`, so every log line can name them ([`json_logs`](crate::json_logs)).
+/// - While the request's future runs, [`current`](crate::current) returns its
+///   [`RequestContext`] (ids, sampling, `tracestate` and `baggage` to pass on);
+///   [`PropagateLayer`](crate::PropagateLayer) and [`json_logs`](crate::json_logs) read it.
+///   A recorded request also gets garrison-core's [`TraceContext`] in its extensions, which
+///   garrison-metrics turns into exemplars.
+/// - While the request is served, [`current`](crate::current) names it, so that every log
+///   line of [`json_logs`](crate::json_logs) carries `trace_id`, `span_id` and `request_id`
+///   ([`tracing_span`](Self::tracing_span) adds a `tracing` span for other subscribers).
 ///
 /// ```
 /// use axum::{routing::get, Router};
@@ -87,6 +92,7 @@ impl TraceLayer {
                 request_id: HeaderName::from_static("x-request-id"),
                 trace_response: false,
                 access_log: false,
+                tracing_span: false,
                 resolver: RouteResolver::new(),
                 redaction: Arc::new(Redaction::default()),
             }),
@@ -114,6 +120,14 @@ impl TraceLayer {
     /// Default: off.
     pub fn access_log(self, on: bool) -> Self {
         self.edit(|s| s.access_log = on)
+    }
+
+    /// Also open a `tracing` span `request` (target `garrison_trace`, INFO) with `trace_id`,
+    /// `span_id` and `request_id` around each request, for subscribers other than
+    /// [`json_logs`](crate::json_logs) (which reads the current request directly). It costs
+    /// a span per request in the subscriber. Default: off.
+    pub fn tracing_span(self, on: bool) -> Self {
+        self.edit(|s| s.tracing_span = on)
     }
 
     /// What the access log redacts. Default: [`Redaction::default`].
@@ -166,14 +180,6 @@ impl<const N: usize> std::fmt::Display for Hex<N> {
     }
 }
 
-struct Lossy<'a>(&'a HeaderValue);
-
-impl std::fmt::Display for Lossy<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0.to_str().unwrap_or("?"))
-    }
-}
-
 impl<S, ReqB, ResB> Service<Request<ReqB>> for TraceService<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
@@ -196,13 +202,13 @@ where
         let sampler = &sh.tracer.inner.sampler;
         let start = sampler.start(trace_id, incoming.parent.as_ref());
         let request_id = match req.headers().get(&sh.request_id) {
-            Some(v) if valid_request_id(v) => v.clone(),
-            _ => HeaderValue::from_bytes(&ids::request_id()).expect("hex is a valid header"),
+            Some(v) if valid_request_id(v) => RequestId::given(v.clone()),
+            _ => RequestId::made(ids::request_id()),
         };
         let local = (start != Start::Drop).then(|| sh.tracer.local(trace_id, start));
         let root = local
             .as_ref()
-            .map(|_| root_span(&req, &sh.resolver, trace_id, span_id, &incoming));
+            .map(|_| Box::new(root_span(&req, &sh.resolver, trace_id, span_id, &incoming)));
         let ctx = Arc::new(RequestContext {
             trace_id,
             span_id,
@@ -213,29 +219,35 @@ where
             local,
         });
         let ext = req.extensions_mut();
-        ext.insert(TraceContext {
-            trace_id,
-            span_id: Some(span_id.to_bytes()),
-            sampled: start != Start::Drop,
-        });
-        ext.insert(ctx.clone());
-        let span = tracing::info_span!(
-            target: "garrison_trace",
-            "request",
-            trace_id = %Hex(trace_id.to_bytes()),
-            span_id = %Hex(span_id.to_bytes()),
-            request_id = %Lossy(&ctx.request_id),
-        );
+        if start != Start::Drop {
+            // garrison-metrics turns it into an exemplar; unsampled requests have none
+            ext.insert(TraceContext {
+                trace_id,
+                span_id: Some(span_id.to_bytes()),
+                sampled: true,
+            });
+        }
+        let span = if sh.tracing_span {
+            Some(Box::new(tracing::info_span!(
+                target: "garrison_trace",
+                "request",
+                trace_id = %Hex(trace_id.to_bytes()),
+                span_id = %Hex(span_id.to_bytes()),
+                request_id = %ctx.request_id,
+            )))
+        } else {
+            None
+        };
         let access = sh.access_log.then(|| {
             let route = sh.resolver.resolve(&req).as_str().to_owned();
-            Access {
+            Box::new(Access {
                 method: req.method().clone(),
                 route,
                 path: sh.redaction.path_and_query(req.uri()),
-            }
+            })
         });
         let fut = {
-            let _enter = span.enter();
+            let _enter = span.as_ref().map(|s| s.enter());
             let _current = CurrentGuard::set(&ctx);
             self.inner.call(req)
         };
@@ -363,13 +375,13 @@ struct Access {
 /// Ends the server span (and the access log line) once, when the body ends, or when the
 /// request is dropped.
 struct Finisher {
-    root: Option<SpanRecord>,
+    root: Option<Box<SpanRecord>>,
     ctx: Arc<RequestContext>,
-    span: tracing::Span,
+    span: Option<Box<tracing::Span>>,
     clock: garrison_core::SharedClock,
     started: Instant,
     status: u16,
-    access: Option<Access>,
+    access: Option<Box<Access>>,
     done: bool,
 }
 
@@ -383,7 +395,8 @@ impl Finisher {
             .map(Cow::Borrowed)
             .or_else(|| (self.status >= 500).then(|| Cow::Owned(self.status.to_string())));
         if let Some(a) = &self.access {
-            let _e = self.span.enter();
+            let _e = self.span.as_ref().map(|s| s.enter());
+            let _current = CurrentGuard::set(&self.ctx);
             tracing::info!(
                 target: "garrison_trace::access",
                 method = %a.method,
@@ -408,7 +421,7 @@ impl Finisher {
             root.attributes.push(("error.type", Value::Str(e.clone())));
             root.error = Some(e.clone());
         }
-        local.finish(root, error.is_some(), took);
+        local.finish(*root, error.is_some(), took);
     }
 }
 
@@ -452,7 +465,7 @@ where
         let this = self.project();
         let state = this.state.as_mut().expect("polled after completion");
         let result = {
-            let _enter = state.finisher.span.enter();
+            let _enter = state.finisher.span.as_ref().map(|s| s.enter());
             let _current = CurrentGuard::set(&state.finisher.ctx);
             match this.inner.poll(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -468,7 +481,7 @@ where
                 finisher.status = resp.status().as_u16();
                 let ctx = &finisher.ctx;
                 let h = resp.headers_mut();
-                h.insert(shared.request_id.clone(), ctx.request_id.clone());
+                h.insert(shared.request_id.clone(), ctx.request_id.to_header_value());
                 if shared.trace_response {
                     let tp = format_traceparent(ctx.trace_id, ctx.span_id, ctx.sampled);
                     if let Ok(v) = HeaderValue::from_bytes(&tp) {

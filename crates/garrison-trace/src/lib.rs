@@ -66,7 +66,7 @@ mod time;
 mod tracer;
 mod w3c;
 
-pub use context::{current, RequestContext};
+pub use context::{current, RequestContext, RequestId};
 pub use layer::{ResponseFuture, TraceBody, TraceLayer, TraceService, MAX_REQUEST_ID};
 #[cfg(feature = "logs")]
 pub use logs::{json_logs, JsonLogs, MAX_FIELD};

@@ -188,7 +188,16 @@ where
             out.push_str(",\"message\":");
             garrison_core::push_json_string(&mut out, &m);
         }
-        if let Some(scope) = ctx.event_scope(event) {
+        if let Some(cur) = crate::context::current() {
+            let mut t = [0u8; 32];
+            let mut sp = [0u8; 16];
+            out.push_str(",\"trace_id\":\"");
+            out.push_str(cur.trace_id.to_hex(&mut t));
+            out.push_str("\",\"span_id\":\"");
+            out.push_str(cur.span_id.to_hex(&mut sp));
+            out.push_str("\",\"request_id\":");
+            garrison_core::push_json_string(&mut out, cur.request_id.as_str());
+        } else if let Some(scope) = ctx.event_scope(event) {
             for span in scope {
                 let ext = span.extensions();
                 if let Some(ids) = ext.get::<Ids>() {

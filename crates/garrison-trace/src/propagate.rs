@@ -126,7 +126,7 @@ where
         if !h.contains_key("x-request-id") {
             h.insert(
                 HeaderName::from_static("x-request-id"),
-                ctx.request_id.clone(),
+                ctx.request_id.to_header_value(),
             );
         }
         let span = ctx

@@ -5,7 +5,7 @@
 //! hostile caller cannot make us copy or keep large headers.
 
 use garrison_core::TraceId;
-use http::header::HeaderMap;
+use http::header::{HeaderMap, HeaderName};
 use http::HeaderValue;
 
 /// A span id: 8 bytes, never zero.
@@ -46,12 +46,23 @@ impl std::fmt::Debug for SpanId {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-pub(crate) fn hex_into<'b>(bytes: &[u8], buf: &'b mut [u8]) -> &'b str {
-    for (i, b) in bytes.iter().enumerate() {
-        buf[2 * i] = HEX[(b >> 4) as usize];
-        buf[2 * i + 1] = HEX[(b & 15) as usize];
+/// Two hex digits per byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
     }
-    std::str::from_utf8(&buf[..bytes.len() * 2]).unwrap_or_default()
+    t
+};
+
+pub(crate) fn hex_into<'b>(bytes: &[u8], buf: &'b mut [u8]) -> &'b str {
+    let out = &mut buf[..bytes.len() * 2];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
+    }
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 fn unhex(c: u8) -> Option<u8> {
@@ -226,7 +237,11 @@ pub struct Incoming {
     pub baggage: Option<HeaderValue>,
 }
 
-fn single<'a>(headers: &'a HeaderMap, name: &'static str) -> Option<&'a HeaderValue> {
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderValue> {
     let mut all = headers.get_all(name).iter();
     let first = all.next()?;
     // two traceparent headers are ambiguous: ignore both
@@ -236,7 +251,7 @@ fn single<'a>(headers: &'a HeaderMap, name: &'static str) -> Option<&'a HeaderVa
 impl Incoming {
     /// Reads the three headers.
     pub fn extract(headers: &HeaderMap) -> Self {
-        let Some(tp) = single(headers, "traceparent") else {
+        let Some(tp) = single(headers, &TRACEPARENT) else {
             return Self {
                 parent: None,
                 tracestate: None,
@@ -245,7 +260,7 @@ impl Incoming {
         };
         let parent = parse_traceparent(tp.as_bytes());
         let tracestate = parent
-            .and(single(headers, "tracestate"))
+            .and(single(headers, &TRACESTATE))
             .filter(|v| valid_tracestate(v.as_bytes()))
             .cloned();
         Self {
@@ -257,7 +272,7 @@ impl Incoming {
 }
 
 fn baggage(headers: &HeaderMap) -> Option<HeaderValue> {
-    single(headers, "baggage")
+    single(headers, &BAGGAGE)
         .filter(|v| valid_baggage(v.as_bytes()))
         .cloned()
 }

@@ -144,13 +144,9 @@ fn app(tracer: &Tracer) -> Router {
     Router::new()
         .route(
             "/",
-            get(|req: Request<Body>| async move {
-                // what an outgoing call would carry
-                let ctx = req
-                    .extensions()
-                    .get::<Arc<RequestContext>>()
-                    .unwrap()
-                    .clone();
+            get(|| async move {
+                // what an outgoing call would carry: the current context, passed explicitly
+                let ctx: Arc<RequestContext> = garrison_trace::current().unwrap();
                 let client = tower::ServiceBuilder::new()
                     .layer(PropagateLayer::new())
                     .service_fn(|r: Request<()>| async move {
