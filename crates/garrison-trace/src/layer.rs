@@ -195,7 +195,6 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let sh = &self.shared;
         let clock = sh.tracer.inner.clock.clone();
-        let started = clock.now();
         let incoming = Incoming::extract(req.headers());
         let trace_id = incoming.parent.map_or_else(ids::trace_id, |p| p.trace_id);
         let span_id = ids::span_id();
@@ -209,6 +208,7 @@ where
         let root = local
             .as_ref()
             .map(|_| Box::new(root_span(&req, &sh.resolver, trace_id, span_id, &incoming)));
+        let started = (local.is_some() || sh.access_log).then(|| clock.now());
         let ctx = Arc::new(RequestContext {
             trace_id,
             span_id,
@@ -379,7 +379,7 @@ struct Finisher {
     ctx: Arc<RequestContext>,
     span: Option<Box<tracing::Span>>,
     clock: garrison_core::SharedClock,
-    started: Instant,
+    started: Option<Instant>,
     status: u16,
     access: Option<Box<Access>>,
     done: bool,
@@ -390,7 +390,9 @@ impl Finisher {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let took = self.clock.now().saturating_duration_since(self.started);
+        let took = self.started.map_or(std::time::Duration::ZERO, |t| {
+            self.clock.now().saturating_duration_since(t)
+        });
         let error = error
             .map(Cow::Borrowed)
             .or_else(|| (self.status >= 500).then(|| Cow::Owned(self.status.to_string())));
