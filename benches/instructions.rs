@@ -117,7 +117,12 @@ fn main() {
                 .with_sampler(sampler)
                 .build();
             let sub = tracing_subscriber::registry()
-                .with(tracing::level_filters::LevelFilter::INFO)
+                // its spans are TRACE-level on target `otel::tracing`, as its docs have it
+                .with(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_default(tracing::level_filters::LevelFilter::INFO)
+                        .with_target("otel::tracing", tracing::level_filters::LevelFilter::TRACE),
+                )
                 .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
             tracing::subscriber::set_global_default(sub).unwrap();
             bare.layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default())

@@ -58,7 +58,12 @@ fn otel(sampled: bool) -> tracing::Dispatch {
     let tracer = provider.tracer("bench");
     tracing::Dispatch::new(
         tracing_subscriber::registry()
-            .with(LevelFilter::INFO)
+            // its spans are TRACE-level on target `otel::tracing`, as its docs have it
+            .with(
+                tracing_subscriber::filter::Targets::new()
+                    .with_default(LevelFilter::INFO)
+                    .with_target("otel::tracing", LevelFilter::TRACE),
+            )
             .with(tracing_opentelemetry::layer().with_tracer(tracer)),
     )
 }
