@@ -14,9 +14,9 @@ run:
 test: services
     cargo test --workspace --all-features
 
-# Criterion benches side by side with bare axum and the peer crates.
+# Criterion benches (metrics, breaker, ratelimit, trace) side by side with bare axum and the peer crates.
 bench *ARGS:
-    cargo bench -p garrison-workspace --bench metrics -- {{ARGS}}
+    cargo bench -p garrison-workspace -- {{ARGS}}
 
 # End-to-end load run with wrk on loopback: bare axum vs garrison vs axum-prometheus.
 load:
