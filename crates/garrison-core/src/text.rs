@@ -64,3 +64,61 @@ pub fn rfc3339(t: std::time::SystemTime, fraction: u8) -> String {
     out.push('Z');
     out
 }
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Two lower-case hex digits per byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 15]];
+        i += 1;
+    }
+    t
+};
+
+/// Writes `bytes` as lower-case hex into the first `2 * bytes.len()` bytes of `buf` and
+/// returns them as text. Panics if `buf` is shorter.
+///
+/// ```
+/// let mut buf = [0u8; 4];
+/// assert_eq!(garrison_core::hex_encode(&[0x0f, 0xa0], &mut buf), "0fa0");
+/// ```
+#[inline]
+pub fn hex_encode<'b>(bytes: &[u8], buf: &'b mut [u8]) -> &'b str {
+    let out = &mut buf[..bytes.len() * 2];
+    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
+        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
+    }
+    std::str::from_utf8(out).unwrap_or_default()
+}
+
+/// Decodes lower-case hex `src` (exactly `2 * out.len()` digits) into `out`; `None` on any
+/// other character or length (upper case included, as W3C Trace Context requires).
+///
+/// ```
+/// let mut out = [0u8; 2];
+/// assert_eq!(garrison_core::hex_decode(b"0fa0", &mut out), Some(()));
+/// assert_eq!(out, [0x0f, 0xa0]);
+/// assert_eq!(garrison_core::hex_decode(b"0FA0", &mut out), None);
+/// ```
+#[inline]
+pub fn hex_decode(src: &[u8], out: &mut [u8]) -> Option<()> {
+    if src.len() != out.len() * 2 {
+        return None;
+    }
+    for (o, pair) in out.iter_mut().zip(src.chunks_exact(2)) {
+        *o = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
+    }
+    Some(())
+}
+
+#[inline]
+fn hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}

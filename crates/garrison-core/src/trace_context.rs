@@ -15,14 +15,8 @@ impl TraceId {
 
     /// Parses the 32 lowercase hex digits of a `traceparent` trace id.
     pub fn from_hex(hex: &str) -> Option<Self> {
-        let b = hex.as_bytes();
-        if b.len() != 32 {
-            return None;
-        }
         let mut out = [0u8; 16];
-        for (i, pair) in b.chunks_exact(2).enumerate() {
-            out[i] = (hex_val(pair[0])? << 4) | hex_val(pair[1])?;
-        }
+        crate::hex_decode(hex.as_bytes(), &mut out)?;
         Self::from_bytes(out)
     }
 
@@ -34,21 +28,7 @@ impl TraceId {
     /// Writes the 32 lowercase hex digits into `buf` and returns them as a `str`, without
     /// allocating.
     pub fn to_hex<'b>(&self, buf: &'b mut [u8; 32]) -> &'b str {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for (i, byte) in self.to_bytes().iter().enumerate() {
-            buf[2 * i] = HEX[(byte >> 4) as usize];
-            buf[2 * i + 1] = HEX[(byte & 15) as usize];
-        }
-        // Only ASCII hex digits were written.
-        std::str::from_utf8(buf).unwrap_or_default()
-    }
-}
-
-fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
+        crate::hex_encode(&self.to_bytes(), buf)
     }
 }
 

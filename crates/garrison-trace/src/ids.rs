@@ -60,6 +60,6 @@ pub fn span_id() -> SpanId {
 pub(crate) fn request_id() -> [u8; 32] {
     let mut out = [0u8; 32];
     let v = (u128::from(next()) << 64) | u128::from(next());
-    crate::w3c::hex_into(&v.to_be_bytes(), &mut out);
+    garrison_core::hex_encode(&v.to_be_bytes(), &mut out);
     out
 }

@@ -176,7 +176,7 @@ struct Hex<const N: usize>([u8; N]);
 impl<const N: usize> std::fmt::Display for Hex<N> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut buf = [0u8; 64];
-        f.write_str(crate::w3c::hex_into(&self.0, &mut buf[..2 * N]))
+        f.write_str(garrison_core::hex_encode(&self.0, &mut buf[..2 * N]))
     }
 }
 

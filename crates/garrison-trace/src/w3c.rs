@@ -28,7 +28,7 @@ impl SpanId {
 
     /// Lower-case hex into `buf`.
     pub fn to_hex<'b>(&self, buf: &'b mut [u8; 16]) -> &'b str {
-        hex_into(&self.to_bytes(), buf)
+        garrison_core::hex_encode(&self.to_bytes(), buf)
     }
 }
 
@@ -42,42 +42,6 @@ impl std::fmt::Debug for SpanId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "SpanId({self})")
     }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
-/// Two hex digits per byte value.
-const HEX_PAIRS: [[u8; 2]; 256] = {
-    let mut t = [[0u8; 2]; 256];
-    let mut i = 0;
-    while i < 256 {
-        t[i] = [HEX[i >> 4], HEX[i & 15]];
-        i += 1;
-    }
-    t
-};
-
-pub(crate) fn hex_into<'b>(bytes: &[u8], buf: &'b mut [u8]) -> &'b str {
-    let out = &mut buf[..bytes.len() * 2];
-    for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
-    }
-    std::str::from_utf8(out).unwrap_or_default()
-}
-
-fn unhex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        _ => None,
-    }
-}
-
-fn unhex_into(src: &[u8], out: &mut [u8]) -> Option<()> {
-    for (o, pair) in out.iter_mut().zip(src.chunks_exact(2)) {
-        *o = (unhex(pair[0])? << 4) | unhex(pair[1])?;
-    }
-    Some(())
 }
 
 /// The caller's span, from a valid `traceparent`.
@@ -99,7 +63,7 @@ pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
         return None;
     }
     let mut version = [0u8; 1];
-    unhex_into(&v[0..2], &mut version)?;
+    garrison_core::hex_decode(&v[0..2], &mut version)?;
     match version[0] {
         0xff => return None,
         0 if v.len() != 55 => return None,
@@ -110,11 +74,11 @@ pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
         return None;
     }
     let mut trace = [0u8; 16];
-    unhex_into(&v[3..35], &mut trace)?;
+    garrison_core::hex_decode(&v[3..35], &mut trace)?;
     let mut span = [0u8; 8];
-    unhex_into(&v[36..52], &mut span)?;
+    garrison_core::hex_decode(&v[36..52], &mut span)?;
     let mut flags = [0u8; 1];
-    unhex_into(&v[53..55], &mut flags)?;
+    garrison_core::hex_decode(&v[53..55], &mut flags)?;
     Some(Parent {
         trace_id: TraceId::from_bytes(trace)?,
         span_id: SpanId::from_bytes(span)?,
@@ -127,8 +91,8 @@ pub fn format_traceparent(trace: TraceId, span: SpanId, sampled: bool) -> [u8; 5
     let mut out = [b'-'; 55];
     out[0] = b'0';
     out[1] = b'0';
-    hex_into(&trace.to_bytes(), &mut out[3..35]);
-    hex_into(&span.to_bytes(), &mut out[36..52]);
+    garrison_core::hex_encode(&trace.to_bytes(), &mut out[3..35]);
+    garrison_core::hex_encode(&span.to_bytes(), &mut out[36..52]);
     out[53] = b'0';
     out[54] = if sampled { b'1' } else { b'0' };
     out
