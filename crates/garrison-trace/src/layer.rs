@@ -393,9 +393,6 @@ impl Finisher {
         let took = self.started.map_or(std::time::Duration::ZERO, |t| {
             self.clock.now().saturating_duration_since(t)
         });
-        let error = error
-            .map(Cow::Borrowed)
-            .or_else(|| (self.status >= 500).then(|| Cow::Owned(self.status.to_string())));
         if let Some(a) = &self.access {
             let _e = self.span.as_ref().map(|s| s.enter());
             let _current = CurrentGuard::set(&self.ctx);
@@ -412,6 +409,10 @@ impl Finisher {
         let (Some(mut root), Some(local)) = (self.root.take(), self.ctx.local.clone()) else {
             return;
         };
+        // only a recorded request pays for its error text
+        let error = error
+            .map(Cow::Borrowed)
+            .or_else(|| (self.status >= 500).then(|| Cow::Owned(self.status.to_string())));
         root.end = root.start + took;
         if self.status != 0 {
             root.attributes.push((
