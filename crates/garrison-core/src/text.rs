@@ -122,3 +122,20 @@ fn hex_digit(c: u8) -> Option<u8> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::rfc3339;
+
+    #[test]
+    fn times_are_rfc3339() {
+        assert_eq!(rfc3339(UNIX_EPOCH, 3), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_338_000_123);
+        assert_eq!(rfc3339(t, 3), "2026-11-22T09:00:00.123Z");
+        assert_eq!(rfc3339(t, 6), "2026-11-22T09:00:00.123000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap, 3), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -2,7 +2,7 @@
 //! answer to a probe.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
@@ -135,7 +135,8 @@ impl Report {
                 out.push_str("\"}]");
                 continue;
             };
-            let time = rfc3339(obs.at);
+            // RFC 3339 in UTC, to the millisecond: `2026-11-22T09:30:00.123Z`
+            let time = garrison_core::rfc3339(obs.at, 3);
             let r = &obs.result;
             if r.measurements.is_empty() || r.status != Status::Pass {
                 // the check's own status, under its bare name, with the run's duration
@@ -276,11 +277,6 @@ pub(crate) fn human_duration(d: Duration) -> String {
     }
 }
 
-/// RFC 3339 in UTC, to the millisecond: `2026-11-22T09:30:00.123Z`.
-pub(crate) fn rfc3339(t: SystemTime) -> String {
-    garrison_core::rfc3339(t, 3)
-}
-
 impl HealthRegistry {
     /// Whether a caller with these request headers may see details.
     pub fn allows_details(&self, headers: &HeaderMap) -> bool {
@@ -341,16 +337,6 @@ fn bearer(v: &HeaderValue) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::UNIX_EPOCH;
-
-    #[test]
-    fn times_are_rfc3339() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let t = UNIX_EPOCH + Duration::from_millis(1_795_338_000_123);
-        assert_eq!(rfc3339(t), "2026-11-22T09:00:00.123Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
-    }
 
     #[test]
     fn numbers_and_durations() {

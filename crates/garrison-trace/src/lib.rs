@@ -61,8 +61,6 @@ mod propagate;
 mod redact;
 mod sampler;
 mod span;
-#[cfg(feature = "logs")]
-mod time;
 mod tracer;
 mod w3c;
 

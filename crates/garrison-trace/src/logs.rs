@@ -172,7 +172,7 @@ where
         let meta = event.metadata();
         let mut out = String::with_capacity(256);
         out.push_str("{\"timestamp\":\"");
-        out.push_str(&crate::time::rfc3339_now());
+        out.push_str(&garrison_core::rfc3339(std::time::SystemTime::now(), 6));
         out.push_str("\",\"level\":\"");
         out.push_str(meta.level().as_str());
         out.push_str("\",\"target\":");

@@ -84,7 +84,6 @@ struct ClientSpan {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for PropagateService<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
-    S::Error: std::fmt::Display,
 {
     type Response = Response<ResB>;
     type Error = S::Error;
@@ -208,7 +207,6 @@ impl<F> std::fmt::Debug for PropagateFuture<F> {
 impl<F, B, E> Future for PropagateFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    E: std::fmt::Display,
 {
     type Output = Result<Response<B>, E>;
 

@@ -358,17 +358,13 @@ impl DbMetrics {
         let state = Arc::new(PoolState {
             name: name.to_owned(),
             pool,
-            wait: DurationHistogram::new(&self.buckets).unwrap_or_else(|_| unreachable_buckets()),
+            wait: DurationHistogram::new(&self.buckets)
+                .expect("the defaults or buckets validated by wait_buckets"),
             timeouts: AtomicU64::new(0),
         });
         self.pools.write().push(state.clone());
         InstrumentedPool { state }
     }
-}
-
-fn unreachable_buckets() -> DurationHistogram {
-    // the buckets were validated by wait_buckets() or are the defaults
-    DurationHistogram::new(DEFAULT_WAIT_BUCKETS).expect("default buckets are valid")
 }
 
 /// A pool whose acquires are measured: use [`acquire`](Self::acquire) where the application
