@@ -1,8 +1,10 @@
 //! The shipped checks against real peers: Redis (`GARRISON_TEST_REDIS_URL`), HTTP upstreams
 //! on real sockets, breakers and the rate limiter's Redis store.
 
-use std::net::SocketAddr;
 use std::time::Duration;
+
+mod common;
+use common::{closed_port, serve, silent_listener};
 
 use axum::http::StatusCode;
 use axum::routing::get;
@@ -16,30 +18,6 @@ use garrison_ratelimit::{Policy, RateLimitLayer, RedisStore};
 
 fn redis_url() -> String {
     std::env::var("GARRISON_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
-}
-
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-async fn silent_listener() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
-    addr
 }
 
 fn opts() -> CheckOptions {

@@ -5,6 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod common;
+use common::{closed_port, serve, silent_listener};
+
 use axum::body::Body;
 use axum::Router;
 use garrison_health::{CheckOptions, DbMetrics, Details, HealthRegistry, PoolCheck, Probe, Status};
@@ -73,13 +76,6 @@ async fn sqlite(dir: &tempfile::TempDir, max: u32) -> sqlx::SqlitePool {
         .connect(&format!("sqlite://{}?mode=rwc", path.display()))
         .await
         .expect("an SQLite file in a temporary directory opens")
-}
-
-async fn serve(router: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    addr
 }
 
 /// One GET over a real socket.
@@ -245,25 +241,6 @@ async fn mariadb_exhausted_pool_warns() {
 async fn sqlite_exhausted_pool_warns() {
     let dir = tempfile::tempdir().unwrap();
     exhausted("sqlite", sqlite(&dir, 2).await).await;
-}
-
-/// A listener that accepts connections and never says a word.
-async fn silent_listener() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
-    addr
-}
-
-/// A port nobody listens on.
-fn closed_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 async fn assert_unanswered<DB: garrison_health::CheckedDatabase>(
