@@ -47,6 +47,14 @@ impl<B> LayerBody<B> {
     }
 }
 
+impl<B> From<Bytes> for LayerBody<B> {
+    /// A body the layer made (so that a layer above that answers by itself, such as the rate
+    /// limiter, can make one of these).
+    fn from(data: Bytes) -> Self {
+        Self::local(data)
+    }
+}
+
 impl<B> std::fmt::Debug for LayerBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LayerBody")

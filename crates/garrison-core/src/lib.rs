@@ -42,6 +42,7 @@ mod body;
 mod classify;
 mod client;
 mod clock;
+mod future;
 mod method;
 mod refusal;
 mod route;
@@ -55,6 +56,7 @@ pub use client::{
     TrustedProxies, MAX_FORWARDED_HOPS,
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, TokioClock};
+pub use future::LayerFuture;
 pub use method::MethodLabel;
 pub use refusal::refusal;
 pub use route::{RouteLabel, RouteResolver, RouteTable, RouteTableError, UNMATCHED};

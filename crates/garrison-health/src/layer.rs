@@ -1,13 +1,9 @@
 //! `HealthLayer`: answers the health routes in front of any tower or hyper service.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
 use garrison_core::LayerBody;
 use http::{Method, Request, Response};
-use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use crate::HealthRegistry;
@@ -80,57 +76,12 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         if matches!(*req.method(), Method::GET | Method::HEAD) {
             if let Some(probe) = self.health.probe_for(req.uri().path()) {
-                let resp = self.health.respond(probe, req.headers());
-                return ResponseFuture {
-                    kind: Kind::Local { resp: Some(resp) },
-                };
+                return ResponseFuture::local(self.health.respond(probe, req.headers()));
             }
         }
-        ResponseFuture {
-            kind: Kind::Inner {
-                fut: self.inner.call(req),
-            },
-        }
+        ResponseFuture::inner(self.inner.call(req))
     }
 }
 
-pin_project! {
-    /// The response future of [`HealthService`].
-    pub struct ResponseFuture<F> {
-        #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = Proj]
-    enum Kind<F> {
-        Inner { #[pin] fut: F },
-        Local { resp: Option<Response<Bytes>> },
-    }
-}
-
-impl<F> std::fmt::Debug for ResponseFuture<F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, B, E> Future for ResponseFuture<F>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<LayerBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            Proj::Inner { fut } => fut
-                .poll(cx)
-                .map(|r| r.map(|resp| resp.map(LayerBody::inner))),
-            Proj::Local { resp } => {
-                let resp = resp.take().expect("polled after completion");
-                Poll::Ready(Ok(resp.map(LayerBody::local)))
-            }
-        }
-    }
-}
+/// The response future of [`HealthService`]: the inner service's, or a health report.
+pub type ResponseFuture<F> = garrison_core::LayerFuture<F>;
