@@ -2,12 +2,14 @@
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use garrison_core::{LayerBody, LayerFuture};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
-use tower::Service;
+use tower::{Layer, Service};
 
 use crate::{Format, MetricsRegistry};
 
@@ -31,10 +33,14 @@ impl MetricsExporter {
 
     /// The response to one scrape request.
     pub fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
+        self.respond_bytes(req).map(Full::new)
+    }
+
+    fn respond_bytes<B>(&self, req: &Request<B>) -> Response<Bytes> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
-            let mut resp = Response::new(Full::new(Bytes::from_static(
+            let mut resp = Response::new(Bytes::from_static(
                 b"only GET and HEAD are allowed on the metrics endpoint\n",
-            )));
+            ));
             *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
@@ -42,7 +48,7 @@ impl MetricsExporter {
         }
         let format = Format::from_accept(req.headers().get(header::ACCEPT));
         let body = self.registry.render(format);
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        let mut resp = Response::new(Bytes::from(body));
         let headers = resp.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -50,6 +56,83 @@ impl MetricsExporter {
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp
+    }
+
+    /// A layer that answers scrapes at `path` in front of any service (before a rate
+    /// limiter, so that Prometheus is never refused) and passes every other request on.
+    ///
+    /// ```
+    /// use garrison_metrics::MetricsRegistry;
+    /// use http::{Request, Response};
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let registry = MetricsRegistry::new();
+    /// let mut svc = ServiceBuilder::new()
+    ///     .layer(registry.exporter().layer("/metrics"))
+    ///     .service_fn(|_req: Request<()>| async {
+    ///         Ok::<_, std::convert::Infallible>(Response::new(bytes::Bytes::from("app")))
+    ///     });
+    /// let req = Request::get("/metrics").body(()).unwrap();
+    /// let resp = svc.ready().await.unwrap().call(req).await.unwrap();
+    /// assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    /// # }
+    /// ```
+    pub fn layer(self, path: impl Into<String>) -> ScrapeLayer {
+        ScrapeLayer {
+            exporter: self,
+            path: Arc::from(path.into()),
+        }
+    }
+}
+
+/// Answers scrapes at one path in front of a service; made by [`MetricsExporter::layer`].
+#[derive(Clone, Debug)]
+pub struct ScrapeLayer {
+    exporter: MetricsExporter,
+    path: Arc<str>,
+}
+
+impl<S> Layer<S> for ScrapeLayer {
+    type Service = ScrapeService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ScrapeService {
+            inner,
+            exporter: self.exporter.clone(),
+            path: self.path.clone(),
+        }
+    }
+}
+
+/// The service made by [`ScrapeLayer`].
+#[derive(Clone, Debug)]
+pub struct ScrapeService<S> {
+    inner: S,
+    exporter: MetricsExporter,
+    path: Arc<str>,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for ScrapeService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>>,
+{
+    type Response = Response<LayerBody<ResB>>;
+    type Error = S::Error;
+    type Future = LayerFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+        if req.uri().path() == &*self.path {
+            return LayerFuture::local(self.exporter.respond_bytes(&req));
+        }
+        LayerFuture::inner(self.inner.call(req))
     }
 }
 

@@ -84,7 +84,7 @@ mod registry;
 mod table;
 
 pub use duration::DurationHistogram;
-pub use exporter::MetricsExporter;
+pub use exporter::{MetricsExporter, ScrapeLayer, ScrapeService};
 pub use exposition::{Collector, Format, MetricType, MetricWriter};
 pub use garrison_core::{RouteTable, TraceContext, TraceId};
 pub use histogram::HistogramSnapshot;
