@@ -137,6 +137,12 @@ impl BreakerConfig {
         self
     }
 
+    /// The open wait's growth: the multiplier of each consecutive trip and the longest wait
+    /// (see [`exponential_wait`](Self::exponential_wait)).
+    pub fn wait_growth(&self) -> (f64, Duration) {
+        (self.wait_multiplier, self.max_wait_in_open)
+    }
+
     /// Probe calls admitted in half-open (default 10, at most 1000).
     pub fn half_open_calls(mut self, n: u32) -> Self {
         self.half_open_calls = n;

@@ -249,6 +249,44 @@ async fn per_route_breakers_open_independently() {
 }
 
 #[tokio::test]
+async fn a_route_config_replaces_the_layer_config_on_its_route_only() {
+    let breakers = BreakerRegistry::new();
+    // the layer's config opens after 4 calls; `/lenient/{id}` needs 100 calls seen first
+    let app = Router::new()
+        .route("/strict/{id}", get(|| async { StatusCode::BAD_GATEWAY }))
+        .route("/lenient/{id}", get(|| async { StatusCode::BAD_GATEWAY }))
+        .layer(
+            CircuitBreakerLayer::new(&breakers, "api", config())
+                .per_route(garrison_core::RouteResolver::new(), 100)
+                .route_config("/lenient/{id}", garrison_breaker::BreakerConfig::default()),
+        );
+    let status = |path: String| {
+        let app = app.clone();
+        async move {
+            app.oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    for i in 0..10 {
+        status(format!("/strict/{i}")).await;
+        assert_eq!(
+            status(format!("/lenient/{i}")).await,
+            StatusCode::BAD_GATEWAY
+        );
+    }
+    assert_eq!(
+        breakers.get("api:/strict/{id}").unwrap().state(),
+        State::Open
+    );
+    assert_eq!(
+        breakers.get("api:/lenient/{id}").unwrap().state(),
+        State::Closed
+    );
+}
+
+#[tokio::test]
 async fn a_fallback_replaces_the_json_rejection() {
     let breakers = BreakerRegistry::new();
     let app = Router::new().route("/", get(|| async { "ok" })).layer(

@@ -85,6 +85,8 @@ pub(crate) struct Shared {
     pub(crate) config: BreakerConfig,
     pub(crate) keying: Keying,
     pub(crate) fallback: Option<Fallback>,
+    /// Per-route settings that differ from `config`, by route template.
+    pub(crate) route_configs: HashMap<Box<str>, BreakerConfig>,
 }
 
 impl fmt::Debug for CircuitBreakerLayer {
@@ -110,6 +112,7 @@ impl CircuitBreakerLayer {
                 config,
                 keying: Keying::Single(breaker),
                 fallback: None,
+                route_configs: HashMap::new(),
             }),
         }
     }
@@ -139,6 +142,22 @@ impl CircuitBreakerLayer {
         })
     }
 
+    /// With [`per_route`](Self::per_route): the breaker of the route template `route` uses
+    /// `config` instead of the layer's (e.g. the `database` profile on the routes that hit
+    /// the database, `critical` elsewhere).
+    ///
+    /// # Panics
+    ///
+    /// When `config` is invalid ([`BreakerConfig::validate`] says why).
+    pub fn route_config(self, route: &str, config: BreakerConfig) -> Self {
+        if let Err(e) = config.validate() {
+            panic!("invalid breaker configuration for route {route}: {e}");
+        }
+        self.rebuild(|s| {
+            s.route_configs.insert(route.into(), config);
+        })
+    }
+
     /// Answers rejected calls with `f(breaker name, rejection)` instead of the JSON 503.
     pub fn fallback(
         self,
@@ -162,6 +181,7 @@ impl CircuitBreakerLayer {
                 },
             },
             fallback: s.fallback.clone(),
+            route_configs: s.route_configs.clone(),
         };
         f(&mut shared);
         Self {
@@ -216,8 +236,9 @@ impl Shared {
                 };
                 map.entry(key.into())
                     .or_insert_with(|| {
+                        let config = self.route_configs.get(key).unwrap_or(&self.config);
                         self.registry
-                            .breaker(&format!("{}:{key}", self.name), self.config.clone())
+                            .breaker(&format!("{}:{key}", self.name), config.clone())
                     })
                     .clone()
             }
