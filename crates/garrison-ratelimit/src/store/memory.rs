@@ -87,6 +87,7 @@ impl MemoryTable {
         }
     }
 
+    #[cfg(feature = "redis")]
     pub(crate) fn quota(&self) -> &Quota {
         &self.quota
     }
