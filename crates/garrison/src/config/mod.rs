@@ -1,0 +1,707 @@
+//! [`GarrisonConfig`]: every option of the stack, read from TOML.
+//!
+//! Every field has a default (shown in `garrison-config.example.toml` at the repository
+//! root, and on each field here). Durations are written as strings: `"250ms"`, `"15m"`,
+//! `"1h30m"`. [`GarrisonConfig::from_toml`] reads a file's text and reports every bad key at
+//! once, each with its path:
+//!
+//! ```
+//! let err = garrison::GarrisonConfig::from_toml(
+//!     "[ratelimit.policies.auth]\nlimit = 0\nperiod = \"15m\"\n[metrics]\npath = 7\n",
+//! )
+//! .unwrap_err();
+//! let text = err.to_string();
+//! assert!(text.contains("ratelimit.policies.auth.limit: must be > 0"), "{text}");
+//! assert!(text.contains("metrics.path: expected a string, found integer"), "{text}");
+//! ```
+
+mod duration;
+mod parse;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+pub use duration::{format_duration, parse_duration};
+
+/// The whole configuration of a Garrison stack: one section per layer.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GarrisonConfig {
+    /// `[service]`: who this service is, and its route patterns.
+    pub service: ServiceConfig,
+    /// `[trace]`: trace propagation, sampling and export.
+    pub trace: TraceConfig,
+    /// `[metrics]`: RED metrics and the scrape route.
+    pub metrics: MetricsConfig,
+    /// `[health]`: the health routes and their checks.
+    pub health: HealthConfig,
+    /// `[ratelimit]`: policies, keys and the store.
+    pub ratelimit: RateLimitConfig,
+    /// `[breaker]`: circuit breakers in front of the service.
+    pub breaker: BreakerSection,
+}
+
+/// `[service]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceConfig {
+    /// `name`: the service name in health reports (`serviceId`) and OTLP's `service.name`.
+    /// Default: `"garrison"`.
+    pub name: String,
+    /// `version`: reported by the deep health route. Default: `""` (not reported).
+    pub version: String,
+    /// `routes`: route patterns (`/users/{id}`, `/files/{*path}`) that name requests when
+    /// there is no axum `MatchedPath` (a plain hyper service). Patterns used in
+    /// `[ratelimit.routes]` and `[breaker.routes]` are added by themselves. Default: none.
+    pub routes: Vec<String>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            name: "garrison".into(),
+            version: String::new(),
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// `[trace]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceConfig {
+    /// `enabled`. Default: `true`.
+    pub enabled: bool,
+    /// `sampler`: `"ratio"` (parent-based, `ratio` of new traces), `"always"`, `"never"` or
+    /// `"error_biased"` (every error and slow request, `ratio` of the others). Default:
+    /// `"ratio"`.
+    pub sampler: SamplerKind,
+    /// `ratio`: the share of new traces sampled, 0 to 1. Default: `0.1`.
+    pub ratio: f64,
+    /// `slow`: with `error_biased`, requests at least this long are kept. Default: `"1s"`.
+    pub slow: Duration,
+    /// `request_id_header`. Default: `"x-request-id"`.
+    pub request_id_header: String,
+    /// `trace_response`: send `traceresponse` back to callers. Default: `false`.
+    pub trace_response: bool,
+    /// `access_log`: one `tracing` event per request. Default: `false`.
+    pub access_log: bool,
+    /// `tracing_span`: a `tracing` span around each request for other subscribers.
+    /// Default: `false`.
+    pub tracing_span: bool,
+    /// `redact_headers`: header names redacted in logs, besides the credentials redacted by
+    /// default. Default: none.
+    pub redact_headers: Vec<String>,
+    /// `redact_params`: query parameters redacted in logs, besides the default ones.
+    /// Default: none.
+    pub redact_params: Vec<String>,
+    /// `queue`: spans waiting for export at most. Default: `2048`.
+    pub queue: usize,
+    /// `batch`: spans in one export at most. Default: `512`.
+    pub batch: usize,
+    /// `export_timeout`. Default: `"10s"`.
+    pub export_timeout: Duration,
+    /// `flush_every`: how long a partial batch waits. Default: `"1s"`.
+    pub flush_every: Duration,
+    /// `[trace.otlp]`: where spans go.
+    pub otlp: OtlpSection,
+}
+
+impl Default for TraceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            sampler: SamplerKind::Ratio,
+            ratio: 0.1,
+            slow: Duration::from_secs(1),
+            request_id_header: "x-request-id".into(),
+            trace_response: false,
+            access_log: false,
+            tracing_span: false,
+            redact_headers: Vec::new(),
+            redact_params: Vec::new(),
+            queue: 2048,
+            batch: 512,
+            export_timeout: Duration::from_secs(10),
+            flush_every: Duration::from_secs(1),
+            otlp: OtlpSection::default(),
+        }
+    }
+}
+
+/// The `sampler` of `[trace]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SamplerKind {
+    /// `"always"`.
+    Always,
+    /// `"never"`.
+    Never,
+    /// `"ratio"`.
+    Ratio,
+    /// `"error_biased"`.
+    ErrorBiased,
+}
+
+/// `[trace.otlp]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OtlpSection {
+    /// `endpoint`: the collector, e.g. `"http://collector:4317"`. Empty: the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` variable when it is set, otherwise no export.
+    /// Default: `""`. Needs the `otlp` feature.
+    pub endpoint: String,
+    /// `protocol`: `"grpc"` or `"http/protobuf"`. Default: `"grpc"`.
+    pub protocol: OtlpProtocol,
+    /// `timeout`: how long one export may take. Default: `"10s"`.
+    pub timeout: Duration,
+    /// `headers`: sent with every export (API keys). Default: none.
+    pub headers: BTreeMap<String, String>,
+}
+
+impl Default for OtlpSection {
+    fn default() -> Self {
+        Self {
+            endpoint: String::new(),
+            protocol: OtlpProtocol::Grpc,
+            timeout: Duration::from_secs(10),
+            headers: BTreeMap::new(),
+        }
+    }
+}
+
+/// The `protocol` of `[trace.otlp]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// `"grpc"`.
+    Grpc,
+    /// `"http/protobuf"`.
+    HttpProtobuf,
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricsConfig {
+    /// `enabled`. Default: `true`.
+    pub enabled: bool,
+    /// `path`: where scrapes are answered, before the rate limiter. `""`: not mounted (serve
+    /// [`Garrison::metrics`](crate::Garrison::metrics)' exporter yourself). Default:
+    /// `"/metrics"`.
+    pub path: String,
+    /// `duration_buckets`: bucket bounds of `http_server_request_duration_seconds`, in
+    /// seconds. Default: the OpenTelemetry buckets, 0.005 to 10.
+    pub duration_buckets: Vec<f64>,
+    /// `max_series`: label combinations kept at most; more are counted in
+    /// `garrison_metrics_series_dropped_total`. Default: `2000`.
+    pub max_series: usize,
+    /// `exemplars`: trace ids on histogram buckets (OpenMetrics). Default: `true`.
+    pub exemplars: bool,
+    /// `process_metrics`: `process_*` families. Default: `true`.
+    pub process_metrics: bool,
+    /// `runtime_metrics`: tokio runtime families. Default: `true`.
+    pub runtime_metrics: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            path: "/metrics".into(),
+            duration_buckets: garrison_metrics::DEFAULT_DURATION_BUCKETS.to_vec(),
+            max_series: garrison_metrics::DEFAULT_MAX_SERIES,
+            exemplars: true,
+            process_metrics: true,
+            runtime_metrics: true,
+        }
+    }
+}
+
+/// `[health]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthConfig {
+    /// `enabled`: answer the health routes. Default: `true`.
+    pub enabled: bool,
+    /// `live_path`. Default: `"/health/live"`.
+    pub live_path: String,
+    /// `ready_path`. Default: `"/health/ready"`.
+    pub ready_path: String,
+    /// `deep_path`. Default: `"/health"`.
+    pub deep_path: String,
+    /// `token`: callers presenting `Authorization: Bearer <token>` see check details.
+    /// Default: `""` (nobody, unless `details = "always"`).
+    pub token: String,
+    /// `details`: `"token"`, `"always"` or `"never"`. Default: `"token"`.
+    pub details: DetailsMode,
+    /// `breakers`: a deep check reporting open breakers (`warn`). Default: `true`.
+    pub breakers: bool,
+    /// `[health.checks.<name>]`: checks of dependencies. Default: none.
+    pub checks: BTreeMap<String, CheckConfig>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            live_path: "/health/live".into(),
+            ready_path: "/health/ready".into(),
+            deep_path: "/health".into(),
+            token: String::new(),
+            details: DetailsMode::Token,
+            breakers: true,
+            checks: BTreeMap::new(),
+        }
+    }
+}
+
+/// The `details` of `[health]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DetailsMode {
+    /// `"token"`.
+    Token,
+    /// `"always"`.
+    Always,
+    /// `"never"`.
+    Never,
+}
+
+/// `[health.checks.<name>]`: one dependency check.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckConfig {
+    /// `type`: `"http"`, `"redis"`, `"postgres"`, `"mysql"` or `"sqlite"` (each database
+    /// and Redis needs its cargo feature). Required.
+    pub kind: CheckType,
+    /// `url`: what to check. Required.
+    pub url: String,
+    /// `probe`: `"readiness"`, `"liveness"`, `"both"` or `"deep"`. Default: `"readiness"`.
+    pub probe: ProbeKind,
+    /// `critical`: a failure fails the probe (`false`: a `warn`). Default: `true`.
+    pub critical: bool,
+    /// `timeout`. Default: `"2s"`.
+    pub timeout: Duration,
+    /// `interval`: time between runs (how long a result is cached). Default: `"10s"`.
+    pub interval: Duration,
+}
+
+/// The `type` of a `[health.checks.<name>]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckType {
+    /// `"http"`: a `GET`, healthy on `2xx`.
+    Http,
+    /// `"redis"`: `PING`.
+    Redis,
+    /// `"postgres"`: a pool and `SELECT 1`.
+    Postgres,
+    /// `"mysql"`: a pool and `SELECT 1`.
+    Mysql,
+    /// `"sqlite"`: a pool and `SELECT 1`.
+    Sqlite,
+}
+
+/// The `probe` of a `[health.checks.<name>]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeKind {
+    /// `"readiness"`.
+    Readiness,
+    /// `"liveness"`.
+    Liveness,
+    /// `"both"`.
+    Both,
+    /// `"deep"`.
+    Deep,
+}
+
+/// `[ratelimit]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimitConfig {
+    /// `enabled`. Default: `true`.
+    pub enabled: bool,
+    /// `default_policy`: the policy of routes `[ratelimit.routes]` does not name. `""`: such
+    /// routes are not limited. Default: `"general"`.
+    pub default_policy: String,
+    /// `key`: `"ip"` (the client address), `"global"` (one bucket) or `"header:<name>"`
+    /// (e.g. an API key, hashed; requests without it fall back to the address).
+    /// Default: `"ip"`.
+    pub key: KeyConfig,
+    /// `trusted_proxies`: CIDRs whose `Forwarded` / `X-Forwarded-For` are believed.
+    /// Default: none.
+    pub trusted_proxies: Vec<String>,
+    /// `headers`: `"all"`, `"ietf"` (`RateLimit-Policy`, `RateLimit`), `"legacy"`
+    /// (`X-RateLimit-*`) or `"none"`. Default: `"all"`.
+    pub headers: HeadersMode,
+    /// `max_keys`: tracked client keys at most, over all policies. Default: `1000000`.
+    pub max_keys: usize,
+    /// `sweep_interval`: how often idle keys are evicted. Default: `"10s"`.
+    pub sweep_interval: Duration,
+    /// `ipv6_prefix`: IPv6 clients are keyed by this prefix length. Default: `64`.
+    pub ipv6_prefix: u8,
+    /// `exempt_routes`: route patterns never limited. Default: none.
+    pub exempt_routes: Vec<String>,
+    /// `exempt_keys`: key values (e.g. an admin's API key) never limited. Default: none.
+    pub exempt_keys: Vec<String>,
+    /// `[ratelimit.policies.<name>]`. Default: `general` (100 per minute), `auth` (5 per
+    /// 15 minutes) and `upload` (10 per 5 minutes). A file's policies are added to these
+    /// (and replace one of the same name).
+    pub policies: BTreeMap<String, PolicyConfig>,
+    /// `[ratelimit.routes]`: route pattern → policy name. Default: none.
+    pub routes: BTreeMap<String, String>,
+    /// `[ratelimit.redis]`: one limit across replicas.
+    pub redis: RedisSection,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        let mut policies = BTreeMap::new();
+        let m = |n: u64| Duration::from_secs(60 * n);
+        policies.insert("general".into(), PolicyConfig::new(100, m(1)));
+        policies.insert("auth".into(), PolicyConfig::new(5, m(15)));
+        policies.insert("upload".into(), PolicyConfig::new(10, m(5)));
+        Self {
+            enabled: true,
+            default_policy: "general".into(),
+            key: KeyConfig::Ip,
+            trusted_proxies: Vec::new(),
+            headers: HeadersMode::All,
+            max_keys: garrison_ratelimit::DEFAULT_MAX_KEYS,
+            sweep_interval: garrison_ratelimit::DEFAULT_SWEEP_INTERVAL,
+            ipv6_prefix: 64,
+            exempt_routes: Vec::new(),
+            exempt_keys: Vec::new(),
+            policies,
+            routes: BTreeMap::new(),
+            redis: RedisSection::default(),
+        }
+    }
+}
+
+impl RateLimitConfig {
+    /// Adds (or replaces) the policy `name`: `limit` requests per `period`.
+    pub fn policy(&mut self, name: &str, limit: u32, period: Duration) -> &mut Self {
+        self.policies
+            .insert(name.into(), PolicyConfig::new(limit, period));
+        self
+    }
+
+    /// Limits the routes of `pattern` by the policy `policy`.
+    pub fn route(&mut self, pattern: &str, policy: &str) -> &mut Self {
+        self.routes.insert(pattern.into(), policy.into());
+        self
+    }
+}
+
+/// `[ratelimit.policies.<name>]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyConfig {
+    /// `limit`: requests per `period`. Required, > 0.
+    pub limit: u32,
+    /// `period`. Required.
+    pub period: Duration,
+    /// `burst`: requests at once. Default: the limit.
+    pub burst: Option<u32>,
+    /// `key`: this policy's key source, instead of `[ratelimit] key`. Default: unset.
+    pub key: Option<KeyConfig>,
+}
+
+impl PolicyConfig {
+    /// `limit` per `period`, burst the limit, the section's key.
+    pub fn new(limit: u32, period: Duration) -> Self {
+        Self {
+            limit,
+            period,
+            burst: None,
+            key: None,
+        }
+    }
+}
+
+/// A rate-limit key source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyConfig {
+    /// `"ip"`.
+    Ip,
+    /// `"global"`.
+    Global,
+    /// `"header:<name>"`.
+    Header(String),
+}
+
+/// The `headers` of `[ratelimit]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadersMode {
+    /// `"all"`.
+    All,
+    /// `"ietf"`.
+    Ietf,
+    /// `"legacy"`.
+    Legacy,
+    /// `"none"`.
+    None,
+}
+
+/// `[ratelimit.redis]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedisSection {
+    /// `url`: `redis://host:6379`. `""`: limits are kept in memory, per replica.
+    /// Default: `""`. Needs the `redis` feature.
+    pub url: String,
+    /// `timeout`: a call slower than this falls back. Default: `"50ms"`.
+    pub timeout: Duration,
+    /// `retry_interval`: how often a fallen-back store tries Redis again. Default: `"1s"`.
+    pub retry_interval: Duration,
+    /// `fail_mode`: `"open"` (fall back to memory) or `"closed"` (answer 503).
+    /// Default: `"open"`.
+    pub fail_mode: FailModeConfig,
+    /// `key_prefix`. Default: `"garrison:ratelimit"`.
+    pub key_prefix: String,
+    /// `lease_fraction`: the share of a burst a replica takes per call. Default: `0.02`.
+    pub lease_fraction: f64,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            timeout: Duration::from_millis(50),
+            retry_interval: Duration::from_secs(1),
+            fail_mode: FailModeConfig::Open,
+            key_prefix: "garrison:ratelimit".into(),
+            lease_fraction: 0.02,
+        }
+    }
+}
+
+/// The `fail_mode` of `[ratelimit.redis]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailModeConfig {
+    /// `"open"`.
+    Open,
+    /// `"closed"`.
+    Closed,
+}
+
+/// `[breaker]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerSection {
+    /// `enabled`. Default: `true`.
+    pub enabled: bool,
+    /// `name`: breakers are named `<name>:<route>` (or `<name>` with `per_route = false`).
+    /// Default: `"server"`.
+    pub name: String,
+    /// `per_route`: one breaker per route template, so that one failing route does not
+    /// take the others down. Default: `true`.
+    pub per_route: bool,
+    /// `max_breakers`: per-route breakers at most (further routes share one). Default:
+    /// `256`.
+    pub max_breakers: usize,
+    /// `profile`: the profile of routes `[breaker.routes]` does not name: `"default"`
+    /// (the last 100 calls, at least 100, opens at 50% failures, 60 s open),
+    /// `"database"`, `"critical"`, `"batch"` or one of `[breaker.profiles]`.
+    /// Default: `"default"`.
+    pub profile: String,
+    /// `[breaker.profiles.<name>]`: profiles of your own (or changes to the built-in ones).
+    /// Default: none.
+    pub profiles: BTreeMap<String, ProfileConfig>,
+    /// `[breaker.routes]`: route pattern → profile name. Default: none.
+    pub routes: BTreeMap<String, String>,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            name: "server".into(),
+            per_route: true,
+            max_breakers: 256,
+            profile: "default".into(),
+            profiles: BTreeMap::new(),
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[breaker.profiles.<name>]`: each key unset keeps the value of `base`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProfileConfig {
+    /// `base`: the profile this one changes. Default: the profile of the same name when it is
+    /// built in, else `"default"`.
+    pub base: Option<String>,
+    /// `window`: `"<n> calls"` or a duration (`"30s"`).
+    pub window: Option<WindowConfig>,
+    /// `minimum_calls`: calls in the window before the rates count.
+    pub minimum_calls: Option<u32>,
+    /// `failure_rate`: opens at this share of failures, 0 to 1.
+    pub failure_rate: Option<f64>,
+    /// `slow_call_rate`: opens at this share of slow calls, 0 to 1.
+    pub slow_call_rate: Option<f64>,
+    /// `slow_call_duration`: calls at least this long are slow.
+    pub slow_call_duration: Option<Duration>,
+    /// `wait_in_open`: how long it stays open before probing.
+    pub wait_in_open: Option<Duration>,
+    /// `max_wait_in_open`: the longest wait when waits double.
+    pub max_wait_in_open: Option<Duration>,
+    /// `wait_multiplier`: each consecutive opening waits this much longer (1: no growth).
+    pub wait_multiplier: Option<f64>,
+    /// `half_open_calls`: probe calls let through when half-open.
+    pub half_open_calls: Option<u32>,
+}
+
+/// A breaker window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowConfig {
+    /// `"<n> calls"`.
+    Calls(u32),
+    /// A duration.
+    Time(Duration),
+}
+
+/// Why a configuration was refused: every bad key, each with its path and the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    issues: Vec<ConfigIssue>,
+}
+
+/// One bad key of a [`ConfigError`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// The key's path, e.g. `ratelimit.policies.auth.limit`.
+    pub path: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(issues: Vec<ConfigIssue>) -> Self {
+        Self { issues }
+    }
+
+    pub(crate) fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(vec![ConfigIssue {
+            path: path.into(),
+            message: message.into(),
+        }])
+    }
+
+    /// Every bad key, in the order of the file.
+    pub fn issues(&self) -> &[ConfigIssue] {
+        &self.issues
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.issues.len();
+        write!(
+            f,
+            "invalid garrison configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for i in &self.issues {
+            if i.path.is_empty() {
+                write!(f, "\n  {}", i.message)?;
+            } else {
+                write!(f, "\n  {}: {}", i.path, i.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl GarrisonConfig {
+    /// Reads a configuration from TOML text: unset keys take their defaults; every bad key
+    /// (unknown, of the wrong type, out of range, naming a policy or profile that does not
+    /// exist) is reported at once.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            ConfigError::one("", format!("{at}{}", e.message()))
+        })?;
+        Self::from_table(&table)
+    }
+
+    /// Reads a configuration file (see [`from_toml`](Self::from_toml)).
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::one("", format!("cannot read {}: {e}", path.display())))?;
+        Self::from_toml(&text)
+    }
+
+    /// Reads a configuration from a parsed TOML table.
+    pub fn from_table(table: &toml::Table) -> Result<Self, ConfigError> {
+        parse::config(table)
+    }
+
+    /// Checks the cross-references and ranges of a configuration built in code (the same
+    /// checks [`from_toml`](Self::from_toml) makes).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut issues = Vec::new();
+        parse::validate(self, &mut issues);
+        if issues.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::new(issues))
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for GarrisonConfig {
+    /// Deserializes from any serde format (a section of your own configuration), with the
+    /// checks of [`GarrisonConfig::from_toml`].
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let table = toml::Table::deserialize(d)?;
+        Self::from_table(&table).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../../../garrison-config.example.toml");
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults_of_the_code() {
+        let parsed = GarrisonConfig::from_toml(EXAMPLE).unwrap();
+        assert_eq!(parsed, GarrisonConfig::default());
+        GarrisonConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn the_example_file_shows_every_key_the_reader_knows() {
+        let table: toml::Table = EXAMPLE.parse().unwrap();
+        let lookup = |path: &str| {
+            let mut t = &table;
+            let mut parts = path.split('.').peekable();
+            while let Some(part) = parts.next() {
+                match (t.get(part), parts.peek()) {
+                    (Some(toml::Value::Table(inner)), Some(_)) => t = inner,
+                    (Some(_), None) => return true,
+                    _ => return false,
+                }
+            }
+            false
+        };
+        let asked = parse::asked_keys(&table);
+        assert!(asked.len() > 60, "only {} keys asked", asked.len());
+        for key in asked {
+            // a policy's `burst` and `key` have no value to show: they default to "unset"
+            let optional = key.starts_with("ratelimit.policies.")
+                && (key.ends_with(".burst") || key.ends_with(".key"));
+            if optional {
+                let name = key.rsplit('.').next().unwrap();
+                assert!(
+                    EXAMPLE.contains(&format!("`{name}`")),
+                    "`{name}` is not explained"
+                );
+            } else {
+                assert!(
+                    lookup(&key),
+                    "garrison-config.example.toml does not show `{key}`"
+                );
+            }
+        }
+    }
+}

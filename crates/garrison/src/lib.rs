@@ -1,0 +1,90 @@
+//! Garrison: one tower layer that makes an axum or hyper service observable and
+//! self-protecting — W3C trace propagation, RED metrics with exemplars, health routes,
+//! rate limiting with standard headers and circuit breaking — configured from one TOML
+//! file.
+//!
+//! ```
+//! use axum::{routing::{get, post}, Router};
+//! use garrison::{Garrison, GarrisonConfig};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = GarrisonConfig::from_toml(r#"
+//!     [service]
+//!     name = "shop"
+//!
+//!     [trace]
+//!     ratio = 0.1
+//!
+//!     [ratelimit.routes]
+//!     "/auth/login" = "auth"        # 5 per 15 minutes per client address
+//!
+//!     [breaker.routes]
+//!     "/orders/{id}" = "database"   # opens after 5 calls with half of them failing
+//! "#)?;
+//! let garrison = Garrison::from_config(config)?;
+//!
+//! let app: Router = Router::new()
+//!     .route("/orders/{id}", get(|| async { "order" }))
+//!     .route("/auth/login", post(|| async { "welcome" }))
+//!     .layer(garrison.layer()); // + /metrics, /health/live, /health/ready, /health
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What the layer does, outermost first
+//!
+//! 1. **trace** ([`garrison_trace`]): joins the caller's `traceparent`, `tracestate` and
+//!    `baggage`, opens a server span with the OpenTelemetry HTTP attributes, sets
+//!    `x-request-id`, and exports sampled spans over OTLP (`[trace.otlp]`, feature `otlp`).
+//! 2. **metrics** ([`garrison_metrics`]): `http_server_request_duration_seconds` and the
+//!    other RED families by route template, 429s and 503s included, with trace exemplars.
+//! 3. **health routes and `/metrics`** ([`garrison_health`]): answered before the limiter,
+//!    so probes and scrapes are never refused.
+//! 4. **rate limit** ([`garrison_ratelimit`]): GCRA per client and route policy,
+//!    `RateLimit` / `X-RateLimit-*` headers, `429` with `Retry-After`; shared through Redis
+//!    with `[ratelimit.redis]` (feature `redis`).
+//! 5. **circuit breaker** ([`garrison_breaker`]): per route, `503` with `Retry-After` while
+//!    open; open breakers show as `warn` on the deep health route.
+//!
+//! Route templates come from axum's `MatchedPath`; a plain hyper service names its routes
+//! in `[service] routes` (and every pattern the configuration uses is known already). Each
+//! part can be turned off with `enabled = false` in its section.
+//!
+//! # Configuration
+//!
+//! [`GarrisonConfig`] holds every option with its default; `garrison-config.example.toml`
+//! at the repository root documents each one. [`GarrisonConfig::from_toml`] reports every
+//! bad key at once with its path (`ratelimit.policies.auth.limit: must be > 0`), and
+//! [`Garrison::builder`] changes sections in code and adds what a file cannot say (your own
+//! health checks, key sources, registries).
+//!
+//! # Features
+//!
+//! - `axum` (default): route templates from `MatchedPath`, client addresses from
+//!   `ConnectInfo`.
+//! - `redis`: `[ratelimit.redis]` (one limit across replicas) and `type = "redis"` checks.
+//! - `otlp`: span export over OTLP/gRPC or OTLP/HTTP.
+//! - `logs`: [`garrison_trace::json_logs`], JSON log lines with `trace_id`, `span_id` and
+//!   `request_id`.
+//! - `postgres`, `mysql`, `sqlite`: `type = "postgres"` (etc.) health checks on sqlx pools,
+//!   with `db_client_connection_*` metrics.
+//!
+//! Default features pull no database driver, Redis client or gRPC stack.
+
+#![deny(missing_docs)]
+
+pub mod config;
+mod layer;
+mod stack;
+
+pub use config::{ConfigError, ConfigIssue, GarrisonConfig};
+pub use layer::{GarrisonLayer, GarrisonService, Toggled, ToggledBody, ToggledFuture};
+pub use stack::{Garrison, GarrisonBuilder};
+
+pub use garrison_breaker;
+pub use garrison_core;
+pub use garrison_health;
+pub use garrison_metrics;
+pub use garrison_ratelimit;
+pub use garrison_trace;
