@@ -6,19 +6,20 @@ export GARRISON_TEST_POSTGRES_URL := env("GARRISON_TEST_POSTGRES_URL", "postgres
 export GARRISON_TEST_MYSQL_URL := env("GARRISON_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 export GARRISON_TEST_REDIS_URL := env("GARRISON_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
-# Start the demo service on GARRISON_LISTEN (default 127.0.0.1:3000).
+# Start the demo shop API behind the whole garrison on GARRISON_LISTEN (default 127.0.0.1:3000).
 run:
-    cargo run --example metrics_axum
+    cargo run --example axum_app
 
 # Run every test (starts or installs the services they need first).
 test: services
     cargo test --workspace --all-features
+    cargo test -p garrison --lib --tests  # the umbrella with its default features: options that need a feature say so
 
 # Criterion benches (metrics, breaker, ratelimit, trace) side by side with bare axum and the peer crates.
 bench *ARGS:
     cargo bench -p garrison-workspace -- {{ARGS}}
 
-# End-to-end load run with wrk on loopback: bare axum vs garrison vs axum-prometheus.
+# End-to-end load run with wrk on loopback: bare axum, garrison metrics, axum-prometheus, the whole garrison stack, the peer stack.
 load:
     scripts/load.sh
 
@@ -27,6 +28,7 @@ lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --all-features -- -D warnings
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+    RUSTDOCFLAGS="-D warnings" cargo doc -p garrison --no-deps  # the umbrella on its default features
 
 # Make sure PostgreSQL, MariaDB, Redis, promtool and prometheus are there.
 services:

@@ -26,7 +26,7 @@ fn info_subscriber() {
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let Some(variant) = args.next() else {
-        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects|bare_axum_peer|garrison_ratelimit|garrison_ratelimit_ietf|garrison_ratelimit_legacy|tower_governor|bare_axum_info|garrison_trace_0pct|garrison_trace_100pct|otel_axum_layer|otel_axum_layer_unsampled|tower_http_trace> [requests]");
+        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects|bare_axum_peer|garrison_ratelimit|garrison_ratelimit_ietf|garrison_ratelimit_legacy|tower_governor|bare_axum_info|garrison_trace_0pct|garrison_trace_100pct|otel_axum_layer|otel_axum_layer_unsampled|tower_http_trace|bare_axum_info_peer|garrison_stack|peer_stack> [requests]");
         return;
     };
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
@@ -139,6 +139,64 @@ fn main() {
                     ),
             )
         }
+        // The whole stack against the peer crates it replaces, as in benches/stack.rs: under
+        // a `tracing` subscriber at INFO, with a client address, 10% of traces sampled.
+        "bare_axum_info_peer" => {
+            info_subscriber();
+            bare
+        }
+        // `garrison_stack-trace-ratelimit` turns those parts off, to see what each one costs
+        v if v.starts_with("garrison_stack") => {
+            info_subscriber();
+            let _enter = rt.enter();
+            let tracer = garrison_trace::Tracer::builder()
+                .sampler(garrison_trace::Sampler::Ratio(0.1))
+                .build();
+            let mut toml = String::from(
+                "[ratelimit.policies.general]\nlimit = 1000000\nperiod = \"1s\"\nburst = 9999\n",
+            );
+            for part in v.split('-').skip(1) {
+                toml.push_str(&format!("[{part}]\nenabled = false\n"));
+            }
+            let config = garrison::GarrisonConfig::from_toml(&toml).unwrap();
+            let garrison = garrison::Garrison::builder()
+                .config(config)
+                .tracer(tracer)
+                .build()
+                .unwrap();
+            bare.layer(garrison.layer())
+        }
+        "peer_stack" => {
+            use opentelemetry::trace::TracerProvider as _;
+            use tracing_subscriber::layer::SubscriberExt;
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+                    opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(0.1),
+                )))
+                .build();
+            let sub = tracing_subscriber::registry()
+                .with(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_default(tracing::level_filters::LevelFilter::INFO)
+                        .with_target("otel::tracing", tracing::level_filters::LevelFilter::TRACE),
+                )
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
+            tracing::subscriber::set_global_default(sub).unwrap();
+            let _enter = rt.enter();
+            let governor = tower_governor::governor::GovernorConfigBuilder::default()
+                .per_nanosecond(1)
+                .burst_size(u32::MAX)
+                .use_headers()
+                .finish()
+                .expect("governor config");
+            let (prometheus, handle) = axum_prometheus::PrometheusMetricLayer::pair();
+            std::mem::forget(handle);
+            bare.layer(tower_governor::GovernorLayer::new(std::sync::Arc::new(
+                governor,
+            )))
+            .layer(prometheus)
+            .layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default())
+        }
         other => panic!("unknown variant {other}"),
     };
     // What `axum::serve` does once: turn every handler into its final route.
@@ -150,7 +208,9 @@ fn main() {
             | "garrison_ratelimit_ietf"
             | "garrison_ratelimit_legacy"
             | "tower_governor"
-    );
+            | "bare_axum_info_peer"
+            | "peer_stack"
+    ) || variant.starts_with("garrison_stack");
     let peer: std::net::SocketAddr = "192.0.2.1:40000".parse().unwrap();
     rt.block_on(async {
         for _ in 0..n {

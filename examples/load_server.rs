@@ -1,8 +1,9 @@
 //! The server of `just load`: one route, `GET /users/{id}`, served by bare axum or behind a
-//! metrics layer, so that a load generator can compare them end to end over real sockets.
+//! metrics layer or a whole stack (garrison's, or the peer crates'), so that a load generator can compare them end to end over real sockets.
 //!
 //! ```text
-//! cargo run --release --example load_server -- garrison_metrics   # or bare_axum, axum_prometheus
+//! cargo run --release --example load_server -- garrison_metrics   # or bare_axum, axum_prometheus,
+//!                                                                  # garrison_stack, peer_stack
 //! ```
 //!
 //! It listens on `GARRISON_LISTEN` (default `127.0.0.1:3000`).
@@ -32,12 +33,65 @@ async fn main() -> std::io::Result<()> {
             bare.layer(layer)
                 .route("/metrics", get(move || async move { handle.render() }))
         }
+        // The whole garrison (trace at 10%, metrics, health routes, rate limit, breakers),
+        // with a policy the load cannot exhaust.
+        "garrison_stack" => {
+            let config = garrison::GarrisonConfig::from_toml(STACK_CONFIG)
+                .map_err(std::io::Error::other)?;
+            let garrison = garrison::Garrison::from_config(config).map_err(std::io::Error::other)?;
+            bare.layer(garrison.layer())
+        }
+        // The peer crates it replaces: tower_governor, axum-prometheus and
+        // axum-tracing-opentelemetry (SDK tracer at 10%, spans exported nowhere).
+        "peer_stack" => {
+            use opentelemetry::trace::TracerProvider as _;
+            use tracing_subscriber::layer::SubscriberExt;
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
+                    opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(0.1),
+                )))
+                .build();
+            let sub = tracing_subscriber::registry()
+                .with(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_default(tracing::level_filters::LevelFilter::INFO)
+                        .with_target("otel::tracing", tracing::level_filters::LevelFilter::TRACE),
+                )
+                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("load")));
+            tracing::subscriber::set_global_default(sub).map_err(std::io::Error::other)?;
+            let governor = tower_governor::governor::GovernorConfigBuilder::default()
+                .per_nanosecond(1)
+                .burst_size(u32::MAX)
+                .use_headers()
+                .finish()
+                .ok_or_else(|| std::io::Error::other("governor config"))?;
+            let (prometheus, handle) = axum_prometheus::PrometheusMetricLayer::pair();
+            bare.layer(tower_governor::GovernorLayer::new(std::sync::Arc::new(governor)))
+                .layer(prometheus)
+                .layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default())
+                .route("/metrics", get(move || async move { handle.render() }))
+        }
         other => {
             return Err(std::io::Error::other(format!(
-                "unknown variant `{other}`: use bare_axum, garrison_metrics or axum_prometheus"
+                "unknown variant `{other}`: use bare_axum, garrison_metrics, axum_prometheus, garrison_stack or peer_stack"
             )))
         }
     };
     let listener = garrison_workspace::listen(&format!("load_server ({variant})")).await?;
-    axum::serve(listener, app).await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .await
 }
+
+/// The stack of `garrison_stack`: the defaults, trace at 10%, a policy load cannot exhaust.
+const STACK_CONFIG: &str = r#"
+[trace]
+ratio = 0.1
+
+[ratelimit.policies.general]
+limit = 1000000
+period = "1s"
+burst = 9999
+"#;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end load run, side by side in one run on loopback: the same wrk load against bare
 # axum, axum + garrison MetricsLayer, and axum + axum-prometheus. Bounded in time.
-#   DURATION (default 10s), CONNECTIONS (default 32), THREADS (wrk threads, default 1)
+#   DURATION (default 10s), CONNECTIONS (default 32), THREADS (wrk threads, default 1),
+#   VARIANTS (default: all five)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +26,7 @@ BIN=target/release/examples/load_server
 
 printf '| variant | requests/s | vs bare | p50 | p99 |\n|---|---:|---:|---:|---:|\n'
 bare_rps=""
-for variant in bare_axum garrison_metrics axum_prometheus; do
+for variant in ${VARIANTS:-bare_axum garrison_metrics axum_prometheus garrison_stack peer_stack}; do
     GARRISON_LISTEN=127.0.0.1:$PORT "$BIN" "$variant" >/dev/null &
     pid=$!
     trap 'kill $pid 2>/dev/null || true' EXIT

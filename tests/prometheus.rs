@@ -108,34 +108,7 @@ async fn promtool_accepts_the_metrics_output() {
         .contains("garrison_health_check_status{check=\"queue\",status=\"warn\"} 1"));
     drop(conn);
 
-    let mut child = Command::new(&promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run promtool");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(scrape.body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "promtool rejected the output:\n{report}\n--- output ---\n{}",
-        scrape.body
-    );
-    assert!(
-        report.trim().is_empty(),
-        "promtool found problems:\n{report}"
-    );
+    promtool_check(&promtool, &scrape.body);
 }
 
 async fn query(prom: std::net::SocketAddr, q: &str) -> serde_json::Value {
@@ -251,4 +224,91 @@ async fn prometheus_scrapes_the_example_and_answers_a_quantile_query() {
         "no exemplar with the trace id in Prometheus: {}",
         resp.body
     );
+}
+
+/// Runs `promtool check metrics` on `text` and fails with its report on any problem.
+fn promtool_check(promtool: &std::path::Path, text: &str) {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool rejected the output:\n{report}\n--- output ---\n{text}"
+    );
+    assert!(
+        report.trim().is_empty(),
+        "promtool found problems:\n{report}"
+    );
+}
+
+#[tokio::test]
+async fn promtool_accepts_the_whole_garrison_with_database_checks_from_its_config() {
+    let promtool = require_tool("promtool", "prometheus");
+    let pg_url = std::env::var("GARRISON_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let config = garrison::GarrisonConfig::from_toml(&format!(
+        r#"
+        [health]
+        details = "always"
+        [health.checks.orders-db]
+        type = "postgres"
+        url = "{pg_url}"
+        [health.checks.cache-db]
+        type = "sqlite"
+        url = "sqlite::memory:"
+        probe = "deep"
+        "#
+    ))
+    .unwrap();
+    let garrison = garrison::Garrison::from_config(config).unwrap();
+    let addr = garrison_workspace::serve_with_peers(
+        axum::Router::new()
+            .route("/users/{id}", axum::routing::get(|| async { "user" }))
+            .layer(garrison.layer()),
+    )
+    .await;
+    for i in 0..3 {
+        get(addr, &format!("/users/{i}"), &[]).await;
+    }
+    garrison.health().refresh().await;
+    let deep = get(addr, "/health", &[]).await;
+    assert_eq!(
+        deep.status, 200,
+        "PostgreSQL at {pg_url} (GARRISON_TEST_POSTGRES_URL) or SQLite failed its check; start PostgreSQL with `just services`:\n{}",
+        deep.body
+    );
+    for key in ["orders-db:responseTime", "cache-db:utilization"] {
+        assert!(deep.body.contains(key), "{key} missing in {}", deep.body);
+    }
+    let scrape = get(addr, "/metrics", &[]).await;
+    for needle in [
+        r#"garrison_health_check_status{check="orders-db",status="pass"} 1"#,
+        r#"db_client_connection_max{db_client_connection_pool_name="cache-db"} 2"#,
+        r#"http_route="/users/{id}""#,
+        "garrison_breaker_state",
+        "garrison_trace_traces_total",
+    ] {
+        assert!(
+            scrape.body.contains(needle),
+            "{needle} missing in\n{}",
+            scrape.body
+        );
+    }
+    promtool_check(&promtool, &scrape.body);
 }

@@ -97,8 +97,10 @@ impl PolicyHeaders {
     /// Adds the headers of `set` for `d` to `h`.
     #[inline]
     pub(crate) fn apply(&self, set: HeaderSet, remaining: u32, reset_secs: u64, h: &mut HeaderMap) {
-        // One growth of the map instead of one per header.
-        h.reserve(2 * usize::from(set.ietf) + 3 * usize::from(set.legacy));
+        // One growth of the map instead of one per header, with room for the two headers a
+        // trace layer above adds (`x-request-id`, `traceresponse`): a map that grows twice
+        // rehashes twice.
+        h.reserve(2 * usize::from(set.ietf) + 3 * usize::from(set.legacy) + 2);
         if set.ietf {
             h.insert(
                 RATELIMIT_POLICY.clone(),

@@ -65,7 +65,7 @@
 //!   `ConnectInfo`.
 //! - `redis`: `[ratelimit.redis]` (one limit across replicas) and `type = "redis"` checks.
 //! - `otlp`: span export over OTLP/gRPC or OTLP/HTTP.
-//! - `logs`: [`garrison_trace::json_logs`], JSON log lines with `trace_id`, `span_id` and
+//! - `logs`: `garrison_trace::json_logs()`, JSON log lines with `trace_id`, `span_id` and
 //!   `request_id`.
 //! - `postgres`, `mysql`, `sqlite`: `type = "postgres"` (etc.) health checks on sqlx pools,
 //!   with `db_client_connection_*` metrics.
@@ -88,3 +88,9 @@ pub use garrison_health;
 pub use garrison_metrics;
 pub use garrison_ratelimit;
 pub use garrison_trace;
+
+/// The README's quick start and ten-line example, compiled as doctests so that they cannot rot
+/// (the other snippets there are fragments, marked `ignore`).
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -117,6 +117,10 @@ fn every_bad_key_is_reported_at_once_with_its_path() {
         [ratelimit.policies.fresh]
         burst = 3
 
+        [ratelimit.policies.fine]
+        limit = 1000000000
+        period = "1s"
+
         [ratelimit.routes]
         "/login" = "nope"
         "no-slash" = "auth"
@@ -141,13 +145,14 @@ fn every_bad_key_is_reported_at_once_with_its_path() {
         "metrics.path: expected a string, found integer",
         "metrics.duration_buckets: bounds must be positive, finite and strictly ascending",
         "health.ready_path: `/metrics` is already metrics.path",
-        "ratelimit.default_policy: no policy `gold`; defined: auth, fresh, general, upload",
+        "ratelimit.default_policy: no policy `gold`; defined: auth, fine, fresh, general, upload",
         "ratelimit.sweep_interval: `soon` is not a duration",
         "ratelimit.ipv6_prefix: must be between 1 and 128",
         "ratelimit.trusted_proxies: ",
         "ratelimit.policies.auth.limit: must be > 0",
         "ratelimit.policies.fresh.limit: required for a new policy",
         "ratelimit.policies.fresh.period: required for a new policy",
+        "ratelimit.policies.fine: rate-limit policy `fine`: the period must allow at least one microsecond per request",
         "ratelimit.routes.\"/login\": no policy `nope`",
         "ratelimit.routes.no-slash: route pattern `no-slash`: must start with `/`",
         "breaker.profile: no profile `sturdy`; defined: batch, critical, database, default, odd",

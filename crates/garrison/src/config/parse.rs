@@ -797,6 +797,14 @@ pub(super) fn validate(c: &GarrisonConfig, out: &mut Vec<ConfigIssue>) {
         }
         if p.burst == Some(0) {
             err(format!("{path}.burst"), "must be > 0".into());
+        } else if p.limit > 0 && !p.period.is_zero() {
+            let mut policy = garrison_ratelimit::Policy::new(name.as_str(), p.limit, p.period);
+            if let Some(b) = p.burst {
+                policy = policy.burst(b);
+            }
+            if let Err(e) = policy.validate() {
+                err(path.clone(), e.to_string());
+            }
         }
         if let Some(k) = &p.key {
             key_ok(format!("{path}.key"), k);
