@@ -17,6 +17,10 @@ use http::Request;
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
+#[allow(dead_code)]
+#[path = "common/peers.rs"]
+mod peers;
+
 fn info_subscriber() {
     use tracing_subscriber::layer::SubscriberExt;
     let sub = tracing_subscriber::registry().with(tracing::level_filters::LevelFilter::INFO);
@@ -69,17 +73,7 @@ fn main() {
                     .expect("layer"),
             )
         }
-        "tower_governor" => {
-            let config = tower_governor::governor::GovernorConfigBuilder::default()
-                .per_nanosecond(1)
-                .burst_size(u32::MAX)
-                .use_headers()
-                .finish()
-                .expect("governor config");
-            bare.layer(tower_governor::GovernorLayer::new(std::sync::Arc::new(
-                config,
-            )))
-        }
+        "tower_governor" => peers::with_governor(bare),
         "axum_prometheus" => {
             let _enter = rt.enter();
             let (layer, handle) = axum_prometheus::PrometheusMetricLayer::pair();
@@ -106,25 +100,12 @@ fn main() {
             bare.layer(garrison_trace::TraceLayer::new(&tracer))
         }
         "otel_axum_layer" | "otel_axum_layer_unsampled" => {
-            use opentelemetry::trace::TracerProvider as _;
-            use tracing_subscriber::layer::SubscriberExt;
             let sampler = if variant.ends_with("unsampled") {
                 opentelemetry_sdk::trace::Sampler::AlwaysOff
             } else {
                 opentelemetry_sdk::trace::Sampler::AlwaysOn
             };
-            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                .with_sampler(sampler)
-                .build();
-            let sub = tracing_subscriber::registry()
-                // its spans are TRACE-level on target `otel::tracing`, as its docs have it
-                .with(
-                    tracing_subscriber::filter::Targets::new()
-                        .with_default(tracing::level_filters::LevelFilter::INFO)
-                        .with_target("otel::tracing", tracing::level_filters::LevelFilter::TRACE),
-                )
-                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
-            tracing::subscriber::set_global_default(sub).unwrap();
+            tracing::dispatcher::set_global_default(peers::otel_dispatch(sampler)).unwrap();
             bare.layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default())
         }
         "tower_http_trace" => {
@@ -152,13 +133,17 @@ fn main() {
             let tracer = garrison_trace::Tracer::builder()
                 .sampler(garrison_trace::Sampler::Ratio(0.1))
                 .build();
-            let mut toml = String::from(
-                "[ratelimit.policies.general]\nlimit = 1000000\nperiod = \"1s\"\nburst = 9999\n",
-            );
+            let mut config = garrison::GarrisonConfig::from_toml(peers::STACK_CONFIG).unwrap();
             for part in v.split('-').skip(1) {
-                toml.push_str(&format!("[{part}]\nenabled = false\n"));
+                match part {
+                    "trace" => config.trace.enabled = false,
+                    "metrics" => config.metrics.enabled = false,
+                    "health" => config.health.enabled = false,
+                    "ratelimit" => config.ratelimit.enabled = false,
+                    "breaker" => config.breaker.enabled = false,
+                    other => panic!("no part {other}"),
+                }
             }
-            let config = garrison::GarrisonConfig::from_toml(&toml).unwrap();
             let garrison = garrison::Garrison::builder()
                 .config(config)
                 .tracer(tracer)
@@ -167,35 +152,9 @@ fn main() {
             bare.layer(garrison.layer())
         }
         "peer_stack" => {
-            use opentelemetry::trace::TracerProvider as _;
-            use tracing_subscriber::layer::SubscriberExt;
-            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
-                    opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(0.1),
-                )))
-                .build();
-            let sub = tracing_subscriber::registry()
-                .with(
-                    tracing_subscriber::filter::Targets::new()
-                        .with_default(tracing::level_filters::LevelFilter::INFO)
-                        .with_target("otel::tracing", tracing::level_filters::LevelFilter::TRACE),
-                )
-                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("bench")));
-            tracing::subscriber::set_global_default(sub).unwrap();
+            tracing::dispatcher::set_global_default(peers::otel_10pct()).unwrap();
             let _enter = rt.enter();
-            let governor = tower_governor::governor::GovernorConfigBuilder::default()
-                .per_nanosecond(1)
-                .burst_size(u32::MAX)
-                .use_headers()
-                .finish()
-                .expect("governor config");
-            let (prometheus, handle) = axum_prometheus::PrometheusMetricLayer::pair();
-            std::mem::forget(handle);
-            bare.layer(tower_governor::GovernorLayer::new(std::sync::Arc::new(
-                governor,
-            )))
-            .layer(prometheus)
-            .layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default())
+            peers::peer_stack(bare)
         }
         other => panic!("unknown variant {other}"),
     };

@@ -7,7 +7,6 @@
 //! cargo bench -p garrison-workspace --bench ratelimit
 //! ```
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
@@ -15,8 +14,10 @@ use axum::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
 use garrison_ratelimit::{Policy, RateLimitLayer, RedisStore};
 use garrison_workspace::bench::{one_from, peer, runtime, two_threads_keys};
-use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::GovernorLayer;
+
+#[allow(dead_code)]
+#[path = "common/peers.rs"]
+mod peers;
 
 fn bare() -> Router {
     Router::new().route("/users/{id}", get(|| async { "hello" }))
@@ -37,13 +38,7 @@ fn garrison() -> Router {
 }
 
 fn governor() -> Router {
-    let config = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(u32::MAX)
-        .use_headers()
-        .finish()
-        .expect("governor config");
-    bare().layer(GovernorLayer::new(Arc::new(config)))
+    peers::with_governor(bare())
 }
 
 fn redis(lease: f64) -> Router {

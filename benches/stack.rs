@@ -15,7 +15,6 @@
 //! cargo bench -p garrison-workspace --bench stack
 //! ```
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
@@ -24,11 +23,12 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use garrison::garrison_trace::{BoxFuture, Sampler, SpanRecord, SpanSink, Tracer};
 use garrison::{Garrison, GarrisonConfig};
 use garrison_workspace::bench::{one_from, peer, runtime};
-use opentelemetry::trace::TracerProvider as _;
-use tower_governor::governor::GovernorConfigBuilder;
-use tower_governor::GovernorLayer;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
+
+#[allow(dead_code)]
+#[path = "common/peers.rs"]
+mod peers;
 
 struct Discard;
 
@@ -43,17 +43,6 @@ fn bare() -> Router {
     Router::new().route("/users/{id}", get(|| async { "hello" }))
 }
 
-/// The whole garrison: the defaults, with a policy no bench run can exhaust.
-pub(crate) const CONFIG: &str = r#"
-[trace]
-ratio = 0.1
-
-[ratelimit.policies.general]
-limit = 1000000
-period = "1s"
-burst = 9999
-"#;
-
 fn garrison() -> Router {
     let tracer = Tracer::builder()
         .sampler(Sampler::Ratio(0.1))
@@ -61,48 +50,15 @@ fn garrison() -> Router {
         .queue(1 << 16)
         .build();
     let garrison = Garrison::builder()
-        .config(GarrisonConfig::from_toml(CONFIG).expect("config"))
+        .config(GarrisonConfig::from_toml(peers::STACK_CONFIG).expect("config"))
         .tracer(tracer)
         .build()
         .expect("garrison");
     bare().layer(garrison.layer())
 }
 
-fn peers() -> Router {
-    let governor = GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(u32::MAX)
-        .use_headers()
-        .finish()
-        .expect("governor config");
-    let (prometheus, handle) = axum_prometheus::PrometheusMetricLayer::pair();
-    bare()
-        .layer(GovernorLayer::new(Arc::new(governor)))
-        .layer(prometheus)
-        .layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default())
-        .route("/metrics", get(move || async move { handle.render() }))
-}
-
 fn info() -> tracing::Dispatch {
     tracing::Dispatch::new(tracing_subscriber::registry().with(LevelFilter::INFO))
-}
-
-fn otel_10pct() -> tracing::Dispatch {
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
-            opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(0.1),
-        )))
-        .build();
-    let tracer = provider.tracer("bench");
-    tracing::Dispatch::new(
-        tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::filter::Targets::new()
-                    .with_default(LevelFilter::INFO)
-                    .with_target("otel::tracing", LevelFilter::TRACE),
-            )
-            .with(tracing_opentelemetry::layer().with_tracer(tracer)),
-    )
 }
 
 fn benches(c: &mut Criterion) {
@@ -111,7 +67,7 @@ fn benches(c: &mut Criterion) {
         vec![
             ("bare_axum", bare(), info()),
             ("garrison_stack", garrison(), info()),
-            ("peer_stack", peers(), otel_10pct()),
+            ("peer_stack", peers::peer_stack(bare()), peers::otel_10pct()),
         ]
     });
     let mut g = c.benchmark_group("stack/1_thread");

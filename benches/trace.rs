@@ -16,9 +16,12 @@ use axum::Router;
 use criterion::{criterion_group, criterion_main, Criterion};
 use garrison_trace::{BoxFuture, Sampler, SpanRecord, SpanSink, TraceLayer, Tracer};
 use garrison_workspace::bench::{one, runtime};
-use opentelemetry::trace::TracerProvider as _;
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
+
+#[allow(dead_code)]
+#[path = "common/peers.rs"]
+mod peers;
 
 struct Discard;
 
@@ -47,25 +50,11 @@ fn info() -> tracing::Dispatch {
 }
 
 fn otel(sampled: bool) -> tracing::Dispatch {
-    let sampler = if sampled {
+    peers::otel_dispatch(if sampled {
         opentelemetry_sdk::trace::Sampler::AlwaysOn
     } else {
         opentelemetry_sdk::trace::Sampler::AlwaysOff
-    };
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_sampler(sampler)
-        .build();
-    let tracer = provider.tracer("bench");
-    tracing::Dispatch::new(
-        tracing_subscriber::registry()
-            // its spans are TRACE-level on target `otel::tracing`, as its docs have it
-            .with(
-                tracing_subscriber::filter::Targets::new()
-                    .with_default(LevelFilter::INFO)
-                    .with_target("otel::tracing", LevelFilter::TRACE),
-            )
-            .with(tracing_opentelemetry::layer().with_tracer(tracer)),
-    )
+    })
 }
 
 fn benches(c: &mut Criterion) {

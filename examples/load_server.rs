@@ -13,6 +13,10 @@ use axum::routing::get;
 use axum::Router;
 use garrison_metrics::{MetricsLayer, MetricsRegistry};
 
+#[allow(dead_code)]
+#[path = "../benches/common/peers.rs"]
+mod peers;
+
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let variant = std::env::args()
@@ -36,7 +40,7 @@ async fn main() -> std::io::Result<()> {
         // The whole garrison (trace at 10%, metrics, health routes, rate limit, breakers),
         // with a policy the load cannot exhaust.
         "garrison_stack" => {
-            let config = garrison::GarrisonConfig::from_toml(STACK_CONFIG)
+            let config = garrison::GarrisonConfig::from_toml(peers::STACK_CONFIG)
                 .map_err(std::io::Error::other)?;
             let garrison = garrison::Garrison::from_config(config).map_err(std::io::Error::other)?;
             bare.layer(garrison.layer())
@@ -44,32 +48,9 @@ async fn main() -> std::io::Result<()> {
         // The peer crates it replaces: tower_governor, axum-prometheus and
         // axum-tracing-opentelemetry (SDK tracer at 10%, spans exported nowhere).
         "peer_stack" => {
-            use opentelemetry::trace::TracerProvider as _;
-            use tracing_subscriber::layer::SubscriberExt;
-            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-                .with_sampler(opentelemetry_sdk::trace::Sampler::ParentBased(Box::new(
-                    opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(0.1),
-                )))
-                .build();
-            let sub = tracing_subscriber::registry()
-                .with(
-                    tracing_subscriber::filter::Targets::new()
-                        .with_default(tracing::level_filters::LevelFilter::INFO)
-                        .with_target("otel::tracing", tracing::level_filters::LevelFilter::TRACE),
-                )
-                .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("load")));
-            tracing::subscriber::set_global_default(sub).map_err(std::io::Error::other)?;
-            let governor = tower_governor::governor::GovernorConfigBuilder::default()
-                .per_nanosecond(1)
-                .burst_size(u32::MAX)
-                .use_headers()
-                .finish()
-                .ok_or_else(|| std::io::Error::other("governor config"))?;
-            let (prometheus, handle) = axum_prometheus::PrometheusMetricLayer::pair();
-            bare.layer(tower_governor::GovernorLayer::new(std::sync::Arc::new(governor)))
-                .layer(prometheus)
-                .layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default())
-                .route("/metrics", get(move || async move { handle.render() }))
+            tracing::dispatcher::set_global_default(peers::otel_10pct())
+                .map_err(std::io::Error::other)?;
+            peers::peer_stack(bare)
         }
         other => {
             return Err(std::io::Error::other(format!(
@@ -84,14 +65,3 @@ async fn main() -> std::io::Result<()> {
     )
     .await
 }
-
-/// The stack of `garrison_stack`: the defaults, trace at 10%, a policy load cannot exhaust.
-const STACK_CONFIG: &str = r#"
-[trace]
-ratio = 0.1
-
-[ratelimit.policies.general]
-limit = 1000000
-period = "1s"
-burst = 9999
-"#;
