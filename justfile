@@ -6,8 +6,13 @@ export GARRISON_TEST_POSTGRES_URL := env("GARRISON_TEST_POSTGRES_URL", "postgres
 export GARRISON_TEST_MYSQL_URL := env("GARRISON_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306/test")
 export GARRISON_TEST_REDIS_URL := env("GARRISON_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
-# Start the demo shop API behind the whole garrison on GARRISON_LISTEN (default 127.0.0.1:3000).
-run:
+# Start the gateway on its embedded defaults: a demo upstream behind every layer on
+# GARRISON_LISTEN (default 127.0.0.1:3000), the admin API on 127.0.0.1:3001.
+run *ARGS:
+    cargo run --release -p garrison-gateway -- {{ARGS}}
+
+# The demo shop API (axum) behind the garrison layer, without the gateway.
+run-shop:
     cargo run --example axum_app
 
 # Run every test (starts or installs the services they need first).
@@ -19,9 +24,11 @@ test: services
 bench *ARGS:
     cargo bench -p garrison-workspace -- {{ARGS}}
 
-# End-to-end load run with wrk on loopback: bare axum, garrison metrics, axum-prometheus, the whole garrison stack, the peer stack.
+# End-to-end load runs with wrk on loopback: bare axum, garrison metrics, axum-prometheus, the
+# whole garrison stack, the peer stack; then straight to an upstream vs nginx vs the gateway.
 load:
     scripts/load.sh
+    scripts/load-gateway.sh
 
 # Formatting, clippy with warnings as errors, and docs with warnings as errors.
 lint:

@@ -11,7 +11,7 @@ use std::time::Duration;
 use garrison_core::{SharedClock, TraceId};
 use garrison_metrics::{Collector, MetricType, MetricWriter, MetricsRegistry};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::sampler::{Sampler, Start};
 use crate::span::SpanRecord;
@@ -70,6 +70,7 @@ pub(crate) struct TracerInner {
     pub(crate) sampler: Sampler,
     pub(crate) clock: SharedClock,
     tx: Option<mpsc::Sender<SpanRecord>>,
+    flushes: Option<mpsc::Sender<oneshot::Sender<()>>>,
     stats: Arc<Stats>,
     pending: AtomicUsize,
     max_pending: usize,
@@ -206,23 +207,32 @@ impl TracerBuilder {
     /// tokio runtime.
     pub fn build(self) -> Tracer {
         let stats = Arc::new(Stats::default());
-        let tx = self.sink.map(|sink| {
-            let (tx, rx) = mpsc::channel(self.queue);
-            tokio::spawn(export_loop(
-                rx,
-                sink,
-                stats.clone(),
-                self.batch,
-                self.timeout,
-                self.flush_every,
-            ));
-            tx
-        });
+        let (tx, flushes) = self
+            .sink
+            .map(|sink| {
+                let (tx, rx) = mpsc::channel(self.queue);
+                let (flush_tx, flush_rx) = mpsc::channel(8);
+                let exporter = Exporter {
+                    sink,
+                    stats: stats.clone(),
+                    timeout: self.timeout,
+                };
+                tokio::spawn(export_loop(
+                    rx,
+                    flush_rx,
+                    exporter,
+                    self.batch,
+                    self.flush_every,
+                ));
+                (tx, flush_tx)
+            })
+            .unzip();
         Tracer {
             inner: Arc::new(TracerInner {
                 sampler: self.sampler,
                 clock: self.clock,
                 tx,
+                flushes,
                 stats,
                 pending: AtomicUsize::new(0),
                 max_pending: self.max_pending,
@@ -232,44 +242,82 @@ impl TracerBuilder {
     }
 }
 
-async fn export_loop(
-    mut rx: mpsc::Receiver<SpanRecord>,
+struct Exporter {
     sink: Arc<dyn SpanSink>,
     stats: Arc<Stats>,
-    batch: usize,
     timeout: Duration,
+}
+
+impl Exporter {
+    async fn export(&self, spans: Vec<SpanRecord>) {
+        let n = spans.len() as u64;
+        match tokio::time::timeout(self.timeout, self.sink.export(spans)).await {
+            Ok(Ok(())) => {
+                self.stats.exported.fetch_add(n, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                self.stats.count_drop(DropReason::ExportFailed, n);
+                tracing::debug!(target: "garrison_trace", error = %e, spans = n, "span export failed");
+            }
+            Err(_) => {
+                self.stats.count_drop(DropReason::ExportFailed, n);
+                tracing::debug!(target: "garrison_trace", spans = n, "span export timed out");
+            }
+        }
+    }
+}
+
+async fn export_loop(
+    mut rx: mpsc::Receiver<SpanRecord>,
+    mut flushes: mpsc::Receiver<oneshot::Sender<()>>,
+    exporter: Exporter,
+    batch: usize,
     flush_every: Duration,
 ) {
     let mut buf = Vec::with_capacity(batch);
     loop {
-        if rx.recv_many(&mut buf, batch).await == 0 {
-            return; // every tracer is gone
+        let mut flush = None;
+        tokio::select! {
+            biased;
+            Some(done) = flushes.recv() => flush = Some(done),
+            n = rx.recv_many(&mut buf, batch) => if n == 0 {
+                return; // every tracer is gone
+            }
         }
-        if buf.len() < batch {
+        if flush.is_none() && buf.len() < batch {
+            // a partial batch waits a little for company, unless someone asks for a flush
             let deadline = tokio::time::sleep(flush_every);
             tokio::pin!(deadline);
             while buf.len() < batch {
                 let room = batch - buf.len();
                 tokio::select! {
+                    biased;
+                    Some(done) = flushes.recv() => { flush = Some(done); break }
                     n = rx.recv_many(&mut buf, room) => if n == 0 { break },
                     _ = &mut deadline => break,
                 }
             }
         }
-        let n = buf.len() as u64;
-        let spans = std::mem::replace(&mut buf, Vec::with_capacity(batch));
-        match tokio::time::timeout(timeout, sink.export(spans)).await {
-            Ok(Ok(())) => {
-                stats.exported.fetch_add(n, Ordering::Relaxed);
+        if let Some(done) = flush {
+            // everything queued now goes out, in batches, before the caller hears back
+            while let Ok(span) = rx.try_recv() {
+                buf.push(span);
+                if buf.len() == batch {
+                    exporter
+                        .export(std::mem::replace(&mut buf, Vec::with_capacity(batch)))
+                        .await;
+                }
             }
-            Ok(Err(e)) => {
-                stats.count_drop(DropReason::ExportFailed, n);
-                tracing::debug!(target: "garrison_trace", error = %e, spans = n, "span export failed");
+            if !buf.is_empty() {
+                exporter
+                    .export(std::mem::replace(&mut buf, Vec::with_capacity(batch)))
+                    .await;
             }
-            Err(_) => {
-                stats.count_drop(DropReason::ExportFailed, n);
-                tracing::debug!(target: "garrison_trace", spans = n, "span export timed out");
-            }
+            let _ = done.send(());
+        } else {
+            exporter
+                .export(std::mem::replace(&mut buf, Vec::with_capacity(batch)))
+                .await;
         }
     }
 }
@@ -369,6 +417,19 @@ impl Tracer {
             s.kept.load(Ordering::Relaxed),
             s.discarded.load(Ordering::Relaxed),
         )
+    }
+
+    /// Exports every span queued now and returns once the sink has taken them (or refused
+    /// them, or its export timeout passed): call it at shutdown, under a deadline of your
+    /// own, so that the last requests' spans are not lost. Returns at once without a sink.
+    pub async fn flush(&self) {
+        let Some(flushes) = &self.inner.flushes else {
+            return;
+        };
+        let (done, wait) = oneshot::channel();
+        if flushes.send(done).await.is_ok() {
+            let _ = wait.await;
+        }
     }
 
     /// Child spans held now, waiting for their roots to end.

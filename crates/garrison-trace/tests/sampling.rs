@@ -233,3 +233,29 @@ async fn held_spans_are_bounded_per_trace_and_in_all() {
     assert_eq!(clients + too_large + pending, 200);
     assert!(clients <= 25);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_exports_every_queued_span_before_it_returns() {
+    let sink = Memory::default();
+    // a partial batch would wait an hour: only the flush sends it
+    let t = Tracer::builder()
+        .sampler(Sampler::Always)
+        .sink(sink.clone())
+        .batch(512)
+        .flush_every(Duration::from_secs(3600))
+        .build();
+    let app = app(&t);
+    for i in 1..=3u32 {
+        assert_eq!(
+            get_status(&app, &format!("/n/{i}"), None).await,
+            StatusCode::OK
+        );
+        // let the exporter take the first span into a partial batch, where it waits
+        tokio::task::yield_now().await;
+    }
+    t.flush().await;
+    assert_eq!(t.exported(), 3);
+    assert_eq!(sink.0.lock().unwrap().len(), 3);
+    // a tracer without a sink has nothing to flush
+    Tracer::builder().build().flush().await;
+}

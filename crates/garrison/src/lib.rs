@@ -88,6 +88,8 @@ pub use garrison_health;
 pub use garrison_metrics;
 pub use garrison_ratelimit;
 pub use garrison_trace;
+/// The TOML reader of [`GarrisonConfig::from_table`] and [`config::Section`].
+pub use toml;
 
 /// The README's quick start and ten-line example, compiled as doctests so that they cannot rot
 /// (the other snippets there are fragments, marked `ignore`).

@@ -560,10 +560,12 @@ fn register_checks(
     }
     #[cfg(feature = "redis")]
     if let Some(l) = limiter.filter(|l| l.redis_store().is_some()) {
+        // fail-open keeps serving from memory: a warn; fail-closed refuses requests: a fail
+        let critical = c.ratelimit.redis.fail_mode == FailModeConfig::Closed;
         register(
             "ratelimit-store",
             Box::new(garrison_health::RateLimitStoreCheck::new(l)),
-            CheckOptions::deep(),
+            CheckOptions::deep().critical(critical),
         )?;
     }
     #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]

@@ -23,6 +23,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use duration::{format_duration, parse_duration};
+pub use parse::{Section, BUILT_IN_PROFILES};
 
 /// The whole configuration of a Garrison stack: one section per layer.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -565,7 +566,8 @@ pub struct ConfigIssue {
 }
 
 impl ConfigError {
-    pub(crate) fn new(issues: Vec<ConfigIssue>) -> Self {
+    /// An error of these problems.
+    pub fn new(issues: Vec<ConfigIssue>) -> Self {
         Self { issues }
     }
 
@@ -608,17 +610,7 @@ impl GarrisonConfig {
     /// (unknown, of the wrong type, out of range, naming a policy or profile that does not
     /// exist) is reported at once.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let at = e
-                .span()
-                .map(|s| {
-                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
-                    format!("line {line}: ")
-                })
-                .unwrap_or_default();
-            ConfigError::one("", format!("{at}{}", e.message()))
-        })?;
-        Self::from_table(&table)
+        Self::from_table(&parse_toml(text)?)
     }
 
     /// Reads a configuration file (see [`from_toml`](Self::from_toml)).
@@ -634,6 +626,56 @@ impl GarrisonConfig {
         parse::config(table)
     }
 
+    /// Reads a configuration with sections of your own beside Garrison's (a gateway's
+    /// `[gateway]`, say): `extra` reads them from the root table with the same typed
+    /// getters, so that unknown keys, wrong types and Garrison's own problems are reported
+    /// together; `check` then judges your values against the whole configuration (a route
+    /// naming a policy that does not exist) and adds its problems.
+    ///
+    /// ```
+    /// use garrison::config::{ConfigIssue, GarrisonConfig};
+    ///
+    /// let table: garrison::toml::Table = "[app]\npolicy = \"nope\"\n".parse().unwrap();
+    /// let err = GarrisonConfig::from_table_with(
+    ///     &table,
+    ///     |root| {
+    ///         let mut policy = String::new();
+    ///         if let Some(mut app) = root.table("app") {
+    ///             app.string("policy", &mut policy);
+    ///             app.finish();
+    ///         }
+    ///         policy
+    ///     },
+    ///     |config, policy, issues| {
+    ///         if !config.ratelimit.policies.contains_key(policy) {
+    ///             issues.push(ConfigIssue {
+    ///                 path: "app.policy".into(),
+    ///                 message: format!("no policy `{policy}`"),
+    ///             });
+    ///         }
+    ///     },
+    /// )
+    /// .unwrap_err();
+    /// assert_eq!(err.issues()[0].path, "app.policy");
+    /// ```
+    pub fn from_table_with<T>(
+        table: &toml::Table,
+        extra: impl FnOnce(&mut Section<'_>) -> T,
+        check: impl FnOnce(&GarrisonConfig, &T, &mut Vec<ConfigIssue>),
+    ) -> Result<(Self, T), ConfigError> {
+        parse::config_with(table, extra, check)
+    }
+
+    /// Reads TOML text as [`from_table_with`](Self::from_table_with) does, naming the line
+    /// of a syntax error.
+    pub fn from_toml_with<T>(
+        text: &str,
+        extra: impl FnOnce(&mut Section<'_>) -> T,
+        check: impl FnOnce(&GarrisonConfig, &T, &mut Vec<ConfigIssue>),
+    ) -> Result<(Self, T), ConfigError> {
+        Self::from_table_with(&parse_toml(text)?, extra, check)
+    }
+
     /// Checks the cross-references and ranges of a configuration built in code (the same
     /// checks [`from_toml`](Self::from_toml) makes).
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -645,6 +687,19 @@ impl GarrisonConfig {
             Err(ConfigError::new(issues))
         }
     }
+}
+
+fn parse_toml(text: &str) -> Result<toml::Table, ConfigError> {
+    text.parse().map_err(|e: toml::de::Error| {
+        let at = e
+            .span()
+            .map(|s| {
+                let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}: ")
+            })
+            .unwrap_or_default();
+        ConfigError::one("", format!("{at}{}", e.message()))
+    })
 }
 
 impl<'de> serde::Deserialize<'de> for GarrisonConfig {

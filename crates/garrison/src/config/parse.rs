@@ -12,14 +12,16 @@ type Issues = RefCell<Vec<ConfigIssue>>;
 
 /// What reading one table collects: the problems, and every key asked for.
 #[derive(Default)]
-struct Ctx {
+pub(super) struct Ctx {
     issues: Issues,
     asked: RefCell<Vec<String>>,
 }
 
-/// One TOML table being read: typed getters that remember the keys they were asked for, so
+/// One TOML table being read, for sections of your own beside Garrison's (see
+/// [`GarrisonConfig::from_table_with`]): typed getters that keep the default when a key is
+/// absent, record every problem with its path, and remember the keys they were asked for so
 /// that [`Section::finish`] can name the keys nobody knows.
-struct Section<'a> {
+pub struct Section<'a> {
     table: &'a Table,
     path: String,
     ctx: &'a Ctx,
@@ -27,8 +29,22 @@ struct Section<'a> {
     known: Vec<&'static str>,
 }
 
+impl std::fmt::Debug for Section<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Section")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'a> Section<'a> {
-    fn new(table: &'a Table, path: String, ctx: &'a Ctx) -> Self {
+    /// A table found under `parent` (an entry of [`named`](Self::named), say), read at
+    /// `path`; its problems are reported with its parent's.
+    pub fn nested(table: &'a Table, path: String, parent: &Section<'a>) -> Self {
+        Self::new(table, path, parent.ctx)
+    }
+
+    pub(super) fn new(table: &'a Table, path: String, ctx: &'a Ctx) -> Self {
         Self {
             table,
             path,
@@ -38,28 +54,33 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn at(&self, key: &str) -> String {
+    /// The path of `key` in this table, e.g. `gateway.routes.api.prefix`.
+    pub fn at(&self, key: &str) -> String {
         join(&self.path, key)
     }
 
-    fn err(&self, key: &str, message: impl Into<String>) {
+    /// Records a problem with `key` of this table.
+    pub fn err(&self, key: &str, message: impl Into<String>) {
         push(self.issues, self.at(key), message);
     }
 
-    fn get(&mut self, key: &'static str) -> Option<&'a Value> {
+    /// The raw value of `key` (remembered as a known key).
+    pub fn get(&mut self, key: &'static str) -> Option<&'a Value> {
         self.known.push(key);
         self.ctx.asked.borrow_mut().push(self.at(key));
         self.table.get(key)
     }
 
-    fn wrong(&self, key: &str, expected: &str, found: &Value) {
+    /// Records that `key` holds `found` where `expected` was expected.
+    pub fn wrong(&self, key: &str, expected: &str, found: &Value) {
         self.err(
             key,
             format!("expected {expected}, found {}", found.type_str()),
         );
     }
 
-    fn bool(&mut self, key: &'static str, target: &mut bool) {
+    /// `key` as a boolean into `target`.
+    pub fn bool(&mut self, key: &'static str, target: &mut bool) {
         match self.get(key) {
             Some(Value::Boolean(b)) => *target = *b,
             Some(v) => self.wrong(key, "true or false", v),
@@ -67,7 +88,8 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn string(&mut self, key: &'static str, target: &mut String) {
+    /// `key` as a string into `target`.
+    pub fn string(&mut self, key: &'static str, target: &mut String) {
         match self.get(key) {
             Some(Value::String(s)) => s.clone_into(target),
             Some(v) => self.wrong(key, "a string", v),
@@ -75,7 +97,8 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn integer(&mut self, key: &'static str, min: i64, max: i64) -> Option<i64> {
+    /// `key` as an integer between `min` and `max`.
+    pub fn integer(&mut self, key: &'static str, min: i64, max: i64) -> Option<i64> {
         match self.get(key)? {
             Value::Integer(i) if (min..=max).contains(i) => Some(*i),
             Value::Integer(_) if min == 1 && max == i64::MAX => {
@@ -93,7 +116,8 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn usize(&mut self, key: &'static str, min: i64, target: &mut usize) {
+    /// `key` as an integer of at least `min` into `target`.
+    pub fn usize(&mut self, key: &'static str, min: i64, target: &mut usize) {
         if let Some(i) = self.integer(key, min, i64::MAX) {
             *target = i as usize;
         }
@@ -101,11 +125,13 @@ impl<'a> Section<'a> {
 
     /// A `u32` that may be 0 here: ranges are checked by `validate`, which also sees
     /// configurations built in code.
-    fn u32(&mut self, key: &'static str) -> Option<u32> {
+    /// `key` as a `u32` (0 allowed).
+    pub fn u32(&mut self, key: &'static str) -> Option<u32> {
         self.integer(key, 0, u32::MAX.into()).map(|i| i as u32)
     }
 
-    fn float(&mut self, key: &'static str) -> Option<f64> {
+    /// `key` as a number.
+    pub fn float(&mut self, key: &'static str) -> Option<f64> {
         match self.get(key)? {
             Value::Float(f) => Some(*f),
             Value::Integer(i) => Some(*i as f64),
@@ -116,7 +142,8 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn duration(&mut self, key: &'static str) -> Option<Duration> {
+    /// `key` as a duration string (`"250ms"`, `"15m"`).
+    pub fn duration(&mut self, key: &'static str) -> Option<Duration> {
         match self.get(key)? {
             Value::String(s) => match parse_duration(s) {
                 Ok(d) => Some(d),
@@ -132,13 +159,15 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn set_duration(&mut self, key: &'static str, target: &mut Duration) {
+    /// `key` as a duration string into `target`.
+    pub fn set_duration(&mut self, key: &'static str, target: &mut Duration) {
         if let Some(d) = self.duration(key) {
             *target = d;
         }
     }
 
-    fn strings(&mut self, key: &'static str, target: &mut Vec<String>) {
+    /// `key` as an array of strings into `target`.
+    pub fn strings(&mut self, key: &'static str, target: &mut Vec<String>) {
         match self.get(key) {
             Some(Value::Array(items)) => {
                 let mut out = Vec::with_capacity(items.len());
@@ -155,7 +184,8 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn floats(&mut self, key: &'static str, target: &mut Vec<f64>) {
+    /// `key` as an array of numbers into `target`.
+    pub fn floats(&mut self, key: &'static str, target: &mut Vec<f64>) {
         match self.get(key) {
             Some(Value::Array(items)) => {
                 let mut out = Vec::with_capacity(items.len());
@@ -173,7 +203,8 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn choice<T: Copy>(&mut self, key: &'static str, options: &[(&str, T)], target: &mut T) {
+    /// `key` as one of the named `options` into `target`.
+    pub fn choice<T: Copy>(&mut self, key: &'static str, options: &[(&str, T)], target: &mut T) {
         match self.get(key) {
             Some(Value::String(s)) => match options.iter().find(|(name, _)| name == s) {
                 Some((_, v)) => *target = *v,
@@ -184,7 +215,8 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn table(&mut self, key: &'static str) -> Option<Section<'a>> {
+    /// The sub-table `key`; call [`finish`](Self::finish) on it when read.
+    pub fn table(&mut self, key: &'static str) -> Option<Section<'a>> {
         match self.get(key)? {
             Value::Table(t) => Some(Section::new(t, self.at(key), self.ctx)),
             v => {
@@ -195,7 +227,8 @@ impl<'a> Section<'a> {
     }
 
     /// The entries of a table whose keys are names chosen by the user.
-    fn named(&mut self, key: &'static str) -> Vec<(&'a str, &'a Value)> {
+    /// The entries of the table `key`, whose keys are names the user chose.
+    pub fn named(&mut self, key: &'static str) -> Vec<(&'a str, &'a Value)> {
         match self.get(key) {
             Some(Value::Table(t)) => t.iter().map(|(k, v)| (k.as_str(), v)).collect(),
             Some(v) => {
@@ -207,7 +240,8 @@ impl<'a> Section<'a> {
     }
 
     /// A table of names to strings, e.g. `[ratelimit.routes]`.
-    fn string_map(&mut self, key: &'static str, target: &mut BTreeMap<String, String>) {
+    /// The table `key` of names to strings into `target`.
+    pub fn string_map(&mut self, key: &'static str, target: &mut BTreeMap<String, String>) {
         for (name, v) in self.named(key) {
             match v {
                 Value::String(s) => {
@@ -218,7 +252,8 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn finish(self) {
+    /// Records every key of this table that no getter asked for.
+    pub fn finish(self) {
         for key in self.table.keys() {
             if !self.known.contains(&key.as_str()) {
                 let mut known = self.known.clone();
@@ -267,7 +302,15 @@ fn push(issues: &Issues, path: String, message: impl Into<String>) {
 }
 
 pub(super) fn config(table: &Table) -> Result<GarrisonConfig, ConfigError> {
-    read(table, &Ctx::default())
+    read(table, &Ctx::default(), |_| {}, |_, _, _| {}).map(|(c, ())| c)
+}
+
+pub(super) fn config_with<T>(
+    table: &Table,
+    extra: impl FnOnce(&mut Section<'_>) -> T,
+    check: impl FnOnce(&GarrisonConfig, &T, &mut Vec<ConfigIssue>),
+) -> Result<(GarrisonConfig, T), ConfigError> {
+    read(table, &Ctx::default(), extra, check)
 }
 
 /// Every key the reader asks for when it reads `table` (the example file's test proves the
@@ -275,11 +318,16 @@ pub(super) fn config(table: &Table) -> Result<GarrisonConfig, ConfigError> {
 #[cfg(test)]
 pub(super) fn asked_keys(table: &Table) -> Vec<String> {
     let ctx = Ctx::default();
-    let _ = read(table, &ctx);
+    let _ = read(table, &ctx, |_| {}, |_, _, _| {});
     ctx.asked.into_inner()
 }
 
-fn read(table: &Table, ctx: &Ctx) -> Result<GarrisonConfig, ConfigError> {
+fn read<T>(
+    table: &Table,
+    ctx: &Ctx,
+    extra: impl FnOnce(&mut Section<'_>) -> T,
+    check: impl FnOnce(&GarrisonConfig, &T, &mut Vec<ConfigIssue>),
+) -> Result<(GarrisonConfig, T), ConfigError> {
     let mut cfg = GarrisonConfig::default();
     let mut root = Section::new(table, String::new(), ctx);
     if let Some(mut s) = root.table("service") {
@@ -306,12 +354,14 @@ fn read(table: &Table, ctx: &Ctx) -> Result<GarrisonConfig, ConfigError> {
         breaker(&mut s, &mut cfg.breaker);
         s.finish();
     }
+    let own = extra(&mut root);
     root.finish();
     let mut found = ctx.issues.take();
     // keys that failed to read keep their defaults, so the other values can still be judged
     validate(&cfg, &mut found);
+    check(&cfg, &own, &mut found);
     if found.is_empty() {
-        Ok(cfg)
+        Ok((cfg, own))
     } else {
         Err(ConfigError::new(found))
     }
@@ -892,11 +942,13 @@ pub(super) fn validate(c: &GarrisonConfig, out: &mut Vec<ConfigIssue>) {
             );
         }
     }
+
     *out = issues.into_inner();
 }
 
 /// The built-in breaker profiles.
-pub(crate) const BUILT_IN_PROFILES: &[&str] = &["batch", "critical", "database", "default"];
+/// The names of the breaker profiles every configuration has.
+pub const BUILT_IN_PROFILES: &[&str] = &["batch", "critical", "database", "default"];
 
 /// The configuration key of a garrison-breaker setting's name.
 fn profile_key(setting: &str) -> &str {

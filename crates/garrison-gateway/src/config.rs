@@ -1,0 +1,537 @@
+//! [`GatewayConfig`]: Garrison's sections plus `[gateway]`, read from one TOML file.
+//!
+//! ```
+//! let config = garrison_gateway::GatewayConfig::from_toml(r#"
+//!     [gateway.upstreams.shop]
+//!     addresses = ["10.0.0.5:8080", "10.0.0.6:8080"]
+//!
+//!     [gateway.routes.login]
+//!     path = "/auth/login"
+//!     upstream = "shop"
+//!     ratelimit = "auth"
+//!
+//!     [gateway.routes.everything]
+//!     prefix = "/"
+//!     upstream = "shop"
+//! "#).unwrap();
+//! assert_eq!(config.gateway.upstreams["shop"].addresses.len(), 2);
+//!
+//! let err = garrison_gateway::GatewayConfig::from_toml(
+//!     "[gateway.routes.x]\nprefix = \"/x\"\nupstream = \"nowhere\"\n",
+//! )
+//! .unwrap_err();
+//! assert!(err.to_string().contains("gateway.routes.x.upstream: no upstream `nowhere`"));
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use garrison::config::{ConfigError, ConfigIssue, GarrisonConfig, Section};
+
+/// The configuration the gateway starts with when it is given no file: a built-in demo
+/// upstream, the seeds' rate-limit policies, an SQLite health check. `--print-default-config`
+/// prints it; it documents every `[gateway]` key.
+pub const DEFAULT_CONFIG: &str = include_str!("../gateway.toml");
+
+/// An upstream address that names the gateway's built-in demo service, started on a free
+/// loopback port (for `just run` and first steps).
+pub const DEMO_ADDRESS: &str = "builtin:demo";
+
+/// The whole gateway configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayConfig {
+    /// Garrison's sections: `[service]`, `[trace]`, `[metrics]`, `[health]`, `[ratelimit]`,
+    /// `[breaker]`.
+    pub garrison: GarrisonConfig,
+    /// `[gateway]`.
+    pub gateway: GatewaySection,
+}
+
+/// `[gateway]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewaySection {
+    /// `listen`: the proxy's address. `GARRISON_LISTEN` overrides it. Default:
+    /// `"127.0.0.1:3000"`.
+    pub listen: SocketAddr,
+    /// `admin_listen`: the admin API's address (and `/metrics`, `/health/*` with
+    /// `observability = "admin"`). `""`: no admin listener. Default: `"127.0.0.1:3001"`.
+    pub admin_listen: Option<SocketAddr>,
+    /// `admin_token`: the bearer token the admin API asks for. `""`: the
+    /// `GARRISON_ADMIN_TOKEN` variable, else a random token printed at start. Default: `""`.
+    pub admin_token: String,
+    /// `observability`: where `/metrics` and `/health/*` are answered: `"main"` (the proxy's
+    /// listener, before the rate limiter) or `"admin"` (the admin listener only). Default:
+    /// `"main"`.
+    pub observability: Observability,
+    /// `http2`: accept HTTP/2 over cleartext (h2c, prior knowledge) beside HTTP/1.1.
+    /// Default: `true`.
+    pub http2: bool,
+    /// `header_read_timeout`: a client must send a request's whole head within this (from
+    /// its connection's start, or after the previous response on keep-alive); slower
+    /// clients are cut off. Default: `"10s"`.
+    pub header_read_timeout: Duration,
+    /// `max_header_bytes`: a request head larger than this gets `431` and the connection is
+    /// closed (at least 8192). Default: `16384`.
+    pub max_header_bytes: usize,
+    /// `max_headers`: more header fields than this get `431`. Default: `100`.
+    pub max_headers: usize,
+    /// `max_connections`: connections at once; further ones wait in the kernel's backlog.
+    /// Default: `10000`.
+    pub max_connections: usize,
+    /// `shutdown_grace`: on SIGTERM or SIGINT, how long in-flight requests may finish.
+    /// Default: `"30s"`.
+    pub shutdown_grace: Duration,
+    /// `workers`: threads serving connections, each with its own event loop and upstream
+    /// connection pools (as nginx's worker processes). `0`: one per core. Read at start.
+    /// Default: `0`.
+    pub workers: usize,
+    /// `[gateway.upstreams.<name>]`. Default: none.
+    pub upstreams: BTreeMap<String, UpstreamConfig>,
+    /// `[gateway.routes.<name>]`: by path prefix or pattern, to an upstream. The longest
+    /// match wins (a pattern's static part beats a prefix's wildcard). Default: none.
+    pub routes: BTreeMap<String, RouteConfig>,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 3001))),
+            admin_token: String::new(),
+            observability: Observability::Main,
+            http2: true,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_connections: 10_000,
+            shutdown_grace: Duration::from_secs(30),
+            workers: 0,
+            upstreams: BTreeMap::new(),
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+/// The `observability` of `[gateway]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observability {
+    /// `"main"`.
+    Main,
+    /// `"admin"`.
+    Admin,
+}
+
+/// `[gateway.upstreams.<name>]`: where requests go.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamConfig {
+    /// `addresses`: `host:port` (or `http://host:port`), taken in turn; or
+    /// [`DEMO_ADDRESS`]. Required, at least one.
+    pub addresses: Vec<String>,
+    /// `protocol`: `"http1"` or `"h2c"` (HTTP/2 over cleartext). Default: `"http1"`.
+    pub protocol: UpstreamProtocol,
+    /// `connect_timeout`: a connection not made in this time is `504`. Default: `"2s"`.
+    pub connect_timeout: Duration,
+    /// `timeout`: the response head not received in this time is `504`. Default: `"30s"`.
+    pub timeout: Duration,
+    /// `eject_after`: consecutive failures (refused connections, connect or response
+    /// timeouts) that take an address out of the rotation. Default: `3`.
+    pub eject_after: u32,
+    /// `eject_for`: how long an ejected address stays out. Default: `"10s"`.
+    pub eject_for: Duration,
+    /// `host`: the `Host` sent upstream: `"preserve"` (the client's) or `"upstream"` (the
+    /// address's). Default: `"preserve"`.
+    pub host: HostMode,
+    /// `pool_idle_timeout`: idle upstream connections are closed after this.
+    /// Default: `"90s"`.
+    pub pool_idle_timeout: Duration,
+}
+
+impl UpstreamConfig {
+    /// An upstream of these addresses, with the defaults.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(addresses: I) -> Self {
+        Self {
+            addresses: addresses.into_iter().map(Into::into).collect(),
+            protocol: UpstreamProtocol::Http1,
+            connect_timeout: Duration::from_secs(2),
+            timeout: Duration::from_secs(30),
+            eject_after: 3,
+            eject_for: Duration::from_secs(10),
+            host: HostMode::Preserve,
+            pool_idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// The `protocol` of an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// `"http1"`.
+    Http1,
+    /// `"h2c"`.
+    H2c,
+}
+
+/// The `host` of an upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostMode {
+    /// `"preserve"`.
+    Preserve,
+    /// `"upstream"`.
+    Upstream,
+}
+
+/// `[gateway.routes.<name>]`: one of `prefix` or `path`, and an upstream.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteConfig {
+    /// `prefix`: `/api` matches `/api` and everything under `/api/`.
+    pub prefix: Option<String>,
+    /// `path`: a route pattern, `/users/{id}` or `/files/{*path}`.
+    pub path: Option<String>,
+    /// `upstream`: a name of `[gateway.upstreams]`. Required.
+    pub upstream: String,
+    /// `strip_prefix`: send `/api/x` as `/x`. Default: `false`.
+    pub strip_prefix: bool,
+    /// `ratelimit`: this route's policy (instead of `[ratelimit] default_policy`); `"none"`:
+    /// not limited. Default: unset.
+    pub ratelimit: Option<String>,
+    /// `breaker`: this route's breaker profile (instead of `[breaker] profile`).
+    /// Default: unset.
+    pub breaker: Option<String>,
+}
+
+impl RouteConfig {
+    /// The route patterns this route answers, as Garrison's route table and labels see
+    /// them: a prefix is the prefix itself and everything under it.
+    pub fn patterns(&self) -> Vec<String> {
+        if let Some(p) = &self.path {
+            return vec![p.clone()];
+        }
+        let prefix = self.prefix.as_deref().unwrap_or("/").trim_end_matches('/');
+        if prefix.is_empty() {
+            vec!["/".into(), "/{*path}".into()]
+        } else {
+            vec![prefix.to_owned(), format!("{prefix}/{{*path}}")]
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self::from_toml(DEFAULT_CONFIG).expect("the embedded default configuration is valid")
+    }
+}
+
+impl GatewayConfig {
+    /// Reads a configuration: every bad key, Garrison's and `[gateway]`'s, is reported at
+    /// once with its path.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let (garrison, gateway) = GarrisonConfig::from_toml_with(text, read, check)?;
+        Ok(Self { garrison, gateway })
+    }
+
+    /// Reads a configuration file.
+    pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(vec![ConfigIssue {
+                path: String::new(),
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Garrison's configuration with the gateway's routes added: their patterns name
+    /// requests, and their policies and profiles apply to those patterns.
+    pub fn stack_config(&self) -> GarrisonConfig {
+        let mut c = self.garrison.clone();
+        for route in self.gateway.routes.values() {
+            for p in route.patterns() {
+                if let Some(policy) = &route.ratelimit {
+                    if policy == "none" {
+                        c.ratelimit.exempt_routes.push(p.clone());
+                    } else {
+                        c.ratelimit.routes.insert(p.clone(), policy.clone());
+                    }
+                }
+                if let Some(profile) = &route.breaker {
+                    c.breaker.routes.insert(p.clone(), profile.clone());
+                }
+                c.service.routes.push(p);
+            }
+        }
+        if self.gateway.observability == Observability::Admin {
+            // answered by the admin listener only
+            c.metrics.path.clear();
+        }
+        c
+    }
+}
+
+fn read(root: &mut Section<'_>) -> GatewaySection {
+    let mut g = GatewaySection::default();
+    let Some(mut s) = root.table("gateway") else {
+        return g;
+    };
+    let mut listen = g.listen.to_string();
+    s.string("listen", &mut listen);
+    match listen.parse() {
+        Ok(a) => g.listen = a,
+        Err(_) => s.err(
+            "listen",
+            format!("`{listen}` is not an address such as 127.0.0.1:3000"),
+        ),
+    }
+    let mut admin = g.admin_listen.map(|a| a.to_string()).unwrap_or_default();
+    s.string("admin_listen", &mut admin);
+    if admin.is_empty() {
+        g.admin_listen = None;
+    } else {
+        match admin.parse() {
+            Ok(a) => g.admin_listen = Some(a),
+            Err(_) => s.err(
+                "admin_listen",
+                format!("`{admin}` is not an address such as 127.0.0.1:3001 (\"\" turns it off)"),
+            ),
+        }
+    }
+    s.string("admin_token", &mut g.admin_token);
+    s.choice(
+        "observability",
+        &[
+            ("main", Observability::Main),
+            ("admin", Observability::Admin),
+        ],
+        &mut g.observability,
+    );
+    s.bool("http2", &mut g.http2);
+    s.set_duration("header_read_timeout", &mut g.header_read_timeout);
+    s.usize("max_header_bytes", 8192, &mut g.max_header_bytes);
+    s.usize("max_headers", 1, &mut g.max_headers);
+    s.usize("max_connections", 1, &mut g.max_connections);
+    s.set_duration("shutdown_grace", &mut g.shutdown_grace);
+    s.usize("workers", 0, &mut g.workers);
+    for (name, v) in s.named("upstreams") {
+        let path = format!("{}.{name}", s.at("upstreams"));
+        let Some(t) = v.as_table() else {
+            s.wrong(&format!("upstreams.{name}"), "a table", v);
+            continue;
+        };
+        let mut u = Section::nested(t, path, &s);
+        let mut c = UpstreamConfig::new(Vec::<String>::new());
+        u.strings("addresses", &mut c.addresses);
+        if c.addresses.is_empty() {
+            u.err("addresses", "needs at least one address");
+        }
+        for (i, a) in c.addresses.iter().enumerate() {
+            if a != DEMO_ADDRESS && authority(a).is_none() {
+                u.err(
+                    &format!("addresses[{i}]"),
+                    format!("`{a}` is not host:port (or http://host:port, or {DEMO_ADDRESS})"),
+                );
+            }
+        }
+        u.choice(
+            "protocol",
+            &[
+                ("http1", UpstreamProtocol::Http1),
+                ("h2c", UpstreamProtocol::H2c),
+            ],
+            &mut c.protocol,
+        );
+        u.set_duration("connect_timeout", &mut c.connect_timeout);
+        u.set_duration("timeout", &mut c.timeout);
+        if let Some(n) = u.u32("eject_after") {
+            c.eject_after = n;
+        }
+        u.set_duration("eject_for", &mut c.eject_for);
+        u.choice(
+            "host",
+            &[
+                ("preserve", HostMode::Preserve),
+                ("upstream", HostMode::Upstream),
+            ],
+            &mut c.host,
+        );
+        u.set_duration("pool_idle_timeout", &mut c.pool_idle_timeout);
+        u.finish();
+        g.upstreams.insert(name.to_owned(), c);
+    }
+    for (name, v) in s.named("routes") {
+        let path = format!("{}.{name}", s.at("routes"));
+        let Some(t) = v.as_table() else {
+            s.wrong(&format!("routes.{name}"), "a table", v);
+            continue;
+        };
+        let mut r = Section::nested(t, path, &s);
+        let mut c = RouteConfig::default();
+        let (mut prefix, mut pattern) = (String::new(), String::new());
+        r.string("prefix", &mut prefix);
+        r.string("path", &mut pattern);
+        match (prefix.is_empty(), pattern.is_empty()) {
+            (true, true) => r.err("prefix", "a route needs `prefix` or `path`"),
+            (false, false) => r.err("path", "a route has `prefix` or `path`, not both"),
+            (false, true) if !prefix.starts_with('/') => {
+                r.err("prefix", format!("`{prefix}` must start with /"))
+            }
+            (false, true) => c.prefix = Some(prefix),
+            (true, false) => c.path = Some(pattern),
+        }
+        r.string("upstream", &mut c.upstream);
+        if c.upstream.is_empty() {
+            r.err("upstream", "required: a name of [gateway.upstreams]");
+        }
+        r.bool("strip_prefix", &mut c.strip_prefix);
+        if c.strip_prefix && c.prefix.is_none() {
+            r.err("strip_prefix", "only a `prefix` route can strip it");
+        }
+        let mut policy = String::new();
+        r.string("ratelimit", &mut policy);
+        c.ratelimit = (!policy.is_empty()).then_some(policy);
+        let mut profile = String::new();
+        r.string("breaker", &mut profile);
+        c.breaker = (!profile.is_empty()).then_some(profile);
+        r.finish();
+        g.routes.insert(name.to_owned(), c);
+    }
+    s.finish();
+    g
+}
+
+/// Cross-references of `[gateway]` against the rest: upstreams, policies, profiles, and
+/// routes that collide.
+fn check(c: &GarrisonConfig, g: &GatewaySection, issues: &mut Vec<ConfigIssue>) {
+    let mut err = |path: String, message: String| issues.push(ConfigIssue { path, message });
+    let mut table = matchit::Router::new();
+    for (name, r) in &g.routes {
+        let at = |key: &str| format!("gateway.routes.{name}.{key}");
+        if !r.upstream.is_empty() && !g.upstreams.contains_key(&r.upstream) {
+            err(
+                at("upstream"),
+                format!("no upstream `{}` in [gateway.upstreams]", r.upstream),
+            );
+        }
+        if let Some(p) = &r.ratelimit {
+            if p != "none" && !c.ratelimit.policies.contains_key(p) {
+                err(
+                    at("ratelimit"),
+                    format!("no policy `{p}` in [ratelimit.policies] (or \"none\")"),
+                );
+            }
+        }
+        if let Some(p) = &r.breaker {
+            let builtin = garrison::config::BUILT_IN_PROFILES.contains(&p.as_str());
+            if !builtin && !c.breaker.profiles.contains_key(p) {
+                err(at("breaker"), format!("no breaker profile `{p}`"));
+            }
+        }
+        if r.prefix.is_none() && r.path.is_none() {
+            continue;
+        }
+        for p in r.patterns() {
+            if let Err(e) = table.insert(p.as_str(), ()) {
+                let key = if r.path.is_some() { "path" } else { "prefix" };
+                err(at(key), format!("`{p}` cannot be routed: {e}"));
+                break;
+            }
+        }
+    }
+}
+
+/// `host:port` or `http://host:port` as a URI authority.
+pub(crate) fn authority(address: &str) -> Option<http::uri::Authority> {
+    let bare = address.strip_prefix("http://").unwrap_or(address);
+    let a: http::uri::Authority = bare.trim_end_matches('/').parse().ok()?;
+    a.port_u16().is_some().then_some(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_defaults_are_valid_and_route_to_the_demo() {
+        let c = GatewayConfig::default();
+        assert_eq!(c.gateway.upstreams["demo"].addresses, [DEMO_ADDRESS]);
+        assert!(c.gateway.routes.len() >= 3);
+        c.stack_config().validate().unwrap();
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_path() {
+        let err = GatewayConfig::from_toml(
+            r#"
+            [gateway]
+            listen = "nowhere"
+            speed = 11
+            [gateway.upstreams.a]
+            addresses = ["no port", "127.0.0.1:1"]
+            protocol = "h3"
+            [gateway.routes.r]
+            prefix = "api"
+            upstream = "b"
+            ratelimit = "unknown"
+            breaker = "nope"
+            [gateway.routes.both]
+            prefix = "/x"
+            path = "/y"
+            upstream = "a"
+            [ratelimit.policies.auth]
+            limit = 0
+            period = "1m"
+            "#,
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = err.issues().iter().map(|i| i.path.as_str()).collect();
+        for want in [
+            "gateway.listen",
+            "gateway.speed",
+            "gateway.upstreams.a.addresses[0]",
+            "gateway.upstreams.a.protocol",
+            "gateway.routes.r.prefix",
+            "gateway.routes.r.upstream",
+            "gateway.routes.r.ratelimit",
+            "gateway.routes.r.breaker",
+            "gateway.routes.both.path",
+            "ratelimit.policies.auth.limit",
+        ] {
+            assert!(paths.contains(&want), "{want} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn prefixes_become_two_patterns_and_carry_their_policies() {
+        let c = GatewayConfig::from_toml(
+            r#"
+            [gateway.upstreams.a]
+            addresses = ["127.0.0.1:9"]
+            [gateway.routes.api]
+            prefix = "/api/"
+            upstream = "a"
+            ratelimit = "auth"
+            breaker = "critical"
+            [gateway.routes.root]
+            prefix = "/"
+            upstream = "a"
+            ratelimit = "none"
+            "#,
+        )
+        .unwrap();
+        let s = c.stack_config();
+        assert_eq!(s.ratelimit.routes["/api/{*path}"], "auth");
+        assert_eq!(s.ratelimit.routes["/api"], "auth");
+        assert_eq!(s.breaker.routes["/api/{*path}"], "critical");
+        assert!(s.ratelimit.exempt_routes.contains(&"/{*path}".to_string()));
+    }
+
+    #[test]
+    fn addresses_take_an_optional_scheme_and_need_a_port() {
+        assert_eq!(
+            authority("http://a.example:81/").unwrap().as_str(),
+            "a.example:81"
+        );
+        assert_eq!(authority("10.0.0.1:8080").unwrap().port_u16(), Some(8080));
+        assert!(authority("a.example").is_none());
+    }
+}

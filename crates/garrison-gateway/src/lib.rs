@@ -1,0 +1,75 @@
+//! The garrison gateway: a reverse proxy that puts Garrison's whole stack — trace
+//! propagation, RED metrics, health routes, rate limiting and circuit breaking — in front of
+//! HTTP services you cannot change, from one TOML file.
+//!
+//! The binary is the usual way in (`garrison-gateway --config gateway.toml`); this library
+//! is the same gateway for tests and for programs that embed it:
+//!
+//! ```no_run
+//! use garrison_gateway::{Gateway, GatewayConfig};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = GatewayConfig::from_toml(r#"
+//!     [gateway]
+//!     listen = "0.0.0.0:8080"
+//!
+//!     [gateway.upstreams.shop]
+//!     addresses = ["10.0.0.5:8080", "10.0.0.6:8080"]
+//!
+//!     [gateway.routes.login]
+//!     path = "/auth/login"
+//!     upstream = "shop"
+//!     ratelimit = "auth"          # 5 per 15 minutes per client
+//!
+//!     [gateway.routes.rest]
+//!     prefix = "/"
+//!     upstream = "shop"
+//!     breaker = "critical"
+//! "#)?;
+//! let gateway = Gateway::new(config).await?;
+//! let (main, admin) = gateway.bind().await?;
+//! gateway.serve(main, admin).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What a request goes through
+//!
+//! 1. the connection limits: `header_read_timeout` (slow clients are cut off),
+//!    `max_header_bytes` and `max_headers` (`431`), `max_connections`;
+//! 2. Garrison's layer, in the order of the design: trace, metrics, health routes and
+//!    `/metrics`, rate limit, breaker — configured by the same sections as
+//!    `garrison-config.example.toml`, with each route's `ratelimit` policy and `breaker`
+//!    profile applied to its patterns;
+//! 3. the [`Proxy`]: the most specific route's upstream, addresses in turn with passive
+//!    ejection, hop-by-hop headers removed, `Forwarded` and `X-Forwarded-*` added,
+//!    `traceparent` carried on with a client span, bodies streamed both ways; a refused
+//!    connection is `502`, a connect or response timeout `504`, each with a JSON body.
+//!    A request without a body that finds an address refusing goes to the next address.
+//!
+//! # Operating it
+//!
+//! - The admin API ([`admin`]) on `admin_listen`: breakers (list, reset, force open,
+//!   disable), the rate-limit store, upstream addresses, reload. Bearer token required.
+//! - [`Gateway::reload`] (SIGHUP, or `POST /admin/reload`): a valid file takes over from
+//!   the next request without dropping a connection; an invalid one is refused with every
+//!   problem and the old configuration keeps serving.
+//! - [`Gateway::shutdown`] (SIGTERM, SIGINT): readiness fails, listeners close, requests
+//!   in flight finish within `shutdown_grace`, spans are flushed.
+//!
+//! Not proxied: protocol upgrades (WebSocket); `Upgrade` is a hop-by-hop header and is
+//! removed.
+
+#![deny(missing_docs)]
+
+pub mod admin;
+pub mod config;
+pub mod demo;
+mod proxy;
+mod server;
+mod upstream;
+
+pub use config::{GatewayConfig, GatewaySection, RouteConfig, UpstreamConfig, DEFAULT_CONFIG};
+pub use proxy::{Proxy, ProxyBody, UpstreamBody};
+pub use server::{bind, Gateway, GatewayService, Generation};
+pub use upstream::{AddressState, Upstream};

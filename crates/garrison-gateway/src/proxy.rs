@@ -1,0 +1,523 @@
+//! The reverse proxy: a route table to upstreams, request and response rewriting, and
+//! upstream failures mapped to `502` / `504` with a JSON body.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use garrison::garrison_core::{peer_addr, push_json_string, LayerBody};
+use garrison::garrison_trace::PropagateLayer;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::config::{GatewayConfig, HostMode, UpstreamProtocol};
+use crate::upstream::Upstream;
+
+/// What the gateway sends upstream: the client's body, streamed, or nothing (a retry of a
+/// request without one).
+pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+
+/// The proxy's response body: the upstream's, streamed, or the gateway's own error.
+pub type ProxyBody = LayerBody<Incoming>;
+
+type HttpClient = Client<HttpConnector, UpstreamBody>;
+
+/// The innermost service of the gateway: finds the route, picks an address, forwards.
+#[derive(Clone, Debug)]
+pub struct Proxy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    router: matchit::Router<usize>,
+    routes: Vec<Route>,
+    propagate: PropagateLayer,
+}
+
+#[derive(Debug)]
+struct Route {
+    upstream: Arc<Upstream>,
+    /// One client (one connection pool) per worker thread, so that a worker's requests
+    /// use connections driven on that worker: no wake-ups across threads.
+    clients: Arc<[HttpClient]>,
+    strip: Option<String>,
+}
+
+thread_local! {
+    /// The index of the worker thread running this code (0 elsewhere).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as worker `i` (its requests use the `i`th connection pools).
+pub(crate) fn set_worker(i: usize) {
+    WORKER.with(|w| w.set(i));
+}
+
+impl Route {
+    fn client(&self) -> &HttpClient {
+        let i = WORKER.with(std::cell::Cell::get);
+        &self.clients[i % self.clients.len()]
+    }
+}
+
+impl Proxy {
+    /// The proxy of `config`, with `upstreams` made from its `[gateway.upstreams]`.
+    pub(crate) fn new(
+        config: &GatewayConfig,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        workers: usize,
+    ) -> Self {
+        let mut clients = BTreeMap::new();
+        for (name, u) in &config.gateway.upstreams {
+            let pools: Arc<[HttpClient]> = (0..workers.max(1)).map(|_| client(u)).collect();
+            clients.insert(name.clone(), pools);
+        }
+        let mut router = matchit::Router::new();
+        let mut routes = Vec::new();
+        for r in config.gateway.routes.values() {
+            let i = routes.len();
+            routes.push(Route {
+                upstream: upstreams[&r.upstream].clone(),
+                clients: clients[&r.upstream].clone(),
+                strip: r
+                    .strip_prefix
+                    .then(|| r.prefix.clone().unwrap_or_default())
+                    .map(|p| p.trim_end_matches('/').to_owned()),
+            });
+            for p in r.patterns() {
+                // validated: the patterns do not collide
+                let _ = router.insert(p, i);
+            }
+        }
+        Self {
+            inner: Arc::new(Inner {
+                router,
+                routes,
+                propagate: PropagateLayer::new(),
+            }),
+        }
+    }
+}
+
+impl Service<Request<Incoming>> for Proxy {
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let inner = self.inner.clone();
+        Box::pin(async move { Ok(inner.forward(req).await) })
+    }
+}
+
+/// Why an upstream gave no response.
+enum Failure {
+    /// Refused or unreachable: nothing was sent, a retry elsewhere is safe.
+    Connect(String),
+    /// No connection within the connect timeout.
+    ConnectTimeout,
+    /// No response head within the upstream's timeout.
+    Timeout,
+    /// The connection broke after the request went out.
+    Broken(String),
+}
+
+impl Inner {
+    async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let Ok(found) = self.router.at(req.uri().path()) else {
+            return error(StatusCode::NOT_FOUND, "no route for this path", None);
+        };
+        let route = &self.routes[*found.value];
+        let up = &route.upstream;
+        let peer = peer_addr(&req);
+        let (mut parts, body) = req.into_parts();
+        let Some(path) = upstream_path(&parts.uri, route.strip.as_deref()) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the path cannot be forwarded",
+                None,
+            );
+        };
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        remove_hop_by_hop(&mut parts.headers);
+        add_forwarded(&mut parts.headers, peer, host.as_ref());
+        parts.version = match up.protocol {
+            UpstreamProtocol::Http1 => Version::HTTP_11,
+            UpstreamProtocol::H2c => Version::HTTP_2,
+        };
+        // HTTP/2 clients name the host in the URI only: keep it as the Host header
+        if let (HostMode::Preserve, Some(h)) = (up.host, &host) {
+            if !parts.headers.contains_key(header::HOST) {
+                parts.headers.insert(header::HOST, h.clone());
+            }
+        }
+        // a request without a body can go to another address when the first refuses it
+        let retry = (body.is_end_stream() && up.has_alternatives()).then(|| parts.clone());
+
+        let (at, authority) = up.pick(None);
+        let first = request(parts, authority, &path, up.host, Either::Left(body));
+        let failure = match self.send(route, first).await {
+            Ok(resp) => {
+                up.succeeded(at);
+                return response(resp);
+            }
+            Err(f) => {
+                up.failed(at);
+                f
+            }
+        };
+        let failure = match (failure, retry) {
+            (Failure::Connect(_) | Failure::ConnectTimeout, Some(parts)) => {
+                let (again, authority) = up.pick(Some(at));
+                let req = request(
+                    parts,
+                    authority,
+                    &path,
+                    up.host,
+                    Either::Right(Empty::new()),
+                );
+                match self.send(route, req).await {
+                    Ok(resp) => {
+                        up.succeeded(again);
+                        return response(resp);
+                    }
+                    Err(f) => {
+                        up.failed(again);
+                        f
+                    }
+                }
+            }
+            (f, _) => f,
+        };
+        let name = Some(up.name());
+        match failure {
+            Failure::Connect(e) => {
+                tracing::warn!(upstream = up.name(), error = %e, "upstream unreachable");
+                error(StatusCode::BAD_GATEWAY, "upstream unreachable", name)
+            }
+            Failure::Broken(e) => {
+                tracing::warn!(upstream = up.name(), error = %e, "upstream connection failed");
+                error(StatusCode::BAD_GATEWAY, "upstream connection failed", name)
+            }
+            Failure::ConnectTimeout => error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream connect timed out",
+                name,
+            ),
+            Failure::Timeout => error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out", name),
+        }
+    }
+
+    async fn send(
+        &self,
+        route: &Route,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, Failure> {
+        let client = self.propagate.layer(route.client().clone());
+        match tokio::time::timeout(route.upstream.timeout, client.oneshot(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Err(_) => Err(Failure::Timeout),
+            Ok(Err(e)) if e.is_connect() => {
+                if timed_out(&e) {
+                    Err(Failure::ConnectTimeout)
+                } else {
+                    Err(Failure::Connect(source_chain(&e)))
+                }
+            }
+            Ok(Err(e)) => Err(Failure::Broken(source_chain(&e))),
+        }
+    }
+}
+
+fn client(u: &crate::config::UpstreamConfig) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(u.connect_timeout));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(u.pool_idle_timeout)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_max_idle_per_host(1024);
+    if u.protocol == UpstreamProtocol::H2c {
+        b.http2_only(true);
+    }
+    b.build(connector)
+}
+
+fn request(
+    mut parts: http::request::Parts,
+    authority: &Authority,
+    path: &PathAndQuery,
+    host: HostMode,
+    body: UpstreamBody,
+) -> Request<UpstreamBody> {
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Some(authority.clone());
+    uri.path_and_query = Some(path.clone());
+    parts.uri = Uri::from_parts(uri).expect("scheme, authority and path are set");
+    if host == HostMode::Upstream || !parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    Request::from_parts(parts, body)
+}
+
+/// The path and query sent upstream, without the route's prefix when it strips it.
+fn upstream_path(uri: &Uri, strip: Option<&str>) -> Option<PathAndQuery> {
+    let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    match strip {
+        None | Some("") => pq.parse().ok(),
+        Some(prefix) => {
+            let rest = pq.strip_prefix(prefix)?;
+            if rest.is_empty() || rest.starts_with('?') {
+                format!("/{rest}").parse().ok()
+            } else if rest.starts_with('/') {
+                rest.parse().ok()
+            } else {
+                None // `/apix` under prefix `/api`: not this route's
+            }
+        }
+    }
+}
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1), and those the `Connection`
+/// header names: never forwarded.
+fn remove_hop_by_hop(h: &mut HeaderMap) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in [
+        header::CONNECTION,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        h.remove(n);
+    }
+    // `TE: trailers` is the one TE value that may cross (gRPC needs it)
+    if h.get(header::TE).is_some_and(|v| v != "trailers") {
+        h.remove(header::TE);
+    }
+}
+
+/// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
+/// (appended, RFC 7239).
+fn add_forwarded(h: &mut HeaderMap, peer: Option<SocketAddr>, host: Option<&HeaderValue>) {
+    let xff = HeaderName::from_static("x-forwarded-for");
+    if let Some(peer) = peer {
+        let ip = peer.ip().to_string();
+        let value = match h.get(&xff).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(xff, v);
+        }
+    }
+    let proto = HeaderName::from_static("x-forwarded-proto");
+    if !h.contains_key(&proto) {
+        h.insert(proto, HeaderValue::from_static("http"));
+    }
+    let fhost = HeaderName::from_static("x-forwarded-host");
+    if let (false, Some(host)) = (h.contains_key(&fhost), host) {
+        h.insert(fhost, host.clone());
+    }
+    let mut element = String::with_capacity(64);
+    if let Some(peer) = peer {
+        match peer.ip() {
+            std::net::IpAddr::V4(ip) => element.push_str(&format!("for={ip}")),
+            std::net::IpAddr::V6(ip) => element.push_str(&format!("for=\"[{ip}]\"")),
+        }
+        element.push(';');
+    }
+    if let Some(host) = host.and_then(|v| v.to_str().ok()) {
+        // a token when it can be, else a quoted string (RFC 7239 §4)
+        if host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_~".contains(&b))
+        {
+            element.push_str(&format!("host={host};"));
+        } else if !host.contains(['"', '\\']) {
+            element.push_str(&format!("host=\"{host}\";"));
+        }
+    }
+    element.push_str("proto=http");
+    let value = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {element}"),
+        None => element,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(header::FORWARDED, v);
+    }
+}
+
+fn response(resp: Response<Incoming>) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, LayerBody::inner(body))
+}
+
+/// The gateway's own error: a small JSON body, never cached.
+pub(crate) fn error(
+    status: StatusCode,
+    message: &str,
+    upstream: Option<&str>,
+) -> Response<ProxyBody> {
+    let mut b = BytesMut::with_capacity(96);
+    b.put_slice(b"{\"error\":");
+    let mut s = String::new();
+    push_json_string(&mut s, message);
+    if let Some(u) = upstream {
+        s.push_str(",\"upstream\":");
+        push_json_string(&mut s, u);
+    }
+    b.put_slice(s.as_bytes());
+    b.put_slice(format!(",\"status\":{}}}", status.as_u16()).as_bytes());
+    let mut resp = Response::new(LayerBody::local(b.freeze()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        if err.to_string().contains("timed out") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+        let mut grpc = HeaderMap::new();
+        grpc.insert(header::TE, HeaderValue::from_static("trailers"));
+        remove_hop_by_hop(&mut grpc);
+        assert_eq!(grpc[header::TE], "trailers");
+    }
+
+    #[test]
+    fn forwarded_headers_are_appended_to_what_came_in() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.insert(
+            header::FORWARDED,
+            HeaderValue::from_static("for=203.0.113.9"),
+        );
+        let host = HeaderValue::from_static("shop.example:8080");
+        add_forwarded(&mut h, Some("10.1.2.3:5555".parse().unwrap()), Some(&host));
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "shop.example:8080");
+        assert_eq!(
+            h[header::FORWARDED],
+            "for=203.0.113.9, for=10.1.2.3;host=\"shop.example:8080\";proto=http"
+        );
+        let mut v6 = HeaderMap::new();
+        add_forwarded(&mut v6, Some("[2001:db8::1]:80".parse().unwrap()), None);
+        assert_eq!(v6[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
+    }
+
+    #[test]
+    fn a_stripped_prefix_leaves_the_rest_of_the_path_and_the_query() {
+        let uri: Uri = "/api/users/7?x=1".parse().unwrap();
+        assert_eq!(upstream_path(&uri, Some("/api")).unwrap(), "/users/7?x=1");
+        let bare: Uri = "/api?x=1".parse().unwrap();
+        assert_eq!(upstream_path(&bare, Some("/api")).unwrap(), "/?x=1");
+        assert_eq!(upstream_path(&uri, None).unwrap(), "/api/users/7?x=1");
+        let other: Uri = "/apix".parse().unwrap();
+        assert!(upstream_path(&other, Some("/api")).is_none());
+    }
+
+    #[test]
+    fn errors_are_small_json_bodies_that_are_never_cached() {
+        let r = error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream timed out",
+            Some("a\"b"),
+        );
+        assert_eq!(r.headers()[header::CACHE_CONTROL], "no-store");
+        assert_eq!(r.headers()[header::CONTENT_TYPE], "application/json");
+    }
+}

@@ -1,0 +1,586 @@
+//! [`Gateway`]: the listeners, the connection limits, reloads and graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use garrison::config::{ConfigError, ConfigIssue};
+use garrison::garrison_core::{PeerAddr, SharedClock};
+use garrison::{Garrison, GarrisonService};
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use parking_lot::RwLock;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OnceCell, Semaphore};
+use tower::{Layer, Service, ServiceExt};
+
+use crate::config::{GatewayConfig, GatewaySection, DEMO_ADDRESS};
+use crate::proxy::Proxy;
+use crate::upstream::Upstream;
+
+/// The proxy behind the whole garrison stack.
+pub type GatewayService = GarrisonService<Proxy>;
+
+/// One configuration in force: made whole before it replaces the previous one, so that a
+/// reload never serves a half-built stack.
+#[derive(Debug)]
+pub struct Generation {
+    number: u64,
+    config: GatewayConfig,
+    garrison: Garrison,
+    upstreams: BTreeMap<String, Arc<Upstream>>,
+    service: GatewayService,
+}
+
+impl Generation {
+    /// 1 for the configuration the gateway started with, one more at each reload.
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// The garrison stack: its registries (metrics, health, breakers, rate limiter).
+    pub fn garrison(&self) -> &Garrison {
+        &self.garrison
+    }
+
+    /// The upstreams by name.
+    pub fn upstreams(&self) -> &BTreeMap<String, Arc<Upstream>> {
+        &self.upstreams
+    }
+}
+
+/// Where the configuration comes from, for reloads.
+#[derive(Clone, Debug)]
+enum Source {
+    File(PathBuf),
+    Given,
+}
+
+/// A running gateway: the configuration in force, reloads, and shutdown. Cheap to clone.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use garrison_gateway::{Gateway, GatewayConfig};
+///
+/// let gateway = Gateway::new(GatewayConfig::default()).await?;
+/// let (main, admin) = gateway.bind().await?;
+/// let stop = gateway.clone();
+/// tokio::spawn(async move {
+///     let _ = tokio::signal::ctrl_c().await;
+///     stop.shutdown();
+/// });
+/// gateway.serve(main, admin).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    source: Source,
+    current: RwLock<Arc<Generation>>,
+    factory: Factory,
+    admin_token: String,
+    shutdown: watch::Sender<bool>,
+    reloads: tokio::sync::Mutex<()>,
+}
+
+/// Makes generations: what stays from one to the next.
+#[derive(Debug)]
+struct Factory {
+    /// Generations made so far (the number of the newest).
+    number: AtomicU64,
+    /// Worker threads (each generation makes one upstream pool per worker).
+    workers: usize,
+    demo: OnceCell<SocketAddr>,
+    clock: SharedClock,
+}
+
+fn issue(path: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::new(vec![ConfigIssue {
+        path: path.into(),
+        message: message.into(),
+    }])
+}
+
+impl Gateway {
+    /// A gateway of `config` (it cannot reload: there is no file to read again). Starts the
+    /// demo upstream when an upstream names [`DEMO_ADDRESS`], and the background tasks of
+    /// the stack, so it must run inside a tokio runtime.
+    pub async fn new(config: GatewayConfig) -> Result<Self, ConfigError> {
+        Self::start(config, Source::Given, SharedClock::system()).await
+    }
+
+    /// A gateway of the configuration file `path`, which [`reload`](Self::reload) (and
+    /// SIGHUP, in the binary) reads again.
+    pub async fn from_file(path: impl Into<PathBuf>) -> Result<Self, ConfigError> {
+        let path = path.into();
+        let config = GatewayConfig::from_file(&path)?;
+        Self::start(config, Source::File(path), SharedClock::system()).await
+    }
+
+    /// A gateway whose layers and upstreams read time from `clock` (tests).
+    pub async fn with_clock(
+        config: GatewayConfig,
+        clock: SharedClock,
+    ) -> Result<Self, ConfigError> {
+        Self::start(config, Source::Given, clock).await
+    }
+
+    async fn start(
+        config: GatewayConfig,
+        source: Source,
+        clock: SharedClock,
+    ) -> Result<Self, ConfigError> {
+        let admin_token = if !config.gateway.admin_token.is_empty() {
+            config.gateway.admin_token.clone()
+        } else if let Some(t) = std::env::var("GARRISON_ADMIN_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty())
+        {
+            t
+        } else {
+            random_token()
+        };
+        let (shutdown, _) = watch::channel(false);
+        let workers = match config.gateway.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let factory = Factory {
+            number: AtomicU64::new(0),
+            workers,
+            demo: OnceCell::new(),
+            clock,
+        };
+        let first = factory.build(config).await?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                source,
+                current: RwLock::new(Arc::new(first)),
+                factory,
+                admin_token,
+                shutdown,
+                reloads: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// The configuration in force now.
+    pub fn current(&self) -> Arc<Generation> {
+        self.shared.current.read().clone()
+    }
+
+    /// The bearer token of the admin API.
+    pub fn admin_token(&self) -> &str {
+        &self.shared.admin_token
+    }
+
+    /// Reads the configuration file again and, when it is valid, serves it from the next
+    /// request on (connections stay open; requests in flight finish under the old one).
+    /// An invalid file changes nothing: its problems come back, every one with its path.
+    /// Breakers, rate-limit buckets kept in memory and metrics start afresh in the new
+    /// stack (Prometheus' `rate()` reads the counters' restart as a reset).
+    pub async fn reload(&self) -> Result<u64, ConfigError> {
+        let Source::File(path) = &self.shared.source else {
+            return Err(issue(
+                "",
+                "no configuration file to read again: the gateway started without --config",
+            ));
+        };
+        let config = GatewayConfig::from_file(path)?;
+        self.reload_with(config).await
+    }
+
+    /// Serves `config` from the next request on (see [`reload`](Self::reload)).
+    pub async fn reload_with(&self, config: GatewayConfig) -> Result<u64, ConfigError> {
+        let _one_at_a_time = self.shared.reloads.lock().await;
+        let old = self.current();
+        let gen = self.shared.factory.build(config).await?;
+        let (a, b) = (&old.config.gateway, &gen.config.gateway);
+        if a.listen != b.listen || a.admin_listen != b.admin_listen {
+            tracing::warn!("listen addresses changed in the file: they apply at the next start");
+        }
+        let number = gen.number;
+        *self.shared.current.write() = Arc::new(gen);
+        tracing::info!(generation = number, "configuration reloaded");
+        Ok(number)
+    }
+
+    /// Starts a graceful shutdown: readiness fails at once, the listeners stop accepting,
+    /// requests in flight finish (for `shutdown_grace` at most), spans are flushed; then
+    /// [`serve`](Self::serve) returns.
+    pub fn shutdown(&self) {
+        self.current().garrison.begin_shutdown();
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Binds the main listener (`GARRISON_LISTEN`, else `[gateway] listen`) and the admin
+    /// listener (`admin_listen`, unless it is off).
+    pub async fn bind(&self) -> std::io::Result<(TcpListener, Option<TcpListener>)> {
+        bind(&self.current().config.gateway).await
+    }
+
+    /// Serves the proxy on `main` and the admin API on `admin` until
+    /// [`shutdown`](Self::shutdown), then drains.
+    pub async fn serve(
+        &self,
+        main: TcpListener,
+        admin: Option<TcpListener>,
+    ) -> std::io::Result<()> {
+        if let Some(admin) = admin {
+            let gw = self.clone();
+            tokio::spawn(async move { gw.serve_admin(admin).await });
+        }
+        self.serve_main(main).await;
+        // the last requests' spans
+        let tracer = self.current().garrison.tracer().clone();
+        if tokio::time::timeout(Duration::from_secs(5), tracer.flush())
+            .await
+            .is_err()
+        {
+            tracing::warn!("spans not flushed within 5s: dropped");
+        }
+        Ok(())
+    }
+
+    async fn serve_main(&self, listener: TcpListener) {
+        let max = self.current().config.gateway.max_connections;
+        // a connection holds a slot until it closes: all slots back means all closed
+        let slots = Arc::new(Semaphore::new(max));
+        let mut stop = self.shared.shutdown.subscribe();
+        // thread per core, as nginx's workers: each worker runs its connections and their
+        // upstream pools on its own event loop; this loop only accepts and deals them out
+        let (drained_tx, drained) = watch::channel(false);
+        let workers: Vec<_> = (0..self.shared.factory.workers)
+            .map(|i| {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+                let worker = Worker {
+                    index: i,
+                    shared: self.shared.clone(),
+                    stop: self.shared.shutdown.subscribe(),
+                    drained: drained.clone(),
+                };
+                let thread = std::thread::Builder::new()
+                    .name(format!("gateway-worker-{i}"))
+                    .spawn(move || worker.run(rx));
+                (tx, thread)
+            })
+            .collect();
+        let mut next = 0usize;
+        loop {
+            if *stop.borrow_and_update() {
+                break;
+            }
+            let slot = tokio::select! {
+                s = slots.clone().acquire_owned() => s.expect("never closed"),
+                _ = stop.changed() => break,
+            };
+            let (stream, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // out of file descriptors, say: wait a little rather than spin
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => break,
+            };
+            let Ok(stream) = stream.into_std() else {
+                continue;
+            };
+            next = (next + 1) % workers.len();
+            let _ = workers[next].0.send((stream, peer, slot));
+        }
+        drop(listener);
+        let grace = self.current().config.gateway.shutdown_grace;
+        let open = max - slots.available_permits();
+        tracing::info!(connections = open, ?grace, "draining");
+        let all = u32::try_from(max).unwrap_or(u32::MAX);
+        if tokio::time::timeout(grace, slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace over: the remaining connections are closed");
+        }
+        drained_tx.send_replace(true);
+        for (tx, thread) in workers {
+            drop(tx);
+            if let Ok(t) = thread {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+        }
+    }
+
+    async fn serve_admin(&self, listener: TcpListener) {
+        let mut stop = self.shared.shutdown.subscribe();
+        loop {
+            let (stream, _) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+                _ = stop.changed() => return,
+            };
+            let gw = self.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, Infallible>(crate::admin::handle(&gw, req).await) }
+                });
+                let mut b = auto::Builder::new(TokioExecutor::new());
+                b.http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10));
+                let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    }
+}
+
+/// Binds the listeners of `g` (see [`Gateway::bind`]), before a gateway is made: the
+/// binary prints the address it bound first.
+pub async fn bind(g: &GatewaySection) -> std::io::Result<(TcpListener, Option<TcpListener>)> {
+    let main = match std::env::var("GARRISON_LISTEN")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        Some(addr) => TcpListener::bind(addr.as_str()).await,
+        None => TcpListener::bind(g.listen).await,
+    }?;
+    let admin = match g.admin_listen {
+        Some(a) => Some(TcpListener::bind(a).await?),
+        None => None,
+    };
+    Ok((main, admin))
+}
+
+/// Waits for a new connection's first byte: a client that sends nothing within the header
+/// read timeout is closed before any protocol is chosen.
+async fn first_byte(stream: &TcpStream, wait: Duration) -> bool {
+    let mut one = [0u8; 1];
+    matches!(
+        tokio::time::timeout(wait, stream.peek(&mut one)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
+fn connection_builder(g: &GatewaySection) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(g.header_read_timeout)
+        .max_buf_size(g.max_header_bytes)
+        .max_headers(g.max_headers);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(g.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    if g.http2 {
+        b
+    } else {
+        b.http1_only()
+    }
+}
+
+type Accepted = (
+    std::net::TcpStream,
+    SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+);
+
+/// One worker thread: a single-threaded event loop serving the connections dealt to it.
+struct Worker {
+    index: usize,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+    drained: watch::Receiver<bool>,
+}
+
+impl Worker {
+    fn run(self, mut accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>) {
+        crate::proxy::set_worker(self.index);
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, worker = self.index, "worker runtime did not start");
+                return;
+            }
+        };
+        let Worker {
+            shared,
+            stop,
+            mut drained,
+            ..
+        } = self;
+        rt.block_on(async move {
+            while let Some((stream, peer, slot)) = accepted.recv().await {
+                let Ok(stream) = TcpStream::from_std(stream) else {
+                    continue;
+                };
+                let gen = shared.current.read().clone();
+                let limits = &gen.config.gateway;
+                let builder = connection_builder(limits);
+                let wait = limits.header_read_timeout;
+                let conn = Conn::new(shared.clone(), gen.clone(), peer);
+                let mut stop = stop.clone();
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let _ = stream.set_nodelay(true);
+                    if !first_byte(&stream, wait).await {
+                        return;
+                    }
+                    let c = builder.serve_connection(TokioIo::new(stream), conn);
+                    tokio::pin!(c);
+                    tokio::select! {
+                        _ = c.as_mut() => {}
+                        _ = async { drop(stop.wait_for(|s| *s).await) } => {
+                            // finish the request in flight, then close (HTTP/2: GOAWAY)
+                            c.as_mut().graceful_shutdown();
+                            let _ = c.await;
+                        }
+                    }
+                });
+            }
+            // no more connections: serve the open ones until the drain is over
+            drop(drained.wait_for(|d| *d).await);
+        });
+    }
+}
+
+/// One connection's service: each request runs through the generation in force when it
+/// arrives. The connection keeps its own copy of the stack and looks at the shared one
+/// only when a reload changed the generation (one relaxed load per request), so that
+/// workers share no lock or reference count on the way.
+struct Conn {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    cached: std::sync::Mutex<(u64, GatewayService)>,
+}
+
+impl Conn {
+    fn new(shared: Arc<Shared>, gen: Arc<Generation>, peer: SocketAddr) -> Self {
+        Self {
+            shared,
+            peer,
+            cached: std::sync::Mutex::new((gen.number, gen.service.clone())),
+        }
+    }
+}
+
+type GatewayFuture = <GatewayService as Service<Request<Incoming>>>::Future;
+
+impl hyper::service::Service<Request<Incoming>> for Conn {
+    type Response = <GatewayService as Service<Request<Incoming>>>::Response;
+    type Error = <GatewayService as Service<Request<Incoming>>>::Error;
+    type Future = futures_util::future::Either<
+        GatewayFuture,
+        tower::util::Oneshot<GatewayService, Request<Incoming>>,
+    >;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        req.extensions_mut().insert(PeerAddr(self.peer));
+        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.shared.factory.number.load(Ordering::Acquire);
+        if cached.0 != now {
+            let gen = self.shared.current.read().clone();
+            *cached = (gen.number, gen.service.clone());
+        }
+        // the stack is always ready (no layer of it applies backpressure); should that
+        // change, a clone waits for readiness as tower asks
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match cached.1.poll_ready(&mut cx) {
+            Poll::Ready(Ok(())) => futures_util::future::Either::Left(cached.1.call(req)),
+            _ => futures_util::future::Either::Right(cached.1.clone().oneshot(req)),
+        }
+    }
+}
+
+impl Factory {
+    async fn build(&self, config: GatewayConfig) -> Result<Generation, ConfigError> {
+        let mut upstreams = BTreeMap::new();
+        for (name, u) in &config.gateway.upstreams {
+            let mut authorities = Vec::with_capacity(u.addresses.len());
+            for a in &u.addresses {
+                if a == DEMO_ADDRESS {
+                    let addr = self
+                        .demo
+                        .get_or_try_init(crate::demo::start)
+                        .await
+                        .map_err(|e| {
+                            issue(
+                                &format!("gateway.upstreams.{name}.addresses"),
+                                format!("the demo upstream did not start: {e}"),
+                            )
+                        })?;
+                    authorities.push(
+                        addr.to_string()
+                            .parse()
+                            .expect("an address is an authority"),
+                    );
+                } else {
+                    authorities.push(crate::config::authority(a).expect("validated"));
+                }
+            }
+            upstreams.insert(
+                name.clone(),
+                Arc::new(Upstream::new(name, u, authorities, self.clock.clone())),
+            );
+        }
+        let mut stack = config.stack_config();
+        if config.gateway.observability == crate::config::Observability::Admin {
+            stack.health.enabled = false;
+        }
+        let garrison = Garrison::builder()
+            .config(stack)
+            .clock(self.clock.clone())
+            .build()?;
+        let proxy = Proxy::new(&config, &upstreams, self.workers);
+        let number = self.number.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(Generation {
+            number,
+            service: garrison.layer().layer(proxy),
+            config,
+            garrison,
+            upstreams,
+        })
+    }
+}
+
+fn random_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = String::with_capacity(32);
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}

@@ -1,0 +1,233 @@
+//! The binary: `--print-default-config`, `--check`, SIGHUP reloads and SIGTERM's graceful
+//! shutdown, over real sockets.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_garrison-gateway");
+
+fn gateway() -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("GARRISON_LISTEN")
+        .env_remove("GARRISON_CONFIG")
+        .env_remove("GARRISON_ADMIN_TOKEN")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    c
+}
+
+#[test]
+fn the_default_config_is_printed_and_passes_its_own_check() {
+    let out = gateway().arg("--print-default-config").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, garrison_gateway::DEFAULT_CONFIG);
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    let out = gateway()
+        .arg("--check")
+        .arg("--config")
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (1 upstreams, 3 routes)"));
+}
+
+#[test]
+fn check_reports_every_problem_with_its_path_and_exits_2() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        file.path(),
+        "[gateway]\nlisten = \"nope\"\n[gateway.routes.a]\nprefix = \"/a\"\nupstream = \"missing\"\n[ratelimit]\nheaders = \"some\"\n",
+    )
+    .unwrap();
+    let out = gateway()
+        .arg("--check")
+        .arg("-c")
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "gateway.listen",
+        "gateway.routes.a.upstream",
+        "ratelimit.headers",
+        "3 problems",
+    ] {
+        assert!(err.contains(want), "{want} missing from:\n{err}");
+    }
+    let out = gateway()
+        .arg("--check")
+        .arg("-c")
+        .arg("/does/not/exist.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /does/not/exist.toml"));
+}
+
+/// The gateway process, killed when dropped.
+struct Running {
+    child: Child,
+    main: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on `config` and reads the two addresses it prints first.
+fn start(config: &std::path::Path) -> Running {
+    let mut child = gateway()
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut addr_in = |what: &str| -> SocketAddr {
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if line.contains(what) {
+                let at = line.find("http://").unwrap() + "http://".len();
+                let rest = &line[at..];
+                let end = rest.find(['/', ' ']).unwrap_or(rest.len());
+                return rest[..end].parse().unwrap();
+            }
+        }
+        panic!("the gateway never printed `{what}`");
+    };
+    let main = addr_in("gateway listening on");
+    let admin = addr_in("admin API on");
+    // drain the rest of the log so the process never blocks on a full pipe
+    std::thread::spawn(move || for _ in lines {});
+    Running { child, main, admin }
+}
+
+/// One HTTP/1.1 request over a fresh connection: (status, head, body).
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 0\r\n{headers}\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn config(limit: u32) -> String {
+    format!(
+        r#"
+        [gateway]
+        listen = "127.0.0.1:0"
+        admin_listen = "127.0.0.1:0"
+        admin_token = "cli-test"
+        shutdown_grace = "20s"
+        [gateway.upstreams.demo]
+        addresses = ["builtin:demo"]
+        [gateway.routes.all]
+        prefix = "/"
+        upstream = "demo"
+        [ratelimit.policies.general]
+        limit = {limit}
+        period = "1m"
+        "#
+    )
+}
+
+/// Sends `sig` (`HUP`, `TERM`) with the `kill` command: the workspace forbids unsafe code.
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .args(["-s", sig, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -s {sig} {}", child.id());
+}
+
+#[test]
+fn sighup_reloads_the_file_and_sigterm_finishes_requests_in_flight() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), config(1000)).unwrap();
+    let mut gw = start(file.path());
+    let (status, head, _) = request(gw.main, "GET", "/items/1", "");
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-ratelimit-limit: 1000"),
+        "{head}"
+    );
+
+    std::fs::write(file.path(), config(2000)).unwrap();
+    signal(&gw.child, "HUP");
+    let mut reloaded = false;
+    for _ in 0..400 {
+        let (_, head, _) = request(gw.main, "GET", "/items/1", "");
+        if head
+            .to_ascii_lowercase()
+            .contains("x-ratelimit-limit: 2000")
+        {
+            reloaded = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(reloaded, "SIGHUP applied the new file");
+
+    // an invalid file: SIGHUP changes nothing, the gateway keeps serving
+    std::fs::write(file.path(), "[gateway]\nlisten = 5\n").unwrap();
+    signal(&gw.child, "HUP");
+    let (_, body_admin) = {
+        let (s, _, b) = request(
+            gw.admin,
+            "GET",
+            "/admin",
+            "Authorization: Bearer cli-test\r\n",
+        );
+        (s, b)
+    };
+    assert!(body_admin.contains("\"generation\":2"), "{body_admin}");
+
+    // a request in flight when SIGTERM arrives still gets its whole response
+    let main = gw.main;
+    let slow = std::thread::spawn(move || request(main, "GET", "/slow?ms=1500", ""));
+    // it is in flight once the upstream holds it; the admin API's metrics show it active
+    let in_flight = (0..400).any(|_| {
+        let (_, _, m) = request(gw.admin, "GET", "/metrics", "");
+        let active = m
+            .lines()
+            .any(|l| l.starts_with("http_server_active_requests{") && !l.ends_with(" 0"));
+        if !active {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        active
+    });
+    assert!(in_flight, "the slow request never showed as active");
+    signal(&gw.child, "TERM");
+    let (status, _, body) = slow.join().unwrap();
+    assert_eq!((status, body.as_str()), (200, r#"{"slept_ms":1500}"#));
+    let code = gw.child.wait().unwrap();
+    assert!(code.success(), "exit status {code:?}");
+    assert!(
+        TcpStream::connect(gw.main).is_err(),
+        "the listener is closed"
+    );
+}

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# The gateway's end-to-end load run (issue 8), side by side in one run on loopback with the
+# same wrk load: straight to the upstream; through nginx (Debian's package, plain proxy_pass
+# with upstream keepalive) as the reference proxy; through garrison-gateway with every layer
+# on (trace at 10%, metrics, health routes, rate limit, breaker). Bounded in time.
+#   DURATION (default 10s), CONNECTIONS (default 64), THREADS (wrk threads, default 2),
+#   WORKERS (nginx worker processes and gateway runtime threads, default: every core)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+WORKERS=${WORKERS:-$(nproc)}
+UPSTREAM_PORT=${UPSTREAM_PORT:-39131}
+NGINX_PORT=${NGINX_PORT:-39132}
+GATEWAY_PORT=${GATEWAY_PORT:-39133}
+BIN_DIR=${BIN_DIR:-target/release}
+
+need() { # command, Debian package
+    command -v "$1" >/dev/null && return
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+    else
+        echo "load: $1 is missing. Run: sudo apt-get install -y $2" >&2
+        exit 1
+    fi
+}
+need wrk wrk
+PATH=$PATH:/usr/sbin need nginx nginx
+NGINX=$(PATH=$PATH:/usr/sbin command -v nginx)
+
+if [ -z "${NO_BUILD:-}" ]; then
+    cargo build --release --example load_server -p garrison-workspace >&2
+    cargo build --release -p garrison-gateway >&2
+fi
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+[ -n "${KEEP_LOG:-}" ] && trap 'cat "$work/gateway.log" >&2; cleanup' EXIT
+
+wait_port() {
+    for _ in $(seq 1 200); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return
+        sleep 0.05
+    done
+    echo "load: nothing answers on port $1" >&2
+    exit 1
+}
+
+# the upstream: bare axum, one route
+GARRISON_LISTEN=127.0.0.1:$UPSTREAM_PORT "$BIN_DIR/examples/load_server" bare_axum >/dev/null &
+pids+=($!)
+wait_port "$UPSTREAM_PORT"
+
+mkdir -p "$work/nginx/logs"
+cat >"$work/nginx/nginx.conf" <<CONF
+worker_processes $WORKERS;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 256; }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+"$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
+pids+=($!)
+wait_port "$NGINX_PORT"
+
+cat >"$work/gateway.toml" <<CONF
+[gateway]
+listen = "127.0.0.1:$GATEWAY_PORT"
+admin_listen = ""
+workers = $WORKERS
+[gateway.upstreams.app]
+addresses = ["127.0.0.1:$UPSTREAM_PORT"]
+[gateway.routes.users]
+path = "/users/{id}"
+upstream = "app"
+[trace]
+ratio = 0.1
+[ratelimit.policies.general]
+limit = 1000000
+period = "1s"
+burst = 1000000
+CONF
+"$BIN_DIR/garrison-gateway" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
+pids+=($!)
+wait_port "$GATEWAY_PORT"
+
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, GET /users/42; $WORKERS workers; $(nproc) cores"
+printf '| path | requests/s | vs nginx | p50 | p99 | p99 vs nginx |\n|---|---:|---:|---:|---:|---:|\n'
+declare -A rps p99ms
+for target in direct:$UPSTREAM_PORT nginx:$NGINX_PORT gateway:$GATEWAY_PORT; do
+    name=${target%%:*}
+    port=${target##*:}
+    url="http://127.0.0.1:$port/users/42"
+    status=$(exec 3<>/dev/tcp/127.0.0.1/"$port"; printf 'GET /users/42 HTTP/1.1\r\nHost: load\r\nConnection: close\r\n\r\n' >&3; head -1 <&3 | cut -d' ' -f2)
+    [ "$status" = 200 ] || { echo "load: $name answered $status" >&2; cat "$work/gateway.log" >&2; exit 1; }
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$url" >/dev/null # warm-up
+    out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url")
+    if grep -q "Non-2xx" <<<"$out"; then
+        echo "load: $name gave non-2xx answers:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+    rps[$name]=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+    p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+    # wrk prints us, ms or s: in milliseconds
+    p99ms[$name]=$(awk -v v="$p99" 'BEGIN { if (v ~ /us$/) print v/1000; else if (v ~ /ms$/) print v+0; else print v*1000 }')
+    vs="—"; p99vs="—"
+    if [ -n "${rps[nginx]:-}" ] && [ "$name" != nginx ]; then
+        vs=$(awk -v a="${rps[$name]}" -v b="${rps[nginx]}" 'BEGIN {printf "%.2fx", a/b}')
+        p99vs=$(awk -v a="${p99ms[$name]}" -v b="${p99ms[nginx]}" 'BEGIN {printf "%.2fx", a/b}')
+    fi
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$name" "${rps[$name]}" "$vs" "$p50" "$p99" "$p99vs"
+done

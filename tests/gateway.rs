@@ -1,0 +1,988 @@
+//! The gateway end to end, over real sockets on loopback: proxying (streaming both ways,
+//! headers, h2c), upstream failures (502, 504, ejection, retry), the admin API, and the
+//! faults of issue 8 under load (upstream killed, Redis killed, reload, graceful shutdown,
+//! slow clients and oversized heads).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use garrison_gateway::{Gateway, GatewayConfig};
+use garrison_workspace::{get, send, TestResponse};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const TOKEN: &str = "test-admin-token";
+
+/// An upstream server on `listener` answering with `handler`; abort the handle to kill it
+/// (its listener closes: new connections are refused).
+fn upstream_on<F, Fut>(listener: TcpListener, handler: F) -> JoinHandle<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let h = handler.clone();
+            conns.spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let h = h.clone();
+                    async move { Ok::<_, Infallible>(h(req).await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+        // dropping the JoinSet (when aborted) closes every connection too
+    })
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+fn full(s: impl Into<Bytes>) -> BoxBody {
+    Full::new(s.into()).map_err(|never| match never {}).boxed()
+}
+
+async fn upstream<F, Fut>(handler: F) -> (SocketAddr, JoinHandle<()>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<BoxBody>> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    (addr, upstream_on(l, handler))
+}
+
+/// Answers with what it saw: method, path, version and headers, as JSON.
+async fn echo(req: Request<Incoming>) -> Response<BoxBody> {
+    let mut headers = serde_json::Map::new();
+    for (k, v) in req.headers() {
+        headers.insert(k.to_string(), v.to_str().unwrap_or("?").into());
+    }
+    let seen = serde_json::json!({
+        "method": req.method().as_str(),
+        "path": req.uri().path_and_query().map(|p| p.as_str()),
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    Response::new(full(seen.to_string()))
+}
+
+struct Running {
+    gateway: Gateway,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    served: JoinHandle<()>,
+}
+
+/// The gateway of `toml` (plus the test's admin token) on free loopback ports.
+async fn gateway(toml: &str) -> Running {
+    let config = GatewayConfig::from_toml(&with_token(toml)).unwrap();
+    start(Gateway::new(config).await.unwrap()).await
+}
+
+fn with_token(toml: &str) -> String {
+    let line = format!("admin_token = \"{TOKEN}\"\n");
+    match toml.find("[gateway]\n") {
+        Some(i) => {
+            let at = i + "[gateway]\n".len();
+            format!("{}{line}{}", &toml[..at], &toml[at..])
+        }
+        None => format!("[gateway]\n{line}{toml}"),
+    }
+}
+
+async fn start(gateway: Gateway) -> Running {
+    let main = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin_addr) = (main.local_addr().unwrap(), admin.local_addr().unwrap());
+    let g = gateway.clone();
+    let served = tokio::spawn(async move {
+        g.serve(main, Some(admin)).await.unwrap();
+    });
+    Running {
+        gateway,
+        addr,
+        admin: admin_addr,
+        served,
+    }
+}
+
+fn json(r: &TestResponse) -> serde_json::Value {
+    serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("{e}: {}", r.body))
+}
+
+/// The admin API's view of the breaker `name`.
+async fn breaker(gw: &Running, name: &str) -> serde_json::Value {
+    let auth = bearer();
+    let list = json(&get(gw.admin, "/admin/breakers", &[("authorization", &auth)]).await);
+    let found = list["breakers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == name)
+        .cloned();
+    found.unwrap_or_else(|| panic!("no breaker {name} in {list}"))
+}
+
+fn bearer() -> String {
+    format!("Bearer {TOKEN}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn requests_are_forwarded_with_forwarded_headers_and_without_hop_by_hop_ones() {
+    let (up, _u) = upstream(echo).await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        [gateway.routes.api]
+        prefix = "/api"
+        upstream = "app"
+        strip_prefix = true
+        [gateway.routes.rest]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+    let r = get(
+        gw.addr,
+        "/api/users/7?x=1",
+        &[
+            ("host", "shop.example"),
+            ("connection", "x-hop"),
+            ("x-hop", "secret"),
+            ("proxy-authorization", "Basic c2VjcmV0"),
+            ("x-forwarded-for", "203.0.113.9"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let seen = json(&r);
+    assert_eq!(
+        seen["path"], "/users/7?x=1",
+        "the prefix is stripped, the query kept"
+    );
+    let h = &seen["headers"];
+    assert_eq!(h["host"], "shop.example", "Host is preserved");
+    assert!(
+        h.get("x-hop").is_none() && h.get("proxy-authorization").is_none(),
+        "{h}"
+    );
+    assert!(h.get("connection").is_none_or(|v| v == "keep-alive"), "{h}");
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "shop.example");
+    assert_eq!(h["forwarded"], "for=127.0.0.1;host=shop.example;proto=http");
+    // the caller's trace goes on, under a new span of the gateway's
+    let tp = h["traceparent"].as_str().unwrap();
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{tp}"
+    );
+    assert!(!tp.contains("00f067aa0ba902b7"), "a child span id: {tp}");
+    assert!(h.get("x-request-id").is_some());
+    // the response carries the stack's headers
+    assert!(r.headers.contains_key("x-ratelimit-limit"));
+    assert!(r.headers.contains_key("x-request-id"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bodies_stream_both_ways_without_being_buffered() {
+    // the upstream sends its first chunk, then waits until the client has it: a gateway
+    // that buffered whole bodies would never deliver it
+    let (release_tx, release_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let release_rx = Arc::new(tokio::sync::Mutex::new(release_rx));
+    let (up, _u) = upstream(move |req: Request<Incoming>| {
+        let release = release_rx.clone();
+        async move {
+            if req.uri().path() == "/upload" {
+                // counts the request body as it streams in
+                let mut body = req.into_body();
+                let mut n = 0;
+                while let Some(Ok(f)) = body.frame().await {
+                    n += f.data_ref().map_or(0, |d| d.len());
+                }
+                return Response::new(full(format!("{n}")));
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(2);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"first;"))))
+                    .await;
+                release.lock().await.recv().await;
+                let _ = tx
+                    .send(Ok(Frame::data(Bytes::from_static(b"second"))))
+                    .await;
+            });
+            let stream = tokio_stream(rx);
+            Response::new(StreamBody::new(stream).boxed())
+        }
+    })
+    .await;
+    let gw = gateway(&format!(
+        "[gateway.upstreams.app]\naddresses = [\"{up}\"]\n[gateway.routes.all]\nprefix = \"/\"\nupstream = \"app\"\n"
+    ))
+    .await;
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let resp = client
+        .request(
+            Request::get(format!("http://{}/stream", gw.addr))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first chunk arrives before the upstream's body ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first;");
+    release_tx.send(()).await.unwrap();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+
+    // a 4 MiB request body sent in chunks arrives whole
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
+        for _ in 0..64 {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from(vec![b'x'; 65536]))))
+                .await;
+        }
+    });
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .request(
+            Request::post(format!("http://{}/upload", gw.addr))
+                .body(StreamBody::new(tokio_stream(rx)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let n = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(n, (64 * 65536).to_string());
+}
+
+/// A stream of an mpsc receiver (tokio-stream is not a dependency of this package).
+fn tokio_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn h2c_on_both_sides() {
+    let (up, _u) = upstream(echo).await;
+    let gw = gateway(&format!(
+        "[gateway.upstreams.app]\naddresses = [\"{up}\"]\nprotocol = \"h2c\"\n[gateway.routes.all]\nprefix = \"/\"\nupstream = \"app\"\n"
+    ))
+    .await;
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Empty<Bytes>>();
+    let resp = client
+        .request(
+            Request::get(format!("http://{}/x", gw.addr))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.version(),
+        Version::HTTP_2,
+        "the client spoke h2c to the gateway"
+    );
+    let seen: serde_json::Value =
+        serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(
+        seen["version"], "HTTP/2.0",
+        "the gateway spoke h2c to the upstream"
+    );
+    assert_eq!(seen["headers"]["x-forwarded-host"], gw.addr.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_upstream_is_502_and_a_hanging_one_504_each_with_json() {
+    let closed = garrison_workspace::free_port();
+    // accepts connections and never answers
+    let hang = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hang.accept().await {
+            held.push(s);
+        }
+    });
+    let gw = gateway(&format!(
+        r#"
+        [gateway.upstreams.gone]
+        addresses = ["127.0.0.1:{closed}"]
+        [gateway.upstreams.hangs]
+        addresses = ["{hang_addr}"]
+        timeout = "300ms"
+        [gateway.routes.gone]
+        prefix = "/gone"
+        upstream = "gone"
+        [gateway.routes.hangs]
+        prefix = "/hangs"
+        upstream = "hangs"
+        "#
+    ))
+    .await;
+    let r = get(gw.addr, "/gone/x", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(r.headers["content-type"], "application/json");
+    let body = json(&r);
+    assert_eq!(body["error"], "upstream unreachable");
+    assert_eq!(body["upstream"], "gone");
+
+    let r = tokio::time::timeout(Duration::from_secs(10), get(gw.addr, "/hangs/x", &[]))
+        .await
+        .expect("the gateway answers a hanging upstream within its timeout");
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(json(&r)["error"], "upstream timed out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn addresses_take_turns_and_a_dead_one_is_ejected_while_requests_still_succeed() {
+    let (a, _ua) = upstream(|_| async { Response::new(full("a")) }).await;
+    let (b, ub) = upstream(|_| async { Response::new(full("b")) }).await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway.upstreams.app]
+        addresses = ["{a}", "http://{b}"]
+        eject_after = 2
+        eject_for = "1h"
+        [gateway.routes.all]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(get(gw.addr, "/", &[]).await.body);
+    }
+    seen.sort();
+    assert_eq!(seen, ["a", "a", "b", "b"]);
+
+    ub.abort();
+    // wait until b refuses connections
+    while TcpStream::connect(b).await.is_ok() {
+        tokio::task::yield_now().await;
+    }
+    for i in 0..10 {
+        let r = get(gw.addr, "/", &[]).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "a"),
+            "request {i}: retried on a"
+        );
+    }
+    let r = get(
+        gw.admin,
+        "/admin/upstreams",
+        &[("authorization", &bearer())],
+    )
+    .await;
+    let addrs = &json(&r)["upstreams"]["app"]["addresses"];
+    assert_eq!(addrs[1]["address"], b.to_string());
+    assert!(addrs[1]["ejected_for_ms"].as_u64().unwrap() > 0, "{addrs}");
+    assert_eq!(addrs[1]["ejections"], 1);
+    assert!(addrs[0]["ejected_for_ms"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_api_needs_its_token_and_works_the_breakers() {
+    let (up, _u) = upstream(echo).await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        [gateway.routes.orders]
+        path = "/orders/{{id}}"
+        upstream = "app"
+        breaker = "critical"
+        "#
+    ))
+    .await;
+    for auth in [None, Some("Bearer wrong"), Some("test-admin-token")] {
+        let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+        let r = get(gw.admin, "/admin/breakers", &headers).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert_eq!(r.headers["www-authenticate"], "Bearer");
+    }
+    // probes and scrapes need no token
+    assert_eq!(
+        get(gw.admin, "/health/live", &[]).await.status,
+        StatusCode::OK
+    );
+    assert!(get(gw.admin, "/metrics", &[])
+        .await
+        .body
+        .contains("http_server_request_duration_seconds"));
+
+    assert_eq!(get(gw.addr, "/orders/1", &[]).await.status, StatusCode::OK);
+    let auth = bearer();
+    let auth = [("authorization", auth.as_str())];
+    let b = breaker(&gw, "server:/orders/{id}").await;
+    assert_eq!(b["state"], "closed");
+    assert_eq!(b["window"]["calls"], 1);
+
+    let name = "server%3A%2Forders%2F%7Bid%7D";
+    let r = send(
+        gw.admin,
+        Method::POST,
+        &format!("/admin/breakers/{name}/open"),
+        &auth,
+    )
+    .await;
+    assert_eq!(json(&r)["breaker"]["state"], "forced_open");
+    let refused = get(gw.addr, "/orders/1", &[]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers.contains_key("retry-after"));
+
+    let r = send(
+        gw.admin,
+        Method::POST,
+        &format!("/admin/breakers/{name}/reset"),
+        &auth,
+    )
+    .await;
+    assert_eq!(json(&r)["breaker"]["state"], "closed");
+    assert_eq!(get(gw.addr, "/orders/1", &[]).await.status, StatusCode::OK);
+    let r = send(
+        gw.admin,
+        Method::POST,
+        &format!("/admin/breakers/{name}/disable"),
+        &auth,
+    )
+    .await;
+    assert_eq!(json(&r)["breaker"]["state"], "disabled");
+    let r = send(gw.admin, Method::POST, "/admin/breakers/nope/reset", &auth).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    let rl = json(&get(gw.admin, "/admin/ratelimit", &auth).await);
+    assert_eq!(rl["store"]["kind"], "memory");
+    assert!(rl["tracked_keys"].as_u64().unwrap() >= 1);
+    let general = rl["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "general")
+        .unwrap();
+    assert_eq!(general["decisions"]["allowed"], 3);
+
+    // started without a file: nothing to read again, and nothing changes
+    let r = send(gw.admin, Method::POST, "/admin/reload", &auth).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(json(&r)["generation"], 1);
+}
+
+/// `tasks` clients sending `GET path` in a loop until `stop`; returns (statuses, errors).
+fn load(
+    addr: SocketAddr,
+    path: &'static str,
+    tasks: usize,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<(Vec<StatusCode>, Vec<String>)> {
+    tokio::spawn(async move {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..tasks {
+            let stop = stop.clone();
+            set.spawn(async move {
+                let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+                let (mut statuses, mut errors) = (Vec::new(), Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let req = Request::get(format!("http://{addr}{path}"))
+                        .body(Empty::new())
+                        .unwrap();
+                    // no request may hang: each is bounded well above every configured timeout
+                    match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+                        Err(_) => errors.push("hung".to_owned()),
+                        Ok(Err(e)) => errors.push(e.to_string()),
+                        Ok(Ok(resp)) => {
+                            let status = resp.status();
+                            if status == StatusCode::SERVICE_UNAVAILABLE
+                                && !resp.headers().contains_key("retry-after")
+                            {
+                                errors.push("503 without Retry-After".into());
+                            }
+                            match resp.into_body().collect().await {
+                                Ok(_) => statuses.push(status),
+                                Err(e) => errors.push(format!("body: {e}")),
+                            }
+                        }
+                    }
+                }
+                (statuses, errors)
+            });
+        }
+        let (mut statuses, mut errors) = (Vec::new(), Vec::new());
+        while let Some(r) = set.join_next().await {
+            let (s, e) = r.unwrap();
+            statuses.extend(s);
+            errors.extend(e);
+        }
+        (statuses, errors)
+    })
+}
+
+/// Polls `f` until it holds (bounded: a feature that never gets there fails the test).
+async fn eventually(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..2000 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_killed_under_load_opens_the_breaker_and_it_recovers_when_it_returns() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let server = upstream_on(listener, |_| async { Response::new(full("ok")) });
+    let gw = gateway(&format!(
+        r#"
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        timeout = "2s"
+        eject_after = 0
+        [gateway.routes.all]
+        prefix = "/"
+        upstream = "app"
+        breaker = "fast"
+        [breaker.profiles.fast]
+        window = "20 calls"
+        minimum_calls = 10
+        failure_rate = 0.5
+        wait_in_open = "200ms"
+        half_open_calls = 2
+        [ratelimit]
+        enabled = false
+        "#
+    ))
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(gw.addr, "/work", 8, stop.clone());
+    eventually("200s under load", async || {
+        get(gw.addr, "/work", &[]).await.status == StatusCode::OK
+    })
+    .await;
+
+    server.abort();
+    eventually("the breaker opens", async || {
+        let r = get(gw.addr, "/work", &[]).await;
+        r.status == StatusCode::SERVICE_UNAVAILABLE && r.body.contains("circuit")
+    })
+    .await;
+
+    let listener = loop {
+        // the port is ours again once the aborted server's listener is gone
+        match TcpListener::bind(up).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    };
+    let _back = upstream_on(listener, |_| async { Response::new(full("ok")) });
+    eventually("the breaker closes again", async || {
+        breaker(&gw, "server:/{*path}").await["state"] == "closed"
+            && get(gw.addr, "/work", &[]).await.status == StatusCode::OK
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (statuses, errors) = running.await.unwrap();
+    assert!(
+        errors.is_empty(),
+        "no request hung, broke or was refused without Retry-After: {errors:?}"
+    );
+    for want in [
+        StatusCode::OK,
+        StatusCode::BAD_GATEWAY,
+        StatusCode::SERVICE_UNAVAILABLE,
+    ] {
+        assert!(statuses.contains(&want), "no {want} under load");
+    }
+    let unexpected: Vec<_> = statuses
+        .iter()
+        .filter(|s| {
+            ![
+                StatusCode::OK,
+                StatusCode::BAD_GATEWAY,
+                StatusCode::SERVICE_UNAVAILABLE,
+            ]
+            .contains(s)
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_under_load_falls_back_with_no_5xx_and_health_warns() {
+    let redis = garrison_workspace::require_tool("redis-server", "redis-server");
+    let port = garrison_workspace::free_port();
+    let mut server = garrison_workspace::KillOnDrop::spawn(
+        std::process::Command::new(redis)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null()),
+    );
+    eventually("redis answers", async || {
+        TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    let (up, _u) = upstream(|_| async { Response::new(full("ok")) }).await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        [gateway.routes.all]
+        prefix = "/"
+        upstream = "app"
+        [ratelimit]
+        default_policy = "roomy"
+        [ratelimit.policies.roomy]
+        limit = 1000000
+        period = "1s"
+        [ratelimit.redis]
+        url = "redis://127.0.0.1:{port}"
+        timeout = "50ms"
+        retry_interval = "100ms"
+        [health]
+        details = "always"
+        "#
+    ))
+    .await;
+    let auth = bearer();
+    let store = async || {
+        json(&get(gw.admin, "/admin/ratelimit", &[("authorization", &auth)]).await)["store"].clone()
+    };
+    eventually("decisions come from redis", async || {
+        assert_eq!(get(gw.addr, "/x", &[]).await.status, StatusCode::OK);
+        store().await["calls_ok"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(gw.addr, "/x", 8, stop.clone());
+    eventually("load runs", async || {
+        get(gw.addr, "/x", &[]).await.status == StatusCode::OK
+    })
+    .await;
+    server.0.kill().unwrap();
+    server.0.wait().unwrap();
+    eventually("the limiter falls back", async || {
+        store().await["mode"] == "fallback"
+    })
+    .await;
+    eventually("the deep health route warns", async || {
+        let r = get(gw.addr, "/health", &[]).await;
+        r.status == StatusCode::OK && json(&r)["status"] == "warn"
+    })
+    .await;
+    // requests go on while Redis is gone
+    let before = get(gw.admin, "/metrics", &[]).await.body;
+    for _ in 0..20 {
+        assert_eq!(get(gw.addr, "/x", &[]).await.status, StatusCode::OK);
+    }
+    assert!(
+        before.contains("garrison_ratelimit"),
+        "the limiter's families are scraped"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (statuses, errors) = running.await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(!statuses.is_empty());
+    let fivexx = statuses.iter().filter(|s| s.is_server_error()).count();
+    assert_eq!(fivexx, 0, "Redis dying caused no 5xx");
+    assert!(store().await["fallback_decisions"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_under_load_fails_no_request_and_an_invalid_file_changes_nothing() {
+    let (up, _u) = upstream(|_| async { Response::new(full("ok")) }).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let config = |limit: u32| {
+        with_token(&format!(
+            r#"
+            [gateway.upstreams.app]
+            addresses = ["{up}"]
+            [gateway.routes.all]
+            prefix = "/"
+            upstream = "app"
+            [ratelimit.policies.general]
+            limit = {limit}
+            period = "1s"
+            "#
+        ))
+    };
+    std::fs::write(file.path(), config(100_000)).unwrap();
+    let gw = start(Gateway::from_file(file.path()).await.unwrap()).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let running = load(gw.addr, "/x", 8, stop.clone());
+    let auth = bearer();
+    let auth = [("authorization", auth.as_str())];
+    for (i, limit) in [200_000u32, 300_000, 400_000].into_iter().enumerate() {
+        std::fs::write(file.path(), config(limit)).unwrap();
+        let r = send(gw.admin, Method::POST, "/admin/reload", &auth).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(json(&r)["generation"], i as u64 + 2);
+        let now = get(gw.addr, "/x", &[]).await;
+        assert_eq!(
+            now.headers["x-ratelimit-limit"],
+            limit.to_string(),
+            "the new policy applies"
+        );
+    }
+    std::fs::write(file.path(), "[gateway.routes.x]\nprefix = \"/x\"\nupstream = \"nowhere\"\n[ratelimit.policies.general]\nlimit = 0\nperiod = \"1s\"\n").unwrap();
+    let r = send(gw.admin, Method::POST, "/admin/reload", &auth).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let body = json(&r);
+    let paths: Vec<&str> = body["issues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.contains(&"gateway.routes.x.upstream")
+            && paths.contains(&"ratelimit.policies.general.limit"),
+        "{paths:?}"
+    );
+    assert_eq!(
+        get(gw.addr, "/x", &[]).await.headers["x-ratelimit-limit"],
+        "400000",
+        "the old one serves"
+    );
+    assert_eq!(gw.gateway.current().number(), 4);
+
+    stop.store(true, Ordering::Relaxed);
+    let (statuses, errors) = running.await.unwrap();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        statuses.len() > 20,
+        "{} requests under load",
+        statuses.len()
+    );
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::OK),
+        "every request under reload succeeded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_graceful_shutdown_under_load_completes_every_accepted_request() {
+    let started = Arc::new(AtomicU64::new(0));
+    let s = started.clone();
+    let (up, _u) = upstream(move |_| {
+        let s = s.clone();
+        async move {
+            s.fetch_add(1, Ordering::SeqCst);
+            // work in progress when the shutdown starts
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            Response::new(full("done"))
+        }
+    })
+    .await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway]
+        shutdown_grace = "10s"
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        [gateway.routes.all]
+        prefix = "/"
+        upstream = "app"
+        [ratelimit]
+        enabled = false
+        "#
+    ))
+    .await;
+    let completed = Arc::new(AtomicU64::new(0));
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let completed = completed.clone();
+        let addr = gw.addr;
+        clients.spawn(async move {
+            let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+            let mut truncated = 0;
+            loop {
+                let req = Request::get(format!("http://{addr}/"))
+                    .body(Empty::new())
+                    .unwrap();
+                let Ok(resp) = client.request(req).await else {
+                    // refused or closed before a response: the request was not accepted
+                    break;
+                };
+                match resp.into_body().collect().await.map(|b| b.to_bytes()) {
+                    Ok(b) if b == "done" => {
+                        completed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    _ => truncated += 1,
+                }
+            }
+            truncated
+        });
+    }
+    eventually("requests in flight", async || {
+        started.load(Ordering::SeqCst) > 50
+    })
+    .await;
+    gw.gateway.shutdown();
+    // readiness fails at once
+    tokio::time::timeout(Duration::from_secs(20), gw.served)
+        .await
+        .expect("serve returns after the drain")
+        .unwrap();
+    let mut truncated = 0;
+    while let Some(t) = clients.join_next().await {
+        truncated += t.unwrap();
+    }
+    assert_eq!(truncated, 0, "no response was cut short");
+    assert_eq!(
+        completed.load(Ordering::SeqCst),
+        started.load(Ordering::SeqCst),
+        "every request that reached the upstream got its whole response"
+    );
+    assert!(
+        TcpStream::connect(gw.addr).await.is_err(),
+        "the listener is closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_clients_and_oversized_heads_are_cut_off_without_affecting_others() {
+    let (up, _u) = upstream(|_| async { Response::new(full("ok")) }).await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway]
+        header_read_timeout = "300ms"
+        max_header_bytes = 8192
+        max_headers = 20
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        [gateway.routes.all]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+    // slowloris: a head that never ends, one header line at a time
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        slow.push(s);
+    }
+    // a client that connects and says nothing
+    let mut silent = TcpStream::connect(gw.addr).await.unwrap();
+    let dripping = tokio::spawn(async move {
+        let mut cut = 0;
+        for mut s in slow {
+            let mut closed = false;
+            for _ in 0..100 {
+                if s.write_all(b"X-Drip: 1\r\n").await.is_err() {
+                    closed = true;
+                    break;
+                }
+                let mut buf = [0u8; 256];
+                match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(Ok(n)) if buf[..n].starts_with(b"HTTP/1.1 408") => {
+                        closed = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            cut += usize::from(closed);
+        }
+        cut
+    });
+    // others are served meanwhile
+    for _ in 0..20 {
+        assert_eq!(get(gw.addr, "/", &[]).await.status, StatusCode::OK);
+    }
+    assert_eq!(dripping.await.unwrap(), 20, "every slow client was cut off");
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("a silent connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+
+    // a head larger than max_header_bytes, and one with too many fields
+    let big = "a".repeat(10_000);
+    let r = get(gw.addr, "/", &[("x-big", &big)]).await;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    let names: Vec<String> = (0..30).map(|i| format!("x-h{i}")).collect();
+    let many: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "1")).collect();
+    let r = get(gw.addr, "/", &many).await;
+    assert_eq!(r.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(get(gw.addr, "/", &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_embedded_defaults_show_200_429_metrics_and_health() {
+    let gw = start(Gateway::new(GatewayConfig::default()).await.unwrap()).await;
+    assert_eq!(get(gw.addr, "/items/7", &[]).await.status, StatusCode::OK);
+    let statuses: Vec<StatusCode> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(send(gw.addr, Method::POST, "/auth/login", &[]).await.status);
+        }
+        v
+    };
+    assert_eq!(statuses[..5], [StatusCode::OK; 5]);
+    assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS);
+    let metrics = get(gw.addr, "/metrics", &[]).await.body;
+    assert!(
+        metrics.contains(r#"http_route="/auth/{*path}""#)
+            || metrics.contains(r#"http_route="/auth""#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("db_client_connection"),
+        "the SQLite check's pool is measured"
+    );
+    let health = get(gw.addr, "/health/ready", &[]).await;
+    assert_eq!(health.status, StatusCode::OK);
+}
