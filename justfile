@@ -30,6 +30,12 @@ load:
     scripts/load.sh
     scripts/load-gateway.sh
 
+# Prometheus recording and alert rules for a configuration's [ops] SLOs, e.g.
+# `just ops-rules --config shop.toml -o garrison-rules.yml` (no file: the defaults, as in
+# examples/ops/garrison-rules.yml).
+ops-rules *ARGS:
+    cargo run -q -p garrison-gateway -- ops rules {{ARGS}}
+
 # Formatting, clippy with warnings as errors, and docs with warnings as errors.
 lint:
     cargo fmt --all --check

@@ -198,6 +198,10 @@ pub struct RouteConfig {
     /// `breaker`: this route's breaker profile (instead of `[breaker] profile`).
     /// Default: unset.
     pub breaker: Option<String>,
+    /// `priority`: this route's admission class (`critical`, `high`, `normal`, `low`,
+    /// `batch`; with `[admission] enabled = true`). Default: unset
+    /// (`[admission] default_priority`).
+    pub priority: Option<String>,
 }
 
 impl RouteConfig {
@@ -257,6 +261,9 @@ impl GatewayConfig {
                 }
                 if let Some(profile) = &route.breaker {
                     c.breaker.routes.insert(p.clone(), profile.clone());
+                }
+                if let Some(priority) = &route.priority {
+                    c.admission.routes.insert(p.clone(), priority.clone());
                 }
                 c.service.routes.push(p);
             }
@@ -392,6 +399,14 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
         let mut profile = String::new();
         r.string("breaker", &mut profile);
         c.breaker = (!profile.is_empty()).then_some(profile);
+        let mut priority = String::new();
+        r.string("priority", &mut priority);
+        if !priority.is_empty() {
+            if let Err(e) = priority.parse::<garrison::garrison_admission::Priority>() {
+                r.err("priority", e.to_string());
+            }
+            c.priority = Some(priority);
+        }
         r.finish();
         g.routes.insert(name.to_owned(), c);
     }
@@ -511,6 +526,7 @@ mod tests {
             upstream = "a"
             ratelimit = "auth"
             breaker = "critical"
+            priority = "high"
             [gateway.routes.root]
             prefix = "/"
             upstream = "a"
@@ -522,6 +538,7 @@ mod tests {
         assert_eq!(s.ratelimit.routes["/api/{*path}"], "auth");
         assert_eq!(s.ratelimit.routes["/api"], "auth");
         assert_eq!(s.breaker.routes["/api/{*path}"], "critical");
+        assert_eq!(s.admission.routes["/api/{*path}"], "high");
         assert!(s.ratelimit.exempt_routes.contains(&"/{*path}".to_string()));
     }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use garrison_gateway::{Gateway, GatewayConfig, DEFAULT_CONFIG};
 
 /// Rate limits, circuit breakers, RED metrics, traces and deep health in front of any HTTP
@@ -12,7 +12,13 @@ use garrison_gateway::{Gateway, GatewayConfig, DEFAULT_CONFIG};
 #[command(name = "garrison-gateway", version)]
 struct Cli {
     /// The configuration file (TOML). Without it: the embedded defaults, a demo upstream.
-    #[arg(long, short, value_name = "FILE", env = "GARRISON_CONFIG")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_name = "FILE",
+        env = "GARRISON_CONFIG"
+    )]
     config: Option<PathBuf>,
     /// Check the configuration (every problem, with its path) and exit: 0 valid, 2 not.
     #[arg(long)]
@@ -28,6 +34,28 @@ struct Cli {
         env = "GARRISON_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Files for operating the service behind the configuration.
+    Ops {
+        #[command(subcommand)]
+        what: Ops,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Ops {
+    /// Prometheus recording and alert rules (YAML) for the configuration's [ops] SLO targets
+    /// and thresholds, its routes' own SLOs, its histogram buckets and its health routes.
+    Rules {
+        /// Write the rules to this file instead of standard output.
+        #[arg(long, short, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -53,6 +81,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Ops {
+        what: Ops::Rules { out },
+    }) = &cli.command
+    {
+        let rules = garrison::ops::rules(&config.garrison);
+        return match out {
+            None => {
+                print!("{rules}");
+                ExitCode::SUCCESS
+            }
+            Some(path) => match std::fs::write(path, rules) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("cannot write {}: {e}", path.display());
+                    ExitCode::FAILURE
+                }
+            },
+        };
+    }
     if cli.check {
         let what = cli
             .config

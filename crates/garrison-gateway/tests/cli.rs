@@ -74,6 +74,57 @@ fn check_reports_every_problem_with_its_path_and_exits_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /does/not/exist.toml"));
 }
 
+#[test]
+fn ops_rules_writes_the_prometheus_rules_of_the_files_slos() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let text = "[ops]\nselector = 'job=\"edge\"'\navailability_objective = 0.995\n[ops.routes.\"/pay\"]\nlatency_objective = 0.9\n";
+    std::fs::write(file.path(), text).unwrap();
+    let out = gateway()
+        .args(["ops", "rules", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let config = garrison_gateway::GatewayConfig::from_toml(text).unwrap();
+    assert_eq!(printed, garrison::ops::rules(&config.garrison));
+    assert!(printed.contains(r#"{job="edge""#), "{printed}");
+    assert!(
+        printed.contains("99.5% of requests without a 5xx"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(r#"job_route:slo_latency_errors:ratio_rate1h{http_route="/pay"}"#),
+        "{printed}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let written = dir.path().join("rules.yml");
+    let out = gateway()
+        .args(["--config"])
+        .arg(file.path())
+        .args(["ops", "rules", "-o"])
+        .arg(&written)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), printed);
+
+    // a bad [ops] value is refused like any other key
+    std::fs::write(file.path(), "[ops]\nlatency_threshold = \"300ms\"\n").unwrap();
+    let out = gateway()
+        .args(["ops", "rules", "-c"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ops.latency_threshold"));
+}
+
 /// The gateway process, killed when dropped.
 struct Running {
     child: Child,

@@ -44,7 +44,9 @@
 //! 4. **rate limit** ([`garrison_ratelimit`]): GCRA per client and route policy,
 //!    `RateLimit` / `X-RateLimit-*` headers, `429` with `Retry-After`; shared through Redis
 //!    with `[ratelimit.redis]` (feature `redis`).
-//! 5. **circuit breaker** ([`garrison_breaker`]): per route, `503` with `Retry-After` while
+//! 5. **admission** ([`garrison_admission`], `[admission] enabled = true`): at most N
+//!    requests in your service, the rest queued by priority or shed with `503`.
+//! 6. **circuit breaker** ([`garrison_breaker`]): per route, `503` with `Retry-After` while
 //!    open; open breakers show as `warn` on the deep health route.
 //!
 //! Route templates come from axum's `MatchedPath`; a plain hyper service names its routes
@@ -58,6 +60,14 @@
 //! bad key at once with its path (`ratelimit.policies.auth.limit: must be > 0`), and
 //! [`Garrison::builder`] changes sections in code and adds what a file cannot say (your own
 //! health checks, key sources, registries).
+//!
+//! # Operations
+//!
+//! [`ops::rules`] writes Prometheus recording and alert rules (per-route error rate and
+//! latency, database pools, breakers, health, rate-limit rejections, and multiwindow
+//! multi-burn-rate SLO alerts) for the SLOs of the configuration's `[ops]` section; the
+//! repository's `examples/ops/` holds them for the defaults, with a Grafana dashboard, and
+//! `docs/runbooks/` a runbook per alert.
 //!
 //! # Features
 //!
@@ -76,12 +86,14 @@
 
 pub mod config;
 mod layer;
+pub mod ops;
 mod stack;
 
 pub use config::{ConfigError, ConfigIssue, GarrisonConfig};
 pub use layer::{GarrisonLayer, GarrisonService, Toggled, ToggledBody, ToggledFuture};
 pub use stack::{Garrison, GarrisonBuilder};
 
+pub use garrison_admission;
 pub use garrison_breaker;
 pub use garrison_core;
 pub use garrison_health;

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use garrison_admission::{Adaptive, Admission, AdmissionCheck, AdmissionLayer, Priority};
 use garrison_breaker::{BreakerConfig, BreakerRegistry, CircuitBreakerLayer, Window};
 use garrison_core::{RouteResolver, RouteTable, SharedClock, TrustedProxies};
 use garrison_health::{
@@ -33,6 +34,7 @@ pub struct Garrison {
     breakers: BreakerRegistry,
     tracer: Tracer,
     limiter: Option<Arc<RateLimiter>>,
+    admission: Option<Admission>,
     layer: GarrisonLayer,
 }
 
@@ -74,6 +76,11 @@ impl Garrison {
     /// The health registry: register your own checks on it.
     pub fn health(&self) -> &HealthRegistry {
         &self.health
+    }
+
+    /// The admission controller, when `[admission]` is enabled: its limit, queue and counts.
+    pub fn admission(&self) -> Option<&Admission> {
+        self.admission.as_ref()
     }
 
     /// The breaker registry: list, reset, force open or disable breakers.
@@ -288,11 +295,22 @@ impl GarrisonBuilder {
         };
         let limiter = ratelimit.as_ref().map(|l| l.limiter().clone());
 
+        let admission = c
+            .admission
+            .enabled
+            .then(|| admission(c, &metrics))
+            .transpose()?;
+
         let health = match self.health {
             Some(h) => h,
             None => health_registry(c),
         };
         register_checks(c, &health, &metrics, &breakers, limiter.as_ref())?;
+        if let Some((a, _)) = &admission {
+            health
+                .register("admission", AdmissionCheck::new(a), CheckOptions::deep())
+                .map_err(|e| ConfigError::one("admission", e.to_string()))?;
+        }
         for register in self.checks {
             register(&health)?;
         }
@@ -309,6 +327,7 @@ impl GarrisonBuilder {
             scrape: (c.metrics.enabled && !c.metrics.path.is_empty())
                 .then(|| metrics.exporter().layer(c.metrics.path.clone())),
             ratelimit,
+            admission: admission.as_ref().map(|(_, l)| l.clone()),
             breaker: c
                 .breaker
                 .enabled
@@ -322,6 +341,7 @@ impl GarrisonBuilder {
             breakers,
             tracer,
             limiter,
+            admission: admission.map(|(a, _)| a),
             layer: GarrisonLayer { parts },
         })
     }
@@ -344,12 +364,58 @@ fn resolver(c: &GarrisonConfig) -> RouteResolver {
         .chain(c.ratelimit.routes.keys())
         .chain(&c.ratelimit.exempt_routes)
         .chain(c.breaker.routes.keys())
+        .chain(c.admission.routes.keys())
         .chain(own.into_iter().filter(|p| !p.is_empty()));
     for p in patterns {
         // validated already; a pattern named twice is not an error
         let _ = table.insert(p);
     }
     RouteResolver::new().with_table(table)
+}
+
+fn admission(
+    c: &GarrisonConfig,
+    metrics: &MetricsRegistry,
+) -> Result<(Admission, AdmissionLayer), ConfigError> {
+    let a = &c.admission;
+    let class = |name: &str| name.parse::<Priority>().expect("validated priority");
+    let mut b = Admission::builder()
+        .max_in_flight(a.max_in_flight)
+        .max_queue(a.max_queue)
+        .aging(a.aging)
+        .metrics(metrics);
+    for (name, timeout) in &a.queue_timeouts {
+        b = b.queue_timeout(class(name), *timeout);
+    }
+    if a.deep_queue > 0 {
+        b = b.deep_queue(a.deep_queue);
+    }
+    if a.adaptive.enabled {
+        b = b.adaptive(Adaptive {
+            min: a.adaptive.min,
+            max: a.adaptive.max,
+            latency_target: a.adaptive.latency_target,
+            backoff: a.adaptive.backoff,
+        });
+    }
+    let admission = b
+        .build()
+        .map_err(|e| ConfigError::one("admission", e.to_string()))?;
+    let mut layer = AdmissionLayer::new(admission.clone())
+        .default_priority(class(&a.default_priority))
+        .priority_header(http::HeaderName::try_from(a.header.as_str()).expect("validated header"))
+        .trusted_callers(
+            a.trusted_callers
+                .iter()
+                .map(|n| n.parse().expect("validated network")),
+        )
+        .retry_after(a.retry_after.as_secs() + u64::from(a.retry_after.subsec_nanos() > 0));
+    for (pattern, name) in &a.routes {
+        layer = layer
+            .try_route(pattern, class(name))
+            .map_err(|e| ConfigError::one(format!("admission.routes.{pattern}"), e.to_string()))?;
+    }
+    Ok((admission, layer))
 }
 
 fn tracer(c: &GarrisonConfig, clock: SharedClock) -> Result<Tracer, ConfigError> {

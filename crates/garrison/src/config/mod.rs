@@ -38,8 +38,14 @@ pub struct GarrisonConfig {
     pub health: HealthConfig,
     /// `[ratelimit]`: policies, keys and the store.
     pub ratelimit: RateLimitConfig,
+    /// `[admission]`: priority admission and load shedding, between the rate limiter and
+    /// the breakers.
+    pub admission: AdmissionConfig,
     /// `[breaker]`: circuit breakers in front of the service.
     pub breaker: BreakerSection,
+    /// `[ops]`: the SLOs and alert thresholds that [`crate::ops::rules`] writes Prometheus
+    /// rules for (the stack itself does not read it).
+    pub ops: OpsConfig,
 }
 
 /// `[service]`.
@@ -475,6 +481,97 @@ pub enum FailModeConfig {
     Closed,
 }
 
+/// `[admission]`: at most `max_in_flight` requests in the service, the rest waiting in a
+/// queue ordered by priority (`critical`, `high`, `normal`, `low`, `batch`), shed with
+/// `503` when the queue is full or their class's timeout passes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdmissionConfig {
+    /// `enabled`. Default: `false` (size `max_in_flight` for your service first, or turn on
+    /// `[admission.adaptive]`).
+    pub enabled: bool,
+    /// `max_in_flight`: requests in the service at once (the starting limit when adaptive).
+    /// Default: `64`.
+    pub max_in_flight: usize,
+    /// `max_queue`: requests waiting at most. Default: `256`.
+    pub max_queue: usize,
+    /// `aging`: a waiting request moves up one class per `aging` waited, so that no class
+    /// starves; `"0s"`: strict priority. Default: `"1s"`.
+    pub aging: Duration,
+    /// `retry_after`: `Retry-After` of a shed request. Default: `"1s"`.
+    pub retry_after: Duration,
+    /// `default_priority`: the class of requests nothing else classes. Default: `"normal"`.
+    pub default_priority: String,
+    /// `header`: trusted callers set their class in it. Default: `"x-priority"`.
+    pub header: String,
+    /// `trusted_callers`: CIDRs whose `header` is believed (anyone else's is ignored).
+    /// Default: none.
+    pub trusted_callers: Vec<String>,
+    /// `deep_queue`: the health check warns when the queue stays at least this deep between
+    /// two runs; `0`: half of `max_queue`. Default: `0`.
+    pub deep_queue: usize,
+    /// `[admission.queue_timeouts]`: the longest wait per class. Default: critical `"5s"`,
+    /// high `"2s"`, normal `"1s"`, low `"500ms"`, batch `"250ms"`.
+    pub queue_timeouts: BTreeMap<String, Duration>,
+    /// `[admission.routes]`: route pattern → class. Default: none.
+    pub routes: BTreeMap<String, String>,
+    /// `[admission.adaptive]`: the limit follows observed latency.
+    pub adaptive: AdaptiveConfig,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_in_flight: 64,
+            max_queue: 256,
+            aging: Duration::from_secs(1),
+            retry_after: Duration::from_secs(1),
+            default_priority: "normal".into(),
+            header: "x-priority".into(),
+            trusted_callers: Vec::new(),
+            deep_queue: 0,
+            queue_timeouts: garrison_admission::Priority::ALL
+                .iter()
+                .map(|p| {
+                    (
+                        p.as_str().to_owned(),
+                        garrison_admission::DEFAULT_QUEUE_TIMEOUTS[p.index()],
+                    )
+                })
+                .collect(),
+            routes: BTreeMap::new(),
+            adaptive: AdaptiveConfig::default(),
+        }
+    }
+}
+
+/// `[admission.adaptive]`: AIMD from observed latency.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdaptiveConfig {
+    /// `enabled`. Default: `false`.
+    pub enabled: bool,
+    /// `min`: the lowest limit. Default: `1`.
+    pub min: usize,
+    /// `max`: the highest limit. Default: `1000`.
+    pub max: usize,
+    /// `latency_target`: responses slower than this lower the limit. Default: `"250ms"`.
+    pub latency_target: Duration,
+    /// `backoff`: the factor a slow response applies. Default: `0.9`.
+    pub backoff: f64,
+}
+
+impl Default for AdaptiveConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            min: 1,
+            max: 1000,
+            latency_target: Duration::from_millis(250),
+            backoff: 0.9,
+        }
+    }
+}
+
 /// `[breaker]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BreakerSection {
@@ -548,6 +645,81 @@ pub enum WindowConfig {
     Calls(u32),
     /// A duration.
     Time(Duration),
+}
+
+/// `[ops]`: what the generated Prometheus rules (`garrison-gateway ops rules`,
+/// [`crate::ops::rules`]) alert on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpsConfig {
+    /// `selector`: label matchers added to every selector of the rules, e.g.
+    /// `job="shop"`. Default: `""` (every job; the rules group by `job`).
+    pub selector: String,
+    /// `runbook_url`: where the runbooks are; each alert's `runbook_url` annotation is
+    /// `<runbook_url>/<AlertName>.md`. Default: this repository's `docs/runbooks`.
+    pub runbook_url: String,
+    /// `availability_objective`: the share of requests that must not end in a 5xx over 30
+    /// days. Default: `0.999`.
+    pub availability_objective: f64,
+    /// `latency_objective`: the share of requests that must be faster than
+    /// `latency_threshold` over 30 days. Default: `0.99`.
+    pub latency_objective: f64,
+    /// `latency_threshold`: the latency SLO's bound; it must be one of
+    /// `[metrics] duration_buckets`. Default: `"250ms"`.
+    pub latency_threshold: Duration,
+    /// `error_rate`: `GarrisonHighErrorRate` fires when a route's share of 5xx stays above
+    /// this for 5 minutes. Default: `0.05`.
+    pub error_rate: f64,
+    /// `min_request_rate`: routes with fewer requests per second than this do not fire
+    /// `GarrisonHighErrorRate` or `GarrisonHighLatency` (one failed request of two is not
+    /// an outage). Default: `0.1`.
+    pub min_request_rate: f64,
+    /// `p95_threshold`: `GarrisonHighLatency` fires when a route's p95 stays above this for
+    /// 10 minutes. Default: `"500ms"`.
+    pub p95_threshold: Duration,
+    /// `pool_utilisation`: `GarrisonDbPoolSaturated` fires when a pool's share of
+    /// connections in use stays above this for 5 minutes (`GarrisonDbPoolExhausted` at
+    /// 100%). Default: `0.8`.
+    pub pool_utilisation: f64,
+    /// `ratelimit_rejections`: `GarrisonRateLimitRejections` fires when a policy refuses
+    /// more than this share of its decisions for 10 minutes. Default: `0.1`.
+    pub ratelimit_rejections: f64,
+    /// `[ops.routes."<pattern>"]`: routes with SLOs of their own (`availability_objective`,
+    /// `latency_objective`, `latency_threshold`; each unset key takes the service's).
+    /// Default: none.
+    pub routes: BTreeMap<String, RouteSloConfig>,
+}
+
+/// The default of `[ops] runbook_url`.
+pub const DEFAULT_RUNBOOK_URL: &str = "https://example.invalid/garrison/blob/main/docs/runbooks";
+
+impl Default for OpsConfig {
+    fn default() -> Self {
+        Self {
+            selector: String::new(),
+            runbook_url: DEFAULT_RUNBOOK_URL.into(),
+            availability_objective: 0.999,
+            latency_objective: 0.99,
+            latency_threshold: Duration::from_millis(250),
+            error_rate: 0.05,
+            min_request_rate: 0.1,
+            p95_threshold: Duration::from_millis(500),
+            pool_utilisation: 0.8,
+            ratelimit_rejections: 0.1,
+            routes: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[ops.routes."<pattern>"]`: a route's own SLOs; each unset key takes the value of
+/// `[ops]`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RouteSloConfig {
+    /// `availability_objective`.
+    pub availability_objective: Option<f64>,
+    /// `latency_objective`.
+    pub latency_objective: Option<f64>,
+    /// `latency_threshold`.
+    pub latency_threshold: Option<Duration>,
 }
 
 /// Why a configuration was refused: every bad key, each with its path and the reason.

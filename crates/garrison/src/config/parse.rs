@@ -350,8 +350,16 @@ fn read<T>(
         ratelimit(&mut s, &mut cfg.ratelimit);
         s.finish();
     }
+    if let Some(mut s) = root.table("admission") {
+        admission(&mut s, &mut cfg.admission);
+        s.finish();
+    }
     if let Some(mut s) = root.table("breaker") {
         breaker(&mut s, &mut cfg.breaker);
+        s.finish();
+    }
+    if let Some(mut s) = root.table("ops") {
+        ops(&mut s, &mut cfg.ops);
         s.finish();
     }
     let own = extra(&mut root);
@@ -658,6 +666,71 @@ fn breaker(s: &mut Section<'_>, c: &mut BreakerSection) {
 
 /// The checks a configuration must pass however it was made: ranges, cross-references,
 /// patterns, and features the options need.
+fn admission(s: &mut Section<'_>, c: &mut AdmissionConfig) {
+    s.bool("enabled", &mut c.enabled);
+    s.usize("max_in_flight", 1, &mut c.max_in_flight);
+    s.usize("max_queue", 0, &mut c.max_queue);
+    s.set_duration("aging", &mut c.aging);
+    s.set_duration("retry_after", &mut c.retry_after);
+    s.string("default_priority", &mut c.default_priority);
+    s.string("header", &mut c.header);
+    s.strings("trusted_callers", &mut c.trusted_callers);
+    s.usize("deep_queue", 0, &mut c.deep_queue);
+    if let Some(mut t) = s.table("queue_timeouts") {
+        for p in garrison_admission::Priority::ALL {
+            if let Some(d) = t.duration(p.as_str()) {
+                c.queue_timeouts.insert(p.as_str().to_owned(), d);
+            }
+        }
+        t.finish();
+    }
+    s.string_map("routes", &mut c.routes);
+    if let Some(mut a) = s.table("adaptive") {
+        let a2 = &mut c.adaptive;
+        a.bool("enabled", &mut a2.enabled);
+        a.usize("min", 1, &mut a2.min);
+        a.usize("max", 1, &mut a2.max);
+        a.set_duration("latency_target", &mut a2.latency_target);
+        if let Some(f) = a.float("backoff") {
+            a2.backoff = f;
+        }
+        a.finish();
+    }
+}
+
+fn ops(s: &mut Section<'_>, c: &mut OpsConfig) {
+    s.string("selector", &mut c.selector);
+    s.string("runbook_url", &mut c.runbook_url);
+    let float = |s: &mut Section<'_>, key, target: &mut f64| {
+        if let Some(f) = s.float(key) {
+            *target = f;
+        }
+    };
+    float(s, "availability_objective", &mut c.availability_objective);
+    float(s, "latency_objective", &mut c.latency_objective);
+    s.set_duration("latency_threshold", &mut c.latency_threshold);
+    float(s, "error_rate", &mut c.error_rate);
+    float(s, "min_request_rate", &mut c.min_request_rate);
+    s.set_duration("p95_threshold", &mut c.p95_threshold);
+    float(s, "pool_utilisation", &mut c.pool_utilisation);
+    float(s, "ratelimit_rejections", &mut c.ratelimit_rejections);
+    for (pattern, v) in s.named("routes") {
+        let path = format!("routes.{}", quote(pattern));
+        let Value::Table(t) = v else {
+            s.wrong(&path, "a table", v);
+            continue;
+        };
+        let mut r = Section::nested(t, s.at(&path), s);
+        let route = RouteSloConfig {
+            availability_objective: r.float("availability_objective"),
+            latency_objective: r.float("latency_objective"),
+            latency_threshold: r.duration("latency_threshold"),
+        };
+        r.finish();
+        c.routes.insert(pattern.to_owned(), route);
+    }
+}
+
 pub(super) fn validate(c: &GarrisonConfig, out: &mut Vec<ConfigIssue>) {
     let issues = RefCell::new(std::mem::take(out));
     // one problem per key: a key that could not be read is not judged again
@@ -943,6 +1016,137 @@ pub(super) fn validate(c: &GarrisonConfig, out: &mut Vec<ConfigIssue>) {
         }
     }
 
+    // admission
+    let a = &c.admission;
+    let priority = |path: String, name: &str| {
+        if let Err(e) = name.parse::<garrison_admission::Priority>() {
+            err(path, e.to_string());
+        }
+    };
+    priority("admission.default_priority".into(), &a.default_priority);
+    if http::HeaderName::try_from(a.header.as_str()).is_err() {
+        err(
+            "admission.header".into(),
+            format!("`{}` is not a header name", a.header),
+        );
+    }
+    for (i, cidr) in a.trusted_callers.iter().enumerate() {
+        if let Err(e) = cidr.parse::<garrison_core::IpNet>() {
+            err(format!("admission.trusted_callers[{i}]"), e.to_string());
+        }
+    }
+    for (name, d) in &a.queue_timeouts {
+        if d.is_zero() {
+            err(
+                format!("admission.queue_timeouts.{name}"),
+                "must be > 0".into(),
+            );
+        }
+    }
+    if a.retry_after.is_zero() {
+        err("admission.retry_after".into(), "must be > 0".into());
+    }
+    for (route, p) in &a.routes {
+        let path = format!("admission.routes.{}", quote(route));
+        pattern(path.clone(), route);
+        priority(path, p);
+    }
+    let ad = &a.adaptive;
+    if ad.min > ad.max {
+        err(
+            "admission.adaptive.min".into(),
+            "must be at most max".into(),
+        );
+    }
+    if !(ad.backoff > 0.0 && ad.backoff < 1.0) {
+        err(
+            "admission.adaptive.backoff".into(),
+            "must be between 0 and 1, both excluded".into(),
+        );
+    }
+    if ad.latency_target.is_zero() {
+        err(
+            "admission.adaptive.latency_target".into(),
+            "must be > 0".into(),
+        );
+    }
+
+    // ops
+    let o = &c.ops;
+    let share = |path: &str, v: f64, upper_included: bool| {
+        let ok = v > 0.0 && (v < 1.0 || (upper_included && v == 1.0));
+        if !ok {
+            let range = if upper_included {
+                "above 0 and at most 1"
+            } else {
+                "between 0 and 1, both excluded"
+            };
+            err(path.into(), format!("must be {range}"));
+        }
+    };
+    // buckets already refused are not judged again through the latency thresholds
+    let buckets_ok = !issues
+        .borrow()
+        .iter()
+        .any(|i| i.path == "metrics.duration_buckets");
+    let bucket = |path: String, d: Duration| {
+        let secs = d.as_secs_f64();
+        if !buckets_ok {
+            return;
+        }
+        if !c
+            .metrics
+            .duration_buckets
+            .iter()
+            .any(|b| (b - secs).abs() < 1e-9)
+        {
+            err(
+                path,
+                format!(
+                    "must be one of [metrics] duration_buckets (seconds: {}): a latency SLO counts the requests under a bucket bound",
+                    c.metrics.duration_buckets.iter().map(f64::to_string).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+    };
+    share(
+        "ops.availability_objective",
+        o.availability_objective,
+        false,
+    );
+    share("ops.latency_objective", o.latency_objective, false);
+    bucket("ops.latency_threshold".into(), o.latency_threshold);
+    share("ops.error_rate", o.error_rate, true);
+    share("ops.pool_utilisation", o.pool_utilisation, false);
+    share("ops.ratelimit_rejections", o.ratelimit_rejections, true);
+    if !(o.min_request_rate >= 0.0 && o.min_request_rate.is_finite()) {
+        err(
+            "ops.min_request_rate".into(),
+            "must be a number of requests per second, 0 or more".into(),
+        );
+    }
+    if o.p95_threshold.is_zero() {
+        err("ops.p95_threshold".into(), "must be > 0".into());
+    }
+    if let Err(e) = crate::ops::check_selector(&o.selector) {
+        err("ops.selector".into(), e);
+    }
+    if o.runbook_url.is_empty() {
+        err("ops.runbook_url".into(), "must not be empty".into());
+    }
+    for (route, r) in &o.routes {
+        let path = format!("ops.routes.{}", quote(route));
+        pattern(path.clone(), route);
+        if let Some(v) = r.availability_objective {
+            share(&format!("{path}.availability_objective"), v, false);
+        }
+        if let Some(v) = r.latency_objective {
+            share(&format!("{path}.latency_objective"), v, false);
+        }
+        if let Some(d) = r.latency_threshold {
+            bucket(format!("{path}.latency_threshold"), d);
+        }
+    }
     *out = issues.into_inner();
 }
 

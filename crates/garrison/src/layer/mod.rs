@@ -4,6 +4,7 @@ mod toggle;
 
 use std::task::{Context, Poll};
 
+use garrison_admission::AdmissionLayer;
 use garrison_breaker::CircuitBreakerLayer;
 use garrison_health::HealthLayer;
 use garrison_metrics::{MetricsLayer, ScrapeLayer};
@@ -22,6 +23,7 @@ pub(crate) struct Parts {
     pub(crate) health: Option<HealthLayer>,
     pub(crate) scrape: Option<ScrapeLayer>,
     pub(crate) ratelimit: Option<RateLimitLayer>,
+    pub(crate) admission: Option<AdmissionLayer>,
     pub(crate) breaker: Option<CircuitBreakerLayer>,
 }
 
@@ -31,8 +33,10 @@ pub(crate) struct Parts {
 /// 2. metrics — measures what the client sees, 429s and 503s included, with exemplars;
 /// 3. health routes and `/metrics` — answered here, never rate limited or broken;
 /// 4. rate limit — refuses before any work is done;
-/// 5. circuit breaker — guards your service, counting only its outcomes;
-/// 6. your service.
+/// 5. admission — at most N requests in the service, the rest queued by priority or shed
+///    (`[admission]`, off by default);
+/// 6. circuit breaker — guards your service, counting only its outcomes;
+/// 7. your service.
 ///
 /// Parts turned off in the configuration are not in the path of a request at all.
 #[derive(Clone)]
@@ -49,6 +53,7 @@ impl std::fmt::Debug for GarrisonLayer {
             .field("health", &p.health.is_some())
             .field("scrape", &p.scrape.is_some())
             .field("ratelimit", &p.ratelimit.is_some())
+            .field("admission", &p.admission.is_some())
             .field("breaker", &p.breaker.is_some())
             .finish()
     }
@@ -56,7 +61,8 @@ impl std::fmt::Debug for GarrisonLayer {
 
 type On<L, S> = Toggled<<L as Layer<S>>::Service, S>;
 type Breaker<S> = On<CircuitBreakerLayer, S>;
-type Limit<S> = On<RateLimitLayer, Breaker<S>>;
+type Admit<S> = On<AdmissionLayer, Breaker<S>>;
+type Limit<S> = On<RateLimitLayer, Admit<S>>;
 type Scrape<S> = On<ScrapeLayer, Limit<S>>;
 type Health<S> = On<HealthLayer, Scrape<S>>;
 type Metrics<S> = On<MetricsLayer, Health<S>>;
@@ -68,6 +74,7 @@ impl<S> Layer<S> for GarrisonLayer {
     fn layer(&self, inner: S) -> Self::Service {
         let p = &self.parts;
         let s = Toggled::wrap(p.breaker.as_ref(), inner);
+        let s = Toggled::wrap(p.admission.as_ref(), s);
         let s = Toggled::wrap(p.ratelimit.as_ref(), s);
         let s = Toggled::wrap(p.scrape.as_ref(), s);
         let s = Toggled::wrap(p.health.as_ref(), s);
