@@ -428,6 +428,9 @@ async fn the_admin_api_needs_its_token_and_works_the_breakers() {
         path = "/orders/{{id}}"
         upstream = "app"
         breaker = "critical"
+        priority = "high"
+        [admission]
+        enabled = true
         "#
     ))
     .await;
@@ -497,6 +500,16 @@ async fn the_admin_api_needs_its_token_and_works_the_breakers() {
         .find(|p| p["name"] == "general")
         .unwrap();
     assert_eq!(general["decisions"]["allowed"], 3);
+
+    // admission: the orders route is admitted as high; nothing waits or is shed
+    let adm = json(&get(gw.admin, "/admin/admission", &auth).await);
+    assert_eq!(adm["enabled"], true);
+    assert_eq!(adm["limit"], 64);
+    assert_eq!(adm["in_flight"], 0);
+    let high = &adm["classes"][1];
+    assert_eq!(high["priority"], "high");
+    assert_eq!(high["admitted"], 3, "{adm}");
+    assert_eq!(high["shed"]["queue_full"], 0);
 
     // started without a file: nothing to read again, and nothing changes
     let r = send(gw.admin, Method::POST, "/admin/reload", &auth).await;

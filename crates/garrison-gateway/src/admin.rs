@@ -63,6 +63,7 @@ pub(crate) async fn handle<B>(gw: &Gateway, req: Request<B>) -> Response<AdminBo
                     "GET /admin/breakers",
                     "POST /admin/breakers/{name}/reset|open|disable",
                     "GET /admin/ratelimit",
+                    "GET /admin/admission",
                     "GET /admin/upstreams",
                     "POST /admin/reload",
                 ],
@@ -73,6 +74,7 @@ pub(crate) async fn handle<B>(gw: &Gateway, req: Request<B>) -> Response<AdminBo
             reply(StatusCode::OK, json!({ "breakers": list }))
         }
         (Method::GET, "/admin/ratelimit") => reply(StatusCode::OK, ratelimit(&gen)),
+        (Method::GET, "/admin/admission") => reply(StatusCode::OK, admission(&gen)),
         (Method::GET, "/admin/upstreams") => {
             let mut out = serde_json::Map::new();
             for (name, u) in gen.upstreams() {
@@ -177,6 +179,40 @@ fn breaker(s: &garrison::garrison_breaker::BreakerSnapshot) -> Value {
         "open_remaining_ms": s.open_remaining.map(|d| d.as_millis() as u64),
         "trips": s.trips,
         "calls": calls,
+    })
+}
+
+/// The admission controller's state: limit, in flight, queue by class, admitted and shed.
+fn admission(gen: &crate::server::Generation) -> Value {
+    use garrison::garrison_admission::{Priority, ShedReason};
+    let Some(a) = gen.garrison().admission() else {
+        return json!({ "enabled": false });
+    };
+    let queued = a.queued_by_priority();
+    let (admitted, shed) = a.counts();
+    let classes: Vec<Value> = Priority::ALL
+        .iter()
+        .map(|p| {
+            let i = p.index();
+            let shed: serde_json::Map<String, Value> = ShedReason::ALL
+                .iter()
+                .enumerate()
+                .map(|(r, reason)| (reason.as_str().to_owned(), json!(shed[i][r])))
+                .collect();
+            json!({
+                "priority": p.as_str(),
+                "queued": queued[i],
+                "admitted": admitted[i],
+                "shed": shed,
+            })
+        })
+        .collect();
+    json!({
+        "enabled": true,
+        "limit": a.limit(),
+        "in_flight": a.in_flight(),
+        "queued": a.queued(),
+        "classes": classes,
     })
 }
 
