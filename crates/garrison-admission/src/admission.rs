@@ -223,7 +223,7 @@ impl AdmissionBuilder {
         };
         let wait = || DurationHistogram::new(WAIT_BUCKETS).expect("valid buckets");
         let inner = Arc::new(Inner {
-            in_flight: AtomicUsize::new(0),
+            in_flight: Padded(AtomicUsize::new(0)),
             limit: AtomicUsize::new(limit),
             queued: AtomicUsize::new(0),
             queue: Mutex::new(Queue::default()),
@@ -236,7 +236,7 @@ impl AdmissionBuilder {
             epoch: Instant::now(),
             in_time: AtomicUsize::new(0),
             last_decrease: AtomicU64::new(0),
-            admitted: Default::default(),
+            admitted: Admitted::default(),
             shed: Default::default(),
             wait: [wait(), wait(), wait(), wait(), wait()],
         });
@@ -279,7 +279,9 @@ impl fmt::Debug for Admission {
 }
 
 pub(crate) struct Inner {
-    in_flight: AtomicUsize,
+    /// Written by every admission and release: alone on its cache line, so that the
+    /// read-mostly fields below are not invalidated with it.
+    in_flight: Padded<AtomicUsize>,
     limit: AtomicUsize,
     /// The queue's length, readable without its lock (the fast path's test).
     queued: AtomicUsize,
@@ -294,9 +296,62 @@ pub(crate) struct Inner {
     epoch: Instant,
     in_time: AtomicUsize,
     last_decrease: AtomicU64,
-    admitted: [AtomicU64; 5],
+    admitted: Admitted,
     shed: [[AtomicU64; 3]; 5],
     wait: [DurationHistogram; 5],
+}
+
+/// A value alone on its cache line (128 bytes: adjacent-line prefetch pairs lines).
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+/// Admissions by class, counted in one of a few shards per thread so that threads
+/// admitting at once do not write one cache line.
+struct Admitted {
+    shards: Box<[Padded<[AtomicU64; 5]>]>,
+}
+
+const SHARDS: usize = 16;
+
+impl Default for Admitted {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
+        }
+    }
+}
+
+impl Admitted {
+    #[inline]
+    fn add(&self, class: usize) {
+        self.shards[shard()].0[class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn get(&self, class: usize) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0[class].load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// This thread's shard: threads are numbered in turn as they first count.
+#[inline]
+fn shard() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
+    }
+    SHARD.with(|s| *s)
 }
 
 #[derive(Default)]
@@ -363,7 +418,7 @@ impl Admission {
     pub fn counts(&self) -> ([u64; 5], [[u64; 3]; 5]) {
         let i = &self.inner;
         (
-            std::array::from_fn(|p| i.admitted[p].load(Ordering::Relaxed)),
+            std::array::from_fn(|p| i.admitted.get(p)),
             std::array::from_fn(|p| std::array::from_fn(|r| i.shed[p][r].load(Ordering::Relaxed))),
         )
     }
@@ -373,7 +428,7 @@ impl Admission {
     pub fn try_acquire(&self, priority: Priority) -> Option<Permit> {
         let i = &self.inner;
         if i.queued.load(Ordering::SeqCst) == 0 && i.take_slot() {
-            i.admitted[priority.index()].fetch_add(1, Ordering::Relaxed);
+            i.admitted.add(priority.index());
             return Some(Permit::new(self.inner.clone()));
         }
         None
@@ -413,7 +468,7 @@ impl Admission {
                     // everyone's
                     if q.len == 0 && i.take_slot() {
                         drop(q);
-                        i.admitted[priority.index()].fetch_add(1, Ordering::Relaxed);
+                        i.admitted.add(priority.index());
                         return Acquire::ready(Ok(Permit::new(self.inner.clone())));
                     }
                     drop(q);
@@ -488,7 +543,7 @@ impl Inner {
             self.queued.store(q.len, Ordering::SeqCst);
             self.low_water.fetch_min(q.len, Ordering::Relaxed);
             if w.tx.send(Grant::Admitted).is_ok() {
-                self.admitted[class].fetch_add(1, Ordering::Relaxed);
+                self.admitted.add(class);
                 self.wait[class].observe(now.saturating_duration_since(w.since));
             } else {
                 // its caller is gone: the slot goes to the next one
@@ -753,7 +808,7 @@ impl garrison_metrics::Collector for Collector {
             w.sample_u64(
                 "garrison_admission_admitted",
                 &[("priority", p.as_str())],
-                i.admitted[p.index()].load(Ordering::Relaxed),
+                i.admitted.get(p.index()),
             );
         }
         w.family(

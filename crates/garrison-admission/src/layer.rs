@@ -22,12 +22,13 @@ pub const DEFAULT_PRIORITY_HEADER: &str = "x-priority";
 /// Puts an [`Admission`] in front of a service: see the [crate docs](crate).
 #[derive(Clone)]
 pub struct AdmissionLayer {
-    admission: Admission,
     rules: Arc<Rules>,
 }
 
+/// The controller and how requests are classed: one `Arc` per service clone.
 #[derive(Clone)]
 struct Rules {
+    admission: Admission,
     routes: HashMap<String, Priority>,
     table: RouteTable,
     resolver: RouteResolver,
@@ -40,7 +41,7 @@ struct Rules {
 impl fmt::Debug for AdmissionLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdmissionLayer")
-            .field("admission", &self.admission)
+            .field("admission", &self.rules.admission)
             .field("routes", &self.rules.routes)
             .field("default", &self.rules.default)
             .finish_non_exhaustive()
@@ -51,8 +52,8 @@ impl AdmissionLayer {
     /// Admission through `admission`; every request `Normal` until told otherwise.
     pub fn new(admission: Admission) -> Self {
         Self {
-            admission,
             rules: Arc::new(Rules {
+                admission,
                 routes: HashMap::new(),
                 table: RouteTable::new(),
                 resolver: RouteResolver::new(),
@@ -66,7 +67,7 @@ impl AdmissionLayer {
 
     /// The controller.
     pub fn admission(&self) -> &Admission {
-        &self.admission
+        &self.rules.admission
     }
 
     /// Requests to the route `pattern` (axum's `MatchedPath`, or matched against the pattern
@@ -158,7 +159,6 @@ impl<S> Layer<S> for AdmissionLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AdmissionService {
             inner,
-            admission: self.admission.clone(),
             rules: self.rules.clone(),
         }
     }
@@ -168,7 +168,6 @@ impl<S> Layer<S> for AdmissionLayer {
 #[derive(Clone)]
 pub struct AdmissionService<S> {
     inner: S,
-    admission: Admission,
     rules: Arc<Rules>,
 }
 
@@ -176,7 +175,7 @@ impl<S: fmt::Debug> fmt::Debug for AdmissionService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdmissionService")
             .field("inner", &self.inner)
-            .field("admission", &self.admission)
+            .field("admission", &self.rules.admission)
             .finish()
     }
 }
@@ -211,7 +210,7 @@ where
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let priority = self.rules.priority(&req);
-        if let Some(permit) = self.admission.try_acquire(priority) {
+        if let Some(permit) = self.rules.admission.try_acquire(priority) {
             return ResponseFuture {
                 state: State::Called {
                     fut: self.inner.call(req),
@@ -227,7 +226,7 @@ where
             // path's future
             state: State::Waiting {
                 waiting: Box::pin(Waiting {
-                    acquire: self.admission.enqueue(priority),
+                    acquire: self.rules.admission.enqueue(priority),
                     call: Some((ready, req)),
                     retry_after: self.rules.retry_after,
                 }),
