@@ -336,18 +336,26 @@ fn burn_alerts(
     } else {
         "{{ $labels.job }} {{ $labels.http_route }}"
     };
-    for (slo, objective, what) in [
+    let slos = [
         (
             "availability",
+            "Availability",
             availability,
             "requests answered without a 5xx",
+            [
+                "GarrisonAvailabilityBurnRateFast",
+                "GarrisonAvailabilityBurnRateSlow",
+            ],
         ),
         (
             "latency",
+            "Latency",
             latency,
             "requests faster than the latency threshold",
+            ["GarrisonLatencyBurnRateFast", "GarrisonLatencyBurnRateSlow"],
         ),
-    ] {
+    ];
+    for (slo, title, objective, what, [fast, slow]) in slos {
         let budget = 1.0 - objective;
         let expr = |windows: &[(&str, &str, f64); 2]| {
             windows
@@ -361,21 +369,9 @@ fn burn_alerts(
                 .collect::<Vec<_>>()
                 .join("\nor\n")
         };
-        let name = |speed: &str| {
-            ALERTS
-                .iter()
-                .find(|a| a.to_lowercase() == format!("garrison{slo}burnrate{speed}"))
-                .copied()
-                .expect("every burn-rate alert is in ALERTS")
-        };
-        let title = if slo == "availability" {
-            "Availability"
-        } else {
-            "Latency"
-        };
         g.alert(
             Alert {
-                name: name("fast"),
+                name: fast,
                 expr: expr(&FAST),
                 for_: None,
                 severity: "critical",
@@ -390,7 +386,7 @@ fn burn_alerts(
         );
         g.alert(
             Alert {
-                name: name("slow"),
+                name: slow,
                 expr: expr(&SLOW),
                 for_: None,
                 severity: "warning",
