@@ -156,8 +156,8 @@ async fn run(path: Option<PathBuf>, config: GatewayConfig) -> ExitCode {
     };
     let addr = main.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(address = %addr, "garrison gateway listening on http://{addr}");
-    let gateway = match &path {
-        Some(p) => Gateway::from_file(p).await,
+    let gateway = match path {
+        Some(p) => Gateway::with_file(config, p).await,
         None => Gateway::new(config).await,
     };
     let gateway = match gateway {

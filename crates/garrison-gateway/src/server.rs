@@ -131,7 +131,17 @@ impl Gateway {
     pub async fn from_file(path: impl Into<PathBuf>) -> Result<Self, ConfigError> {
         let path = path.into();
         let config = GatewayConfig::from_file(&path)?;
-        Self::start(config, Source::File(path), SharedClock::system()).await
+        Self::with_file(config, path).await
+    }
+
+    /// A gateway of `config`, already read from `path`, which [`reload`](Self::reload) reads
+    /// again (the binary reads its file once at start, so that a pipe such as
+    /// `--config <(…)` or `/dev/stdin` works).
+    pub async fn with_file(
+        config: GatewayConfig,
+        path: impl Into<PathBuf>,
+    ) -> Result<Self, ConfigError> {
+        Self::start(config, Source::File(path.into()), SharedClock::system()).await
     }
 
     /// A gateway whose layers and upstreams read time from `clock` (tests).

@@ -141,14 +141,28 @@ impl Drop for Running {
 
 /// Starts the binary on `config` and reads the two addresses it prints first.
 fn start(config: &std::path::Path) -> Running {
+    start_with(config, None)
+}
+
+/// [`start`], writing `stdin` to the process's standard input first.
+fn start_with(config: &std::path::Path, stdin: Option<&str>) -> Running {
     let mut child = gateway()
         .arg("--config")
         .arg(config)
         .env("RUST_LOG", "info")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        pipe.write_all(text.as_bytes()).unwrap();
+    }
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut addr_in = |what: &str| -> SocketAddr {
         for line in lines.by_ref() {
@@ -203,6 +217,20 @@ fn config(limit: u32) -> String {
         period = "1m"
         "#
     )
+}
+
+/// A configuration that can be read only once (a pipe: `--config <(…)`, `/dev/stdin`) is
+/// what the gateway serves.
+#[test]
+fn a_configuration_from_a_pipe_is_read_once_and_served() {
+    let gw = start_with(std::path::Path::new("/dev/stdin"), Some(&config(1234)));
+    let (status, head, _) = request(gw.main, "GET", "/items/1", "");
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-ratelimit-limit: 1234"),
+        "{head}"
+    );
 }
 
 /// Sends `sig` (`HUP`, `TERM`) with the `kill` command: the workspace forbids unsafe code.
