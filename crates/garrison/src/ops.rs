@@ -66,7 +66,9 @@ const BUCKET: &str = "http_server_request_duration_seconds_bucket";
 pub fn rules(config: &GarrisonConfig) -> String {
     let o = &config.ops;
     let user = o.selector.trim();
-    let base = selector(&[user, &excluded_routes(config)]);
+    // matchers of every request series: the user's, without probes and scrapes
+    let base_m = matchers(&[user, &excluded_routes(config)]);
+    let base = selector(&[&base_m]);
     let user_sel = selector(&[user]);
     let mut out = String::new();
     let _ = writeln!(
@@ -91,7 +93,7 @@ pub fn rules(config: &GarrisonConfig) -> String {
         "job_route:http_server_errors:rate5m",
         &format!(
             "sum by (job, http_route) (rate({COUNT}{}[5m]))",
-            selector(&[&base, r#"http_response_status_code=~"5..""#])
+            selector(&[&base_m, r#"http_response_status_code=~"5..""#])
         ),
     );
     g.record(
@@ -110,13 +112,13 @@ pub fn rules(config: &GarrisonConfig) -> String {
 
     // SLO ratios: the service's, then each route's own
     let mut g = Group::new(g.done(), "garrison-slo");
-    slo_records(&mut g, "job", &base, o.latency_threshold);
+    slo_records(&mut g, "job", &base_m, o.latency_threshold);
     for (route, r) in &o.routes {
-        let sel = selector(&[&base, &format!("http_route={}", string(route))]);
+        let route_m = matchers(&[&base_m, &format!("http_route={}", string(route))]);
         slo_records(
             &mut g,
             "job_route",
-            &sel,
+            &route_m,
             r.latency_threshold.unwrap_or(o.latency_threshold),
         );
     }
@@ -300,14 +302,16 @@ pub fn check_selector(selector: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn slo_records(g: &mut Group<'_>, level: &str, sel: &str, threshold: Duration) {
+/// The SLO ratios of the requests that the matcher list `m` selects.
+fn slo_records(g: &mut Group<'_>, level: &str, m: &str, threshold: Duration) {
     let by = if level == "job" {
         "job"
     } else {
         "job, http_route"
     };
-    let errors = selector(&[sel, r#"http_response_status_code=~"5..""#]);
-    let fast = selector(&[sel, &le(threshold)]);
+    let sel = selector(&[m]);
+    let errors = selector(&[m, r#"http_response_status_code=~"5..""#]);
+    let fast = selector(&[m, &le(threshold)]);
     for w in WINDOWS {
         let total = format!("sum by ({by}) (rate({COUNT}{sel}[{w}]))");
         g.record(
@@ -489,22 +493,23 @@ fn string(s: &str) -> String {
     q
 }
 
-/// `{a, b}` of the non-empty matcher lists given (each may already be in braces).
-fn selector(parts: &[&str]) -> String {
-    let inner: Vec<&str> = parts
+/// The non-empty matcher lists given, joined: `a, b`.
+fn matchers(parts: &[&str]) -> String {
+    parts
         .iter()
-        .map(|p| {
-            p.trim()
-                .trim_start_matches('{')
-                .trim_end_matches('}')
-                .trim()
-        })
+        .map(|p| p.trim())
         .filter(|p| !p.is_empty())
-        .collect();
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `{a, b}` of the non-empty matcher lists given, or nothing when all are empty.
+fn selector(parts: &[&str]) -> String {
+    let inner = matchers(parts);
     if inner.is_empty() {
-        String::new()
+        inner
     } else {
-        format!("{{{}}}", inner.join(", "))
+        format!("{{{inner}}}")
     }
 }
 
