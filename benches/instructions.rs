@@ -30,7 +30,7 @@ fn info_subscriber() {
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let Some(variant) = args.next() else {
-        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects|bare_axum_peer|garrison_ratelimit|garrison_ratelimit_ietf|garrison_ratelimit_legacy|tower_governor|bare_axum_info|garrison_trace_0pct|garrison_trace_100pct|otel_axum_layer|otel_axum_layer_unsampled|tower_http_trace|bare_axum_info_peer|garrison_stack|peer_stack> [requests]");
+        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects|bare_axum_peer|garrison_ratelimit|garrison_ratelimit_ietf|garrison_ratelimit_legacy|garrison_ratelimit_no_headers|tower_governor|bare_axum_info|garrison_trace_0pct|garrison_trace_100pct|otel_axum_layer|otel_axum_layer_unsampled|tower_http_trace|bare_axum_info_peer|garrison_stack|peer_stack> [requests]");
         return;
     };
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
@@ -56,17 +56,21 @@ fn main() {
         }
         // The rate limiters key by the peer address: their floor is bare axum with one.
         "bare_axum_peer" => bare,
-        "garrison_ratelimit" | "garrison_ratelimit_ietf" | "garrison_ratelimit_legacy" => {
+        "garrison_ratelimit"
+        | "garrison_ratelimit_ietf"
+        | "garrison_ratelimit_legacy"
+        | "garrison_ratelimit_no_headers" => {
             let set = match variant.as_str() {
                 "garrison_ratelimit_ietf" => garrison_ratelimit::HeaderSet::IETF,
                 "garrison_ratelimit_legacy" => garrison_ratelimit::HeaderSet::LEGACY,
+                "garrison_ratelimit_no_headers" => garrison_ratelimit::HeaderSet::NONE,
                 _ => garrison_ratelimit::HeaderSet::ALL,
             };
             bare.layer(
                 garrison_ratelimit::RateLimitLayer::builder()
                     .policy(
                         garrison_ratelimit::Policy::per_second("bench", 1_000_000)
-                            .burst(1_000_000_000),
+                            .burst(peers::BENCH_BURST),
                     )
                     .headers(set)
                     .build()
@@ -166,6 +170,7 @@ fn main() {
             | "garrison_ratelimit"
             | "garrison_ratelimit_ietf"
             | "garrison_ratelimit_legacy"
+            | "garrison_ratelimit_no_headers"
             | "tower_governor"
             | "bare_axum_info_peer"
             | "peer_stack"

@@ -47,11 +47,15 @@ pub(crate) fn otel_10pct() -> tracing::Dispatch {
     )))
 }
 
+/// The burst of every bench policy, garrison's and the peers': no run can exhaust it, and the
+/// header numbers stay as small as real policies' (`100`, not `4294967295`).
+pub(crate) const BENCH_BURST: u32 = 9999;
+
 /// `router` behind tower_governor with its headers on and a limit no run can reach.
 pub(crate) fn with_governor(router: Router) -> Router {
     let config = tower_governor::governor::GovernorConfigBuilder::default()
         .per_nanosecond(1)
-        .burst_size(u32::MAX)
+        .burst_size(BENCH_BURST)
         .use_headers()
         .finish()
         .expect("governor config");

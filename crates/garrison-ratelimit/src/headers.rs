@@ -1,6 +1,6 @@
 //! The rate-limit response headers.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use http::header::{HeaderName, HeaderValue};
@@ -70,28 +70,37 @@ impl Default for HeaderSet {
     }
 }
 
-/// The constant header texts of one policy, interned: one copy per distinct text per process.
-#[derive(Clone, Copy, Debug)]
+/// The constant headers of one policy, made once and interned: one copy per distinct policy
+/// text per process, so that an allowed request carries a reference.
+#[derive(Debug)]
 pub(crate) struct PolicyHeaders {
     /// `"general";q=100;w=60`
-    policy: &'static str,
+    policy: HeaderValue,
     /// `"general"`
-    quoted: &'static str,
+    quoted: Box<str>,
     /// `100`
-    limit: &'static str,
+    limit: HeaderValue,
 }
 
 impl PolicyHeaders {
-    pub(crate) fn new(p: &Policy) -> Self {
+    pub(crate) fn new(p: &Policy) -> &'static Self {
         let q = p.quota();
         let window = (u128::from(q.emission) * u128::from(q.burst)).div_ceil(1_000_000_000);
         // Policy names are validated to letters, digits and `_-.:`: no escaping is needed.
         let quoted = format!("\"{}\"", p.name());
-        Self {
-            policy: intern(format!("{quoted};q={};w={window}", q.burst)),
-            limit: intern(q.burst.to_string()),
-            quoted: intern(quoted),
-        }
+        let policy = format!("{quoted};q={};w={window}", q.burst);
+        static POOL: OnceLock<Mutex<HashMap<String, &'static PolicyHeaders>>> = OnceLock::new();
+        let mut pool = POOL
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        pool.entry(policy.clone()).or_insert_with(|| {
+            Box::leak(Box::new(PolicyHeaders {
+                policy: HeaderValue::from_str(&policy).expect("policy names are header-safe"),
+                quoted: quoted.into_boxed_str(),
+                limit: HeaderValue::from(q.burst),
+            }))
+        })
     }
 
     /// Adds the headers of `set` for `d` to `h`.
@@ -102,10 +111,7 @@ impl PolicyHeaders {
         // rehashes twice.
         h.reserve(2 * usize::from(set.ietf) + 3 * usize::from(set.legacy) + 2);
         if set.ietf {
-            h.insert(
-                RATELIMIT_POLICY.clone(),
-                HeaderValue::from_static(self.policy),
-            );
+            h.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
             let mut buf = [0u8; 128];
             let mut n = 0;
             for part in [
@@ -123,10 +129,7 @@ impl PolicyHeaders {
             }
         }
         if set.legacy {
-            h.insert(
-                X_RATELIMIT_LIMIT.clone(),
-                HeaderValue::from_static(self.limit),
-            );
+            h.insert(X_RATELIMIT_LIMIT.clone(), self.limit.clone());
             h.insert(X_RATELIMIT_REMAINING.clone(), number(u64::from(remaining)));
             h.insert(X_RATELIMIT_RESET.clone(), number(reset_secs));
         }
@@ -135,20 +138,6 @@ impl PolicyHeaders {
     pub(crate) fn apply_decision(&self, set: HeaderSet, d: &Decision, h: &mut HeaderMap) {
         self.apply(set, d.remaining, d.reset_secs(), h);
     }
-}
-
-fn intern(s: String) -> &'static str {
-    static POOL: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let mut pool = POOL
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some(found) = pool.get(s.as_str()) {
-        return found;
-    }
-    let leaked: &'static str = Box::leak(s.into_boxed_str());
-    pool.insert(leaked);
-    leaked
 }
 
 /// Numbers below this come from a static table, so their header values cost no allocation.
@@ -251,9 +240,6 @@ mod tests {
         ph.apply(HeaderSet::LEGACY, 10, 0, &mut h);
         assert!(h.get("ratelimit").is_none() && h.get("x-ratelimit-limit").is_some());
         // Interned once.
-        assert!(std::ptr::eq(
-            PolicyHeaders::new(&p).policy,
-            PolicyHeaders::new(&p).policy
-        ));
+        assert!(std::ptr::eq(PolicyHeaders::new(&p), PolicyHeaders::new(&p)));
     }
 }

@@ -38,7 +38,7 @@ struct Counters([AtomicU64; 4]);
 pub(crate) struct PolicyState {
     pub(crate) policy: Policy,
     pub(crate) table: MemoryTable,
-    pub(crate) headers: PolicyHeaders,
+    pub(crate) headers: &'static PolicyHeaders,
     counters: Counters,
 }
 

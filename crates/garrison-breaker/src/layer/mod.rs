@@ -9,6 +9,10 @@ pub use future::ResponseFuture;
 pub use service::CircuitBreakerService;
 
 use std::collections::HashMap;
+
+/// Keys are route templates or hosts, at most `max` of them, and the hash is seeded per
+/// process: a fast hash will do.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 use std::sync::Arc;
 
@@ -50,7 +54,7 @@ pub(crate) enum Keying {
     Single(Breaker),
     PerKey {
         key: Key,
-        breakers: RwLock<HashMap<Box<str>, Breaker>>,
+        breakers: RwLock<FastMap<Box<str>, Breaker>>,
         max: usize,
     },
 }
@@ -136,7 +140,7 @@ impl CircuitBreakerLayer {
         self.rebuild(|s| {
             s.keying = Keying::PerKey {
                 key,
-                breakers: RwLock::new(HashMap::new()),
+                breakers: RwLock::new(FastMap::default()),
                 max,
             }
         })
@@ -176,7 +180,7 @@ impl CircuitBreakerLayer {
                 Keying::Single(b) => Keying::Single(b.clone()),
                 Keying::PerKey { key, max, .. } => Keying::PerKey {
                     key: key.clone(),
-                    breakers: RwLock::new(HashMap::new()),
+                    breakers: RwLock::new(FastMap::default()),
                     max: *max,
                 },
             },

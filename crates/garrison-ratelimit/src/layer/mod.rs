@@ -426,7 +426,7 @@ pub(crate) enum Verdict {
 /// What the response of an allowed request is told.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Info {
-    pub(crate) headers: crate::headers::PolicyHeaders,
+    pub(crate) headers: &'static crate::headers::PolicyHeaders,
     pub(crate) set: HeaderSet,
     pub(crate) remaining: u32,
     pub(crate) reset_secs: u64,
