@@ -9,10 +9,6 @@ pub use future::ResponseFuture;
 pub use service::CircuitBreakerService;
 
 use std::collections::HashMap;
-
-/// Keys are route templates or hosts, at most `max` of them, and the hash is seeded per
-/// process: a fast hash will do.
-type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::fmt;
 use std::sync::Arc;
 
@@ -22,6 +18,10 @@ use parking_lot::RwLock;
 use tower::Layer;
 
 use crate::{Breaker, BreakerConfig, BreakerRegistry, Rejected};
+
+/// Keys are route templates or hosts, at most `max` of them, and the hash is seeded per
+/// process: a fast hash will do.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// A response made instead of calling the inner service while the breaker rejects.
 pub type Fallback = Arc<dyn Fn(&str, &Rejected) -> http::Response<Bytes> + Send + Sync>;
