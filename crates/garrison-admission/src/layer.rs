@@ -153,13 +153,77 @@ impl Rules {
     }
 }
 
+impl AdmissionLayer {
+    /// Admits `req` now when a slot is free and nobody waits, or queues it by its priority,
+    /// for a stack that runs admission itself rather than as a layer (the `garrison`
+    /// umbrella's one service). Hold the [`Permit`] until the inner service has answered.
+    ///
+    /// ```
+    /// use garrison_admission::{Admission, AdmissionLayer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = AdmissionLayer::new(Admission::builder().max_in_flight(1).build().unwrap());
+    /// let req = http::Request::get("/orders").body(()).unwrap();
+    /// let permit = layer.admit(&req).ok().unwrap();
+    /// let queued = layer.admit(&req).err().unwrap(); // the one slot is taken
+    /// drop(permit);
+    /// assert!(queued.await.is_ok());
+    /// # }
+    /// ```
+    // `Queued` is the slow path's state, returned by value once; boxing it is the caller's
+    // choice.
+    #[allow(clippy::result_large_err)]
+    #[inline]
+    pub fn admit<B>(&self, req: &Request<B>) -> Result<Permit, Queued> {
+        let priority = self.rules.priority(req);
+        match self.rules.admission.try_acquire(priority) {
+            Some(permit) => Ok(permit),
+            None => Err(Queued {
+                acquire: self.rules.admission.enqueue(priority),
+                retry_after: self.rules.retry_after,
+            }),
+        }
+    }
+}
+
+pin_project! {
+    /// A request waiting in the admission queue, from [`AdmissionLayer::admit`]: a future of
+    /// its permit, or of the `503` to send when it is shed. Dropped, it leaves the queue.
+    pub struct Queued {
+        #[pin]
+        acquire: Acquire,
+        retry_after: u64,
+    }
+}
+
+impl fmt::Debug for Queued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queued").finish_non_exhaustive()
+    }
+}
+
+impl Future for Queued {
+    type Output = Result<Permit, Response<Bytes>>;
+
+    // the rejection is the answer itself, handed on by value once
+    #[allow(clippy::result_large_err)]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let retry_after = *this.retry_after;
+        this.acquire
+            .poll(cx)
+            .map(|r| r.map_err(|shed| shed_response(shed, retry_after)))
+    }
+}
+
 impl<S> Layer<S> for AdmissionLayer {
     type Service = AdmissionService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         AdmissionService {
             inner,
-            rules: self.rules.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -168,14 +232,14 @@ impl<S> Layer<S> for AdmissionLayer {
 #[derive(Clone)]
 pub struct AdmissionService<S> {
     inner: S,
-    rules: Arc<Rules>,
+    layer: AdmissionLayer,
 }
 
 impl<S: fmt::Debug> fmt::Debug for AdmissionService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdmissionService")
             .field("inner", &self.inner)
-            .field("admission", &self.rules.admission)
+            .field("admission", &self.layer.rules.admission)
             .finish()
     }
 }
@@ -209,15 +273,17 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let priority = self.rules.priority(&req);
-        if let Some(permit) = self.rules.admission.try_acquire(priority) {
-            return ResponseFuture {
-                state: State::Called {
-                    fut: self.inner.call(req),
-                    permit: Some(permit),
-                },
-            };
-        }
+        let queued = match self.layer.admit(&req) {
+            Ok(permit) => {
+                return ResponseFuture {
+                    state: State::Called {
+                        fut: self.inner.call(req),
+                        permit: Some(permit),
+                    },
+                }
+            }
+            Err(queued) => queued,
+        };
         // wait for a slot with the service that was polled ready; a clone stays here
         let clone = self.inner.clone();
         let ready = std::mem::replace(&mut self.inner, clone);
@@ -226,9 +292,8 @@ where
             // path's future
             state: State::Waiting {
                 waiting: Box::pin(Waiting {
-                    acquire: self.rules.admission.enqueue(priority),
+                    queued,
                     call: Some((ready, req)),
-                    retry_after: self.rules.retry_after,
                 }),
             },
         }
@@ -256,9 +321,8 @@ pin_project! {
 pin_project! {
     struct Waiting<S, R> {
         #[pin]
-        acquire: Acquire,
+        queued: Queued,
         call: Option<(S, R)>,
-        retry_after: u64,
     }
 }
 
@@ -290,7 +354,7 @@ where
                 }
                 Proj::Waiting { waiting } => {
                     let w = waiting.as_mut().project();
-                    match ready!(w.acquire.poll(cx)) {
+                    match ready!(w.queued.poll(cx)) {
                         Ok(permit) => {
                             let (mut svc, req) = w.call.take().expect("called once");
                             let fut = svc.call(req);
@@ -299,10 +363,7 @@ where
                                 permit: Some(permit),
                             });
                         }
-                        Err(shed) => {
-                            let resp = shed_response(shed, *w.retry_after);
-                            state.set(State::Shed { resp: Some(resp) });
-                        }
+                        Err(resp) => state.set(State::Shed { resp: Some(resp) }),
                     }
                 }
             }

@@ -75,7 +75,9 @@ pub use admission::{
 };
 #[cfg(feature = "health")]
 pub use health::AdmissionCheck;
-pub use layer::{AdmissionLayer, AdmissionService, ResponseFuture, DEFAULT_PRIORITY_HEADER};
+pub use layer::{
+    AdmissionLayer, AdmissionService, Queued, ResponseFuture, DEFAULT_PRIORITY_HEADER,
+};
 #[cfg(feature = "sqlx")]
 pub use pool::{acquire_connection, Admitted, PoolAcquireError};
 

@@ -41,6 +41,32 @@ impl HealthLayer {
             health: health.clone(),
         }
     }
+
+    /// The health report when `req` is a `GET` or `HEAD` of a health path, for a stack that
+    /// answers the health routes itself rather than as a layer (the `garrison` umbrella's one
+    /// service); `None` for every other request.
+    ///
+    /// ```
+    /// use garrison_health::{HealthLayer, HealthRegistry};
+    ///
+    /// let layer = HealthLayer::new(&HealthRegistry::new());
+    /// let get = |path| http::Request::get(path).body(()).unwrap();
+    /// assert_eq!(layer.answer(&get("/health/live")).unwrap().status(), 200);
+    /// assert!(layer.answer(&get("/orders")).is_none());
+    /// ```
+    #[inline]
+    pub fn answer<B>(&self, req: &Request<B>) -> Option<Response<bytes::Bytes>> {
+        answer(&self.health, req)
+    }
+}
+
+#[inline]
+fn answer<B>(health: &HealthRegistry, req: &Request<B>) -> Option<Response<bytes::Bytes>> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return None;
+    }
+    let probe = health.probe_for(req.uri().path())?;
+    Some(health.respond(probe, req.headers()))
 }
 
 impl<S> Layer<S> for HealthLayer {
@@ -74,12 +100,10 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if matches!(*req.method(), Method::GET | Method::HEAD) {
-            if let Some(probe) = self.health.probe_for(req.uri().path()) {
-                return ResponseFuture::local(self.health.respond(probe, req.headers()));
-            }
+        match answer(&self.health, &req) {
+            Some(resp) => ResponseFuture::local(resp),
+            None => ResponseFuture::inner(self.inner.call(req)),
         }
-        ResponseFuture::inner(self.inner.call(req))
     }
 }
 

@@ -94,6 +94,30 @@ pub struct ScrapeLayer {
     path: Arc<str>,
 }
 
+impl ScrapeLayer {
+    /// The exposition when `req` asks for the scrape path, for a stack that answers scrapes
+    /// itself rather than as a layer (the `garrison` umbrella's one service); `None` for
+    /// every other request.
+    ///
+    /// ```
+    /// use garrison_metrics::MetricsRegistry;
+    ///
+    /// let scrape = MetricsRegistry::new().exporter().layer("/metrics");
+    /// let get = |path| http::Request::get(path).body(()).unwrap();
+    /// assert_eq!(scrape.answer(&get("/metrics")).unwrap().status(), 200);
+    /// assert!(scrape.answer(&get("/orders")).is_none());
+    /// ```
+    #[inline]
+    pub fn answer<B>(&self, req: &Request<B>) -> Option<Response<Bytes>> {
+        answer(&self.exporter, &self.path, req)
+    }
+}
+
+#[inline]
+fn answer<B>(exporter: &MetricsExporter, path: &str, req: &Request<B>) -> Option<Response<Bytes>> {
+    (req.uri().path() == path).then(|| exporter.respond_bytes(req))
+}
+
 impl<S> Layer<S> for ScrapeLayer {
     type Service = ScrapeService<S>;
 
@@ -129,10 +153,10 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if req.uri().path() == &*self.path {
-            return LayerFuture::local(self.exporter.respond_bytes(&req));
+        match answer(&self.exporter, &self.path, &req) {
+            Some(resp) => LayerFuture::local(resp),
+            None => LayerFuture::inner(self.inner.call(req)),
         }
-        LayerFuture::inner(self.inner.call(req))
     }
 }
 

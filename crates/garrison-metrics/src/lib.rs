@@ -88,7 +88,7 @@ pub use exporter::{MetricsExporter, ScrapeLayer, ScrapeService};
 pub use exposition::{Collector, Format, MetricType, MetricWriter};
 pub use garrison_core::{RouteTable, TraceContext, TraceId};
 pub use histogram::HistogramSnapshot;
-pub use layer::{MetricsBody, MetricsLayer, MetricsService, ResponseFuture};
+pub use layer::{Measurement, MetricsBody, MetricsLayer, MetricsService, ResponseFuture};
 pub use process::ProcessStats;
 pub use registry::{
     BuildError, MetricsRegistry, MetricsRegistryBuilder, SeriesSnapshot, DEFAULT_DURATION_BUCKETS,

@@ -72,8 +72,8 @@ pub use headers::{
 };
 pub use key::{ClientKey, KeySource};
 pub use layer::{
-    ConfigError, RateLimitBuilder, RateLimitLayer, RateLimitService, ResponseFuture,
-    DEFAULT_MAX_KEYS, DEFAULT_SWEEP_INTERVAL,
+    Allowance, ConfigError, PendingVerdict, RateLimitBuilder, RateLimitLayer, RateLimitService,
+    ResponseFuture, Verdict, DEFAULT_MAX_KEYS, DEFAULT_SWEEP_INTERVAL,
 };
 pub use limiter::RateLimiter;
 pub use policy::{Policy, PolicyError, MAX_LIMIT};

@@ -141,6 +141,39 @@ impl TraceLayer {
     }
 }
 
+impl TraceLayer {
+    /// Opens `req`'s trace, for a stack that runs tracing itself rather than as a layer (the
+    /// `garrison` umbrella's one service): joins the caller's trace or starts one, sets the
+    /// request id, and puts garrison-core's `TraceContext` in the extensions of a recorded
+    /// request. Call the inner service inside [`TracedRequest::enter`] and hand its response
+    /// to [`TracedRequest::respond`].
+    ///
+    /// ```
+    /// use garrison_trace::{Sampler, TraceLayer, Tracer};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = TraceLayer::new(&Tracer::builder().sampler(Sampler::Ratio(0.0)).build());
+    /// let mut req = http::Request::get("/users/7")
+    ///     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+    ///     .body(())
+    ///     .unwrap();
+    /// let traced = layer.start(&mut req);
+    /// {
+    ///     let _entered = traced.enter();
+    ///     assert_eq!(garrison_trace::current().unwrap().trace_id.to_string(),
+    ///                "4bf92f3577b34da6a3ce929d0e0e4736");
+    /// }
+    /// let resp = traced.respond(http::Response::new(()));
+    /// assert!(resp.headers().contains_key("x-request-id"));
+    /// # }
+    /// ```
+    #[inline]
+    pub fn start<B>(&self, req: &mut Request<B>) -> TracedRequest {
+        start(&self.shared, req)
+    }
+}
+
 impl<S> Layer<S> for TraceLayer {
     type Service = TraceService<S>;
 
@@ -193,80 +226,86 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let sh = &self.shared;
-        let clock = sh.tracer.inner.clock.clone();
-        let incoming = Incoming::extract(req.headers());
-        let trace_id = incoming.parent.map_or_else(ids::trace_id, |p| p.trace_id);
-        let span_id = ids::span_id();
-        let sampler = &sh.tracer.inner.sampler;
-        let start = sampler.start(trace_id, incoming.parent.as_ref());
-        let request_id = match req.headers().get(&sh.request_id) {
-            Some(v) if valid_request_id(v) => RequestId::given(v.clone()),
-            _ => RequestId::made(ids::request_id()),
-        };
-        let local = (start != Start::Drop).then(|| sh.tracer.local(trace_id, start));
-        let root = local
-            .as_ref()
-            .map(|_| Box::new(root_span(&req, &sh.resolver, trace_id, span_id, &incoming)));
-        let started = (local.is_some() || sh.access_log).then(|| clock.now());
-        let ctx = Arc::new(RequestContext {
-            trace_id,
-            span_id,
-            sampled: sampler.head_flag(start, trace_id),
-            request_id,
-            tracestate: incoming.tracestate,
-            baggage: incoming.baggage,
-            local,
-        });
-        let ext = req.extensions_mut();
-        if start != Start::Drop {
-            // garrison-metrics turns it into an exemplar; unsampled requests have none
-            ext.insert(TraceContext {
-                trace_id,
-                span_id: Some(span_id.to_bytes()),
-                sampled: true,
-            });
-        }
-        let span = if sh.tracing_span {
-            Some(Box::new(tracing::info_span!(
-                target: "garrison_trace",
-                "request",
-                trace_id = %Hex(trace_id.to_bytes()),
-                span_id = %Hex(span_id.to_bytes()),
-                request_id = %ctx.request_id,
-            )))
-        } else {
-            None
-        };
-        let access = sh.access_log.then(|| {
-            let route = sh.resolver.resolve(&req).as_str().to_owned();
-            Box::new(Access {
-                method: req.method().clone(),
-                route,
-                path: sh.redaction.path_and_query(req.uri()),
-            })
-        });
+        let traced = start(&self.shared, &mut req);
         let fut = {
-            let _enter = span.as_ref().map(|s| s.enter());
-            let _current = CurrentGuard::set(&ctx);
+            let _entered = traced.enter();
             self.inner.call(req)
         };
         ResponseFuture {
             inner: fut,
-            state: Some(State {
-                finisher: Finisher {
-                    root,
-                    ctx,
-                    span,
-                    clock,
-                    started,
-                    status: 0,
-                    access,
-                    done: false,
-                },
-                shared: self.shared.clone(),
-            }),
+            state: Some(traced),
         }
+    }
+}
+
+/// Opens `req`'s trace: its ids, sampling, span and request id.
+#[inline]
+fn start<B>(shared: &Arc<Shared>, req: &mut Request<B>) -> TracedRequest {
+    let sh = shared;
+    let clock = sh.tracer.inner.clock.clone();
+    let incoming = Incoming::extract(req.headers());
+    let trace_id = incoming.parent.map_or_else(ids::trace_id, |p| p.trace_id);
+    let span_id = ids::span_id();
+    let sampler = &sh.tracer.inner.sampler;
+    let start = sampler.start(trace_id, incoming.parent.as_ref());
+    let request_id = match req.headers().get(&sh.request_id) {
+        Some(v) if valid_request_id(v) => RequestId::given(v.clone()),
+        _ => RequestId::made(ids::request_id()),
+    };
+    let local = (start != Start::Drop).then(|| sh.tracer.local(trace_id, start));
+    let root = local
+        .as_ref()
+        .map(|_| Box::new(root_span(req, &sh.resolver, trace_id, span_id, &incoming)));
+    let started = (local.is_some() || sh.access_log).then(|| clock.now());
+    let ctx = Arc::new(RequestContext {
+        trace_id,
+        span_id,
+        sampled: sampler.head_flag(start, trace_id),
+        request_id,
+        tracestate: incoming.tracestate,
+        baggage: incoming.baggage,
+        local,
+    });
+    let ext = req.extensions_mut();
+    if start != Start::Drop {
+        // garrison-metrics turns it into an exemplar; unsampled requests have none
+        ext.insert(TraceContext {
+            trace_id,
+            span_id: Some(span_id.to_bytes()),
+            sampled: true,
+        });
+    }
+    let span = if sh.tracing_span {
+        Some(Box::new(tracing::info_span!(
+            target: "garrison_trace",
+            "request",
+            trace_id = %Hex(trace_id.to_bytes()),
+            span_id = %Hex(span_id.to_bytes()),
+            request_id = %ctx.request_id,
+        )))
+    } else {
+        None
+    };
+    let access = sh.access_log.then(|| {
+        let route = sh.resolver.resolve(req).as_str().to_owned();
+        Box::new(Access {
+            method: req.method().clone(),
+            route,
+            path: sh.redaction.path_and_query(req.uri()),
+        })
+    });
+    TracedRequest {
+        finisher: Finisher {
+            root,
+            ctx,
+            span,
+            clock,
+            started,
+            status: 0,
+            access,
+            done: false,
+        },
+        shared: shared.clone(),
     }
 }
 
@@ -438,9 +477,83 @@ impl Drop for Finisher {
     }
 }
 
-struct State {
+/// One request's trace, from [`TraceLayer::start`] until its response body ends: ids,
+/// sampling, the server span and the request id.
+pub struct TracedRequest {
     finisher: Finisher,
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for TracedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracedRequest")
+            .field("request_id", &self.finisher.ctx.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// While alive, the request of a [`TracedRequest`] is [`current`](crate::current) (and its
+/// `tracing` span entered): made by [`TracedRequest::enter`].
+pub struct Entered<'a> {
+    _span: Option<tracing::span::Entered<'a>>,
+    _current: CurrentGuard,
+}
+
+impl std::fmt::Debug for Entered<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entered").finish_non_exhaustive()
+    }
+}
+
+impl TracedRequest {
+    /// Makes this request [`current`](crate::current) until the guard drops: hold it while
+    /// calling and polling the inner service, so that its logs and outgoing calls carry the
+    /// trace.
+    #[inline]
+    pub fn enter(&self) -> Entered<'_> {
+        Entered {
+            _span: self.finisher.span.as_ref().map(|s| s.enter()),
+            _current: CurrentGuard::set(&self.finisher.ctx),
+        }
+    }
+
+    /// The request's context: ids, sampling, `tracestate` and `baggage`.
+    pub fn context(&self) -> &RequestContext {
+        &self.finisher.ctx
+    }
+
+    /// The inner service answered `resp`: it gets the request id (and `traceresponse` when
+    /// asked for), and the server span ends when its body ends.
+    #[inline]
+    pub fn respond<B>(self, mut resp: Response<B>) -> Response<TraceBody<B>> {
+        let Self {
+            mut finisher,
+            shared,
+        } = self;
+        finisher.status = resp.status().as_u16();
+        let ctx = &finisher.ctx;
+        let h = resp.headers_mut();
+        h.insert(shared.request_id.clone(), ctx.request_id.to_header_value());
+        if shared.trace_response {
+            let tp = format_traceparent(ctx.trace_id, ctx.span_id, ctx.sampled);
+            if let Ok(v) = HeaderValue::from_bytes(&tp) {
+                h.insert(HeaderName::from_static("traceresponse"), v);
+            }
+        }
+        let needs_end = finisher.root.is_some() || finisher.access.is_some();
+        resp.map(|body| TraceBody {
+            inner: body,
+            finisher: needs_end.then_some(finisher),
+        })
+    }
+
+    /// The inner service failed with an error instead of a response: the span ends as an
+    /// error (`service_error`).
+    pub fn failed(self) {
+        let mut finisher = self.finisher;
+        finisher.status = 500;
+        finisher.finish(Some("service_error"));
+    }
 }
 
 pin_project! {
@@ -448,7 +561,7 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
-        state: Option<State>,
+        state: Option<TracedRequest>,
     }
 }
 
@@ -466,43 +579,22 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let state = this.state.as_mut().expect("polled after completion");
+        let traced = this.state.as_ref().expect("polled after completion");
         let result = {
-            let _enter = state.finisher.span.as_ref().map(|s| s.enter());
-            let _current = CurrentGuard::set(&state.finisher.ctx);
+            let _entered = traced.enter();
             match this.inner.poll(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(r) => r,
             }
         };
-        let State {
-            mut finisher,
-            shared,
-        } = this.state.take().expect("present");
-        match result {
-            Ok(mut resp) => {
-                finisher.status = resp.status().as_u16();
-                let ctx = &finisher.ctx;
-                let h = resp.headers_mut();
-                h.insert(shared.request_id.clone(), ctx.request_id.to_header_value());
-                if shared.trace_response {
-                    let tp = format_traceparent(ctx.trace_id, ctx.span_id, ctx.sampled);
-                    if let Ok(v) = HeaderValue::from_bytes(&tp) {
-                        h.insert(HeaderName::from_static("traceresponse"), v);
-                    }
-                }
-                let needs_end = finisher.root.is_some() || finisher.access.is_some();
-                Poll::Ready(Ok(resp.map(|body| TraceBody {
-                    inner: body,
-                    finisher: needs_end.then_some(finisher),
-                })))
-            }
+        let traced = this.state.take().expect("present");
+        Poll::Ready(match result {
+            Ok(resp) => Ok(traced.respond(resp)),
             Err(e) => {
-                finisher.status = 500;
-                finisher.finish(Some("service_error"));
-                Poll::Ready(Err(e))
+                traced.failed();
+                Err(e)
             }
-        }
+        })
     }
 }
 
@@ -513,6 +605,16 @@ pin_project! {
         #[pin]
         inner: B,
         finisher: Option<Finisher>,
+    }
+}
+
+impl<B> TraceBody<B> {
+    /// `inner`, traced by nothing: the body of a stack whose tracing is turned off.
+    pub fn untraced(inner: B) -> Self {
+        Self {
+            inner,
+            finisher: None,
+        }
     }
 }
 

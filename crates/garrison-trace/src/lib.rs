@@ -65,7 +65,9 @@ mod tracer;
 mod w3c;
 
 pub use context::{current, RequestContext, RequestId};
-pub use layer::{ResponseFuture, TraceBody, TraceLayer, TraceService, MAX_REQUEST_ID};
+pub use layer::{
+    Entered, ResponseFuture, TraceBody, TraceLayer, TraceService, TracedRequest, MAX_REQUEST_ID,
+};
 #[cfg(feature = "logs")]
 pub use logs::{json_logs, JsonLogs, MAX_FIELD};
 #[cfg(feature = "otlp")]

@@ -90,7 +90,7 @@ pub mod ops;
 mod stack;
 
 pub use config::{ConfigError, ConfigIssue, GarrisonConfig};
-pub use layer::{GarrisonLayer, GarrisonService, Toggled, ToggledBody, ToggledFuture};
+pub use layer::{GarrisonBody, GarrisonFuture, GarrisonLayer, GarrisonService};
 pub use stack::{Garrison, GarrisonBuilder};
 
 pub use garrison_admission;

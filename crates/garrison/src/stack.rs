@@ -342,7 +342,9 @@ impl GarrisonBuilder {
             tracer,
             limiter,
             admission: admission.map(|(a, _)| a),
-            layer: GarrisonLayer { parts },
+            layer: GarrisonLayer {
+                parts: Arc::new(parts),
+            },
         })
     }
 }

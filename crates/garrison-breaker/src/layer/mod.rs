@@ -170,6 +170,30 @@ impl CircuitBreakerLayer {
         self.rebuild(|s| s.fallback = Some(Arc::new(f)))
     }
 
+    /// Asks the breaker that guards `req` for a permit, for a stack that runs the breaker
+    /// itself rather than as a layer (the `garrison` umbrella's one service). Record the
+    /// call's outcome on the permit ([`Permit::record_status`](crate::Permit::record_status));
+    /// dropping it records nothing and gives a half-open probe slot back. While the breaker
+    /// rejects, the error is the answer to send (the `503`, or the fallback's).
+    ///
+    /// ```
+    /// use garrison_breaker::{BreakerConfig, BreakerRegistry, CircuitBreakerLayer};
+    ///
+    /// let breakers = BreakerRegistry::new();
+    /// let layer = CircuitBreakerLayer::new(&breakers, "db", BreakerConfig::default());
+    /// let req = http::Request::get("/orders").body(()).unwrap();
+    /// let permit = layer.admit(&req).unwrap();
+    /// permit.record_status(http::StatusCode::OK);
+    /// breakers.force_open("db").unwrap();
+    /// assert_eq!(layer.admit(&req).unwrap_err().status(), 503);
+    /// ```
+    // The rejection is the answer itself; boxing it would add an allocation to that path.
+    #[allow(clippy::result_large_err)]
+    #[inline]
+    pub fn admit<B>(&self, req: &http::Request<B>) -> Result<crate::Permit, http::Response<Bytes>> {
+        self.shared.admit(req)
+    }
+
     fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
         let s = &self.shared;
         let mut shared = Shared {

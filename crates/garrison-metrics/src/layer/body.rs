@@ -18,7 +18,7 @@ pin_project! {
     pub struct MetricsBody<B> {
         #[pin]
         inner: B,
-        guard: RequestGuard,
+        guard: Option<RequestGuard>,
     }
 }
 
@@ -30,7 +30,15 @@ impl<B: Body> MetricsBody<B> {
         if inner.is_end_stream() || !guard.response_has_body() {
             guard.complete();
         }
-        Self { inner, guard }
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+
+    /// `inner`, measured by nothing: the body of a stack whose metrics are turned off.
+    pub fn unmeasured(inner: B) -> Self {
+        Self { inner, guard: None }
     }
 }
 
@@ -60,21 +68,21 @@ impl<B: Body> Body for MetricsBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let frame = ready!(this.inner.as_mut().poll_frame(cx));
-        if this.guard.is_done() {
+        let Some(guard) = this.guard.as_mut().filter(|g| !g.is_done()) else {
             return Poll::Ready(frame);
-        }
+        };
         match &frame {
             Some(Ok(f)) => {
                 if let Some(data) = f.data_ref() {
-                    this.guard.add_response_bytes(data.remaining());
+                    guard.add_response_bytes(data.remaining());
                 }
                 // hyper stops polling once a body says it has ended.
                 if this.inner.is_end_stream() {
-                    this.guard.complete();
+                    guard.complete();
                 }
             }
-            Some(Err(_)) => this.guard.finish(ErrorType::Body),
-            None => this.guard.complete(),
+            Some(Err(_)) => guard.finish(ErrorType::Body),
+            None => guard.complete(),
         }
         Poll::Ready(frame)
     }

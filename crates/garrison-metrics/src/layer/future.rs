@@ -52,11 +52,7 @@ where
             panic!("ResponseFuture polled after completion");
         };
         Poll::Ready(match result {
-            Ok(resp) => {
-                guard.set_status(resp.status());
-                let (parts, body) = resp.into_parts();
-                Ok(Response::from_parts(parts, MetricsBody::new(body, guard)))
-            }
+            Ok(resp) => Ok(guard.respond(resp)),
             Err(e) => {
                 guard.finish(ErrorType::Service);
                 Err(e)

@@ -56,6 +56,16 @@ impl RequestGuard {
         self.status = status.as_u16();
     }
 
+    /// The inner service answered: its status is known, its body is measured until it ends.
+    #[inline]
+    pub(crate) fn respond<B: http_body::Body>(
+        mut self,
+        resp: http::Response<B>,
+    ) -> http::Response<super::MetricsBody<B>> {
+        self.set_status(resp.status());
+        resp.map(|body| super::MetricsBody::new(body, self))
+    }
+
     /// Whether HTTP lets this response carry a body (RFC 9110 §6.4.1).
     #[inline]
     pub(crate) fn response_has_body(&self) -> bool {

@@ -62,6 +62,51 @@ impl MetricsLayer {
     }
 }
 
+impl MetricsLayer {
+    /// Starts measuring `req`, for a stack that runs the metrics itself rather than as a
+    /// layer (the `garrison` umbrella's one service). Hand the inner service's response to
+    /// [`Measurement::respond`]; a measurement dropped before that records the request as
+    /// cancelled.
+    ///
+    /// ```
+    /// use garrison_metrics::{MetricsLayer, MetricsRegistry};
+    ///
+    /// let registry = MetricsRegistry::new();
+    /// let layer = MetricsLayer::new(&registry);
+    /// let m = layer.start(&http::Request::get("/users/7").body(()).unwrap());
+    /// let resp = m.respond(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()));
+    /// drop(resp);
+    /// let text = registry.render(garrison_metrics::Format::Prometheus);
+    /// assert!(text.contains("http_server_request_duration_seconds_count"));
+    /// ```
+    #[inline]
+    pub fn start<B>(&self, req: &http::Request<B>) -> Measurement {
+        Measurement(service::start(&self.registry.shared, &self.resolver, req))
+    }
+}
+
+/// One request being measured, from [`MetricsLayer::start`] until its response body ends.
+#[derive(Debug)]
+pub struct Measurement(guard::RequestGuard);
+
+impl Measurement {
+    /// The inner service answered `resp`: its status is recorded, and its body measured
+    /// until it ends (or is dropped: `error_type="cancelled"`).
+    #[inline]
+    pub fn respond<B: http_body::Body>(
+        self,
+        resp: http::Response<B>,
+    ) -> http::Response<MetricsBody<B>> {
+        self.0.respond(resp)
+    }
+
+    /// The inner service failed with an error instead of a response
+    /// (`error_type="service_error"`).
+    pub fn failed(mut self) {
+        self.0.finish(garrison_core::ErrorType::Service);
+    }
+}
+
 impl<S> Layer<S> for MetricsLayer {
     type Service = MetricsService<S>;
 

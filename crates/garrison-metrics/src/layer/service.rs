@@ -69,25 +69,29 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let method = MethodLabel::from_method(req.method());
-        let route = self.shared.route_id(self.resolver.resolve(&req).as_str());
-        let trace = if self.shared.exemplars {
-            req.extensions()
-                .get::<TraceContext>()
-                .filter(|t| t.sampled)
-                .map(|t| t.trace_id)
-        } else {
-            None
-        };
-        let guard = RequestGuard::start(
-            self.shared.clone(),
-            route,
-            method,
-            request_body_size(&req),
-            trace,
-        );
+        let guard = start(&self.shared, &self.resolver, &req);
         ResponseFuture::new(self.inner.call(req), guard)
     }
+}
+
+/// Starts measuring `req`: its route, method, request size and trace.
+#[inline]
+pub(crate) fn start<B>(
+    shared: &Arc<Shared>,
+    resolver: &RouteResolver,
+    req: &Request<B>,
+) -> RequestGuard {
+    let method = MethodLabel::from_method(req.method());
+    let route = shared.route_id(resolver.resolve(req).as_str());
+    let trace = if shared.exemplars {
+        req.extensions()
+            .get::<TraceContext>()
+            .filter(|t| t.sampled)
+            .map(|t| t.trace_id)
+    } else {
+        None
+    };
+    RequestGuard::start(shared.clone(), route, method, request_body_size(req), trace)
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::Info;
+use super::{Allowance, PendingVerdict, Verdict};
 
 pin_project! {
     /// The response future of [`RateLimitService`](super::RateLimitService).
@@ -26,25 +26,19 @@ pin_project! {
     where
         S: Service<Request<ReqB>>,
     {
-        Called { #[pin] fut: S::Future, info: Option<Info> },
+        Called { #[pin] fut: S::Future, allowance: Option<Allowance> },
         Refused { resp: Option<Response<Bytes>> },
-        Remote {
-            pending: Remote,
+        Pending {
+            pending: PendingVerdict,
             call: Option<(S, Request<ReqB>)>,
-            shared: std::sync::Arc<super::Shared>,
         },
     }
 }
 
-#[cfg(feature = "redis")]
-type Remote = crate::store::redis::Pending;
-#[cfg(not(feature = "redis"))]
-type Remote = std::convert::Infallible;
-
 impl<S: Service<Request<ReqB>>, ReqB> ResponseFuture<S, ReqB> {
-    pub(crate) fn called(fut: S::Future, info: Option<Info>) -> Self {
+    pub(crate) fn called(fut: S::Future, allowance: Option<Allowance>) -> Self {
         Self {
-            kind: Kind::Called { fut, info },
+            kind: Kind::Called { fut, allowance },
         }
     }
 
@@ -54,18 +48,11 @@ impl<S: Service<Request<ReqB>>, ReqB> ResponseFuture<S, ReqB> {
         }
     }
 
-    #[cfg(feature = "redis")]
-    pub(crate) fn remote(
-        pending: Remote,
-        svc: S,
-        req: Request<ReqB>,
-        shared: std::sync::Arc<super::Shared>,
-    ) -> Self {
+    pub(crate) fn pending(pending: PendingVerdict, svc: S, req: Request<ReqB>) -> Self {
         Self {
-            kind: Kind::Remote {
+            kind: Kind::Pending {
                 pending,
                 call: Some((svc, req)),
-                shared,
             },
         }
     }
@@ -76,7 +63,7 @@ impl<S: Service<Request<ReqB>>, ReqB> std::fmt::Debug for ResponseFuture<S, ReqB
         let state = match self.kind {
             Kind::Called { .. } => "called",
             Kind::Refused { .. } => "refused",
-            Kind::Remote { .. } => "asking the store",
+            Kind::Pending { .. } => "asking the store",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -91,16 +78,13 @@ where
 {
     type Output = Result<Response<B>, S::Error>;
 
-    // without the Redis store every arm returns, and the loop never comes round
-    #[cfg_attr(not(feature = "redis"), allow(unreachable_code, unused_variables))]
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().kind.project() {
-                Proj::Called { fut, info } => {
+                Proj::Called { fut, allowance } => {
                     let mut resp = ready!(fut.poll(cx))?;
-                    if let Some(i) = info.take() {
-                        i.headers
-                            .apply(i.set, i.remaining, i.reset_secs, resp.headers_mut());
+                    if let Some(a) = allowance.take() {
+                        a.apply(resp.headers_mut());
                     }
                     return Poll::Ready(Ok(resp));
                 }
@@ -108,30 +92,23 @@ where
                     let resp = resp.take().expect("ResponseFuture polled after completion");
                     return Poll::Ready(Ok(resp.map(B::from)));
                 }
-                #[cfg(feature = "redis")]
-                Proj::Remote {
-                    pending,
-                    call,
-                    shared,
-                } => {
-                    let verdict = ready!(pending.poll(cx, shared));
+                Proj::Pending { pending, call } => {
+                    let verdict = ready!(Pin::new(pending).poll(cx));
                     let (mut svc, req) =
                         call.take().expect("ResponseFuture polled after completion");
                     match verdict {
-                        super::Verdict::Pass => Kind::Called {
+                        Verdict::Pass => Kind::Called {
                             fut: svc.call(req),
-                            info: None,
+                            allowance: None,
                         },
-                        super::Verdict::Allowed(info) => Kind::Called {
+                        Verdict::Allowed(a) => Kind::Called {
                             fut: svc.call(req),
-                            info: Some(info),
+                            allowance: Some(a),
                         },
-                        super::Verdict::Refused(resp) => Kind::Refused { resp: Some(resp) },
-                        super::Verdict::Remote(_) => unreachable!("a store answers once"),
+                        Verdict::Refused(resp) => Kind::Refused { resp: Some(resp) },
+                        Verdict::Pending(_) => unreachable!("a store answers once"),
                     }
                 }
-                #[cfg(not(feature = "redis"))]
-                Proj::Remote { pending, .. } => match *pending {},
             };
             self.as_mut().project().kind.set(next);
         }

@@ -380,6 +380,29 @@ impl RateLimitLayer {
         &self.shared.limiter
     }
 
+    /// The verdict for `req`, counted, for a stack that runs the limiter itself rather than
+    /// as a layer (the `garrison` umbrella's one service): pass, allowed with headers to add,
+    /// refused with the answer to send, or waiting for the shared store.
+    ///
+    /// ```
+    /// use garrison_ratelimit::{Policy, RateLimitLayer, Verdict};
+    ///
+    /// let limits = RateLimitLayer::builder()
+    ///     .policy(Policy::per_minute("general", 1))
+    ///     .build()
+    ///     .unwrap();
+    /// let req = || http::Request::get("/items").body(()).unwrap();
+    /// let Verdict::Allowed(allowance) = limits.check(&req()) else { panic!() };
+    /// let mut headers = http::HeaderMap::new();
+    /// allowance.apply(&mut headers);
+    /// assert_eq!(headers["x-ratelimit-remaining"], "0");
+    /// assert!(matches!(limits.check(&req()), Verdict::Refused(r) if r.status() == 429));
+    /// ```
+    #[inline]
+    pub fn check<B>(&self, req: &Request<B>) -> Verdict {
+        self.shared.decide(req)
+    }
+
     /// The key `req` is counted under by `policy` (for logs and tests; the key is a hash).
     pub fn key_of<B>(&self, policy: &str, req: &Request<B>) -> Option<ClientKey> {
         let s = &self.shared;
@@ -410,31 +433,91 @@ pub(crate) struct Shared {
     sweeper: AtomicBool,
 }
 
-/// What the layer does with a request.
-pub(crate) enum Verdict {
-    /// Not limited: no policy, an exempt route or key.
+/// What the rate limiter decides for one request: see [`RateLimitLayer::check`].
+#[derive(Debug)]
+pub enum Verdict {
+    /// Not limited: no policy applies, or the route or the key is exempt.
     Pass,
-    /// Allowed under the policy: the response gets its headers.
-    Allowed(Info),
-    /// Refused: this is the answer.
+    /// Allowed under its policy: [`Allowance::apply`] puts the policy's headers on the
+    /// response.
+    Allowed(Allowance),
+    /// Refused: the answer to send (`429` with `Retry-After` and the policy's headers, or
+    /// `503` when the shared store cannot be reached and the limiter fails closed).
     Refused(Response<Bytes>),
-    /// The shared store must be asked first.
-    #[cfg(feature = "redis")]
-    Remote(crate::store::redis::Pending),
+    /// The shared store must answer first: await the [`PendingVerdict`].
+    Pending(PendingVerdict),
 }
 
-/// What the response of an allowed request is told.
+/// What the response of an allowed request is told: the policy's headers with the
+/// remaining quota.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Info {
-    pub(crate) headers: &'static crate::headers::PolicyHeaders,
-    pub(crate) set: HeaderSet,
-    pub(crate) remaining: u32,
-    pub(crate) reset_secs: u64,
+pub struct Allowance {
+    headers: &'static crate::headers::PolicyHeaders,
+    set: HeaderSet,
+    remaining: u32,
+    reset_secs: u64,
+}
+
+impl Allowance {
+    /// Adds the configured rate-limit headers (`RateLimit-Policy`, `RateLimit`,
+    /// `X-RateLimit-*`) to a response's `headers`.
+    #[inline]
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        self.headers
+            .apply(self.set, self.remaining, self.reset_secs, headers);
+    }
+
+    /// Requests left in the client's quota after this one.
+    pub fn remaining(&self) -> u32 {
+        self.remaining
+    }
+}
+
+#[cfg(feature = "redis")]
+type Remote = crate::store::redis::Pending;
+#[cfg(not(feature = "redis"))]
+type Remote = std::convert::Infallible;
+
+/// A verdict that waits for the shared store (Redis): a future of the [`Verdict`], never
+/// [`Verdict::Pending`] again. Without the `redis` feature no value of it exists.
+pub struct PendingVerdict {
+    remote: Remote,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    shared: Arc<Shared>,
+}
+
+impl PendingVerdict {
+    #[cfg(feature = "redis")]
+    pub(crate) fn new(remote: Remote, shared: Arc<Shared>) -> Self {
+        Self { remote, shared }
+    }
+}
+
+impl fmt::Debug for PendingVerdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingVerdict").finish_non_exhaustive()
+    }
+}
+
+impl std::future::Future for PendingVerdict {
+    type Output = Verdict;
+
+    #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Verdict> {
+        let this = self.get_mut();
+        #[cfg(feature = "redis")]
+        return this.remote.poll(cx, &this.shared);
+        #[cfg(not(feature = "redis"))]
+        match this.remote {}
+    }
 }
 
 impl Shared {
     #[inline]
-    pub(crate) fn decide<B>(&self, req: &Request<B>) -> Verdict {
+    pub(crate) fn decide<B>(self: &Arc<Self>, req: &Request<B>) -> Verdict {
         self.start_sweeper();
         let rule = if self.routes.is_empty() {
             self.default.map(Rule::Policy)
@@ -479,7 +562,7 @@ impl Shared {
         self.limiter.count(i, outcome(&d));
         let p = &self.limiter.policies[i];
         if d.allowed {
-            Verdict::Allowed(Info {
+            Verdict::Allowed(Allowance {
                 headers: p.headers,
                 set: self.headers,
                 remaining: d.remaining,

@@ -46,14 +46,15 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         match self.shared.decide(&req) {
             Verdict::Pass => ResponseFuture::called(self.inner.call(req), None),
-            Verdict::Allowed(info) => ResponseFuture::called(self.inner.call(req), Some(info)),
+            Verdict::Allowed(allowance) => {
+                ResponseFuture::called(self.inner.call(req), Some(allowance))
+            }
             Verdict::Refused(resp) => ResponseFuture::refused(resp),
-            #[cfg(feature = "redis")]
-            Verdict::Remote(pending) => {
+            Verdict::Pending(pending) => {
                 // The ready service goes with the request; a clone stays for the next one.
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::remote(pending, ready, req, self.shared.clone())
+                ResponseFuture::pending(pending, ready, req)
             }
         }
     }

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::gcra::Decision;
-use crate::layer::{Shared, Verdict};
+use crate::layer::{PendingVerdict, Shared, Verdict};
 use crate::limiter::RateLimiter;
 use crate::ClientKey;
 
@@ -447,7 +447,7 @@ pub(crate) fn decide(
     limiter: &Arc<RateLimiter>,
     idx: usize,
     key: ClientKey,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> Verdict {
     let now = limiter.now();
     if let Some(d) = store.take_leased(idx, key, now) {
@@ -510,10 +510,13 @@ pub(crate) fn decide(
             }
         }
     };
-    Verdict::Remote(Pending {
-        idx,
-        fut: Box::pin(fut),
-    })
+    Verdict::Pending(PendingVerdict::new(
+        Pending {
+            idx,
+            fut: Box::pin(fut),
+        },
+        shared.clone(),
+    ))
 }
 
 fn fallback(

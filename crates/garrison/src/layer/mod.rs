@@ -1,19 +1,29 @@
-//! [`GarrisonLayer`]: every part of the stack as one tower layer, in the order of the design.
+//! [`GarrisonLayer`]: every part of the stack as one tower layer, in the order of the design,
+//! run by one service with one response future.
+//!
+//! Each part is also a layer of its own crate; stacked as seven layers, every request, its
+//! future and its response would be moved through seven services and seven futures. Here
+//! one service asks each part in turn (`TraceLayer::start`, `MetricsLayer::start`,
+//! `HealthLayer::answer`, `ScrapeLayer::answer`, `RateLimitLayer::check`,
+//! `AdmissionLayer::admit`, `CircuitBreakerLayer::admit`), calls the inner service once, and
+//! one future hands the response back through the parts in reverse.
 
-mod toggle;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
-use std::task::{Context, Poll};
-
-use garrison_admission::AdmissionLayer;
-use garrison_breaker::CircuitBreakerLayer;
+use bytes::Bytes;
+use garrison_admission::{AdmissionLayer, Queued};
+use garrison_breaker::{CallOutcome, CircuitBreakerLayer};
+use garrison_core::LayerBody;
 use garrison_health::HealthLayer;
-use garrison_metrics::{MetricsLayer, ScrapeLayer};
-use garrison_ratelimit::RateLimitLayer;
-use garrison_trace::TraceLayer;
-use http::Request;
+use garrison_metrics::{Measurement, MetricsBody, MetricsLayer, ScrapeLayer};
+use garrison_ratelimit::{Allowance, PendingVerdict, RateLimitLayer, Verdict};
+use garrison_trace::{TraceBody, TraceLayer, TracedRequest};
+use http::{Request, Response};
+use pin_project_lite::pin_project;
 use tower::{Layer, Service};
-
-pub use toggle::{Toggled, ToggledBody, ToggledFuture};
 
 /// Every part of the stack, outermost first; `None` is a part turned off.
 #[derive(Clone, Default)]
@@ -38,10 +48,11 @@ pub(crate) struct Parts {
 /// 6. circuit breaker — guards your service, counting only its outcomes;
 /// 7. your service.
 ///
-/// Parts turned off in the configuration are not in the path of a request at all.
+/// Parts turned off in the configuration are skipped. The layer makes one service and one
+/// response future for all the parts, not one per part.
 #[derive(Clone)]
 pub struct GarrisonLayer {
-    pub(crate) parts: Parts,
+    pub(crate) parts: Arc<Parts>,
 }
 
 impl std::fmt::Debug for GarrisonLayer {
@@ -59,35 +70,23 @@ impl std::fmt::Debug for GarrisonLayer {
     }
 }
 
-type On<L, S> = Toggled<<L as Layer<S>>::Service, S>;
-type Breaker<S> = On<CircuitBreakerLayer, S>;
-type Admit<S> = On<AdmissionLayer, Breaker<S>>;
-type Limit<S> = On<RateLimitLayer, Admit<S>>;
-type Scrape<S> = On<ScrapeLayer, Limit<S>>;
-type Health<S> = On<HealthLayer, Scrape<S>>;
-type Metrics<S> = On<MetricsLayer, Health<S>>;
-type Stack<S> = On<TraceLayer, Metrics<S>>;
-
 impl<S> Layer<S> for GarrisonLayer {
     type Service = GarrisonService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        let p = &self.parts;
-        let s = Toggled::wrap(p.breaker.as_ref(), inner);
-        let s = Toggled::wrap(p.admission.as_ref(), s);
-        let s = Toggled::wrap(p.ratelimit.as_ref(), s);
-        let s = Toggled::wrap(p.scrape.as_ref(), s);
-        let s = Toggled::wrap(p.health.as_ref(), s);
-        let s = Toggled::wrap(p.metrics.as_ref(), s);
-        let s = Toggled::wrap(p.trace.as_ref(), s);
-        GarrisonService { inner: s }
+        GarrisonService {
+            inner,
+            parts: self.parts.clone(),
+        }
     }
 }
 
-/// The service made by [`GarrisonLayer`]: your service behind the whole stack.
+/// The service made by [`GarrisonLayer`]: your service behind the whole stack. Cloning it
+/// clones your service and one `Arc`.
 #[derive(Clone)]
 pub struct GarrisonService<S> {
-    inner: Stack<S>,
+    inner: S,
+    parts: Arc<Parts>,
 }
 
 impl<S> std::fmt::Debug for GarrisonService<S> {
@@ -96,13 +95,36 @@ impl<S> std::fmt::Debug for GarrisonService<S> {
     }
 }
 
-impl<S, ReqB> Service<Request<ReqB>> for GarrisonService<S>
+/// The response body of [`GarrisonService`]: your service's body (or the small body of a
+/// response the stack made: a health report, a scrape, a `429`, a `503`), measured by the
+/// metrics and ending the server span when it ends.
+pub type GarrisonBody<B> = TraceBody<MetricsBody<LayerBody<B>>>;
+
+/// What a request holds while its response is on its way: each part's handle, `None` where
+/// the part is off or did not apply.
+#[derive(Default)]
+struct Held {
+    allowance: Option<Allowance>,
+    admitted: Option<garrison_admission::Permit>,
+    breaker: Option<garrison_breaker::Permit>,
+}
+
+/// The parts below health that a request still has to pass.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    RateLimit,
+    Admission,
+    Breaker,
+}
+
+impl<S, ReqB, ResB> Service<Request<ReqB>> for GarrisonService<S>
 where
-    Stack<S>: Service<Request<ReqB>>,
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    ResB: http_body::Body<Data = Bytes>,
 {
-    type Response = <Stack<S> as Service<Request<ReqB>>>::Response;
-    type Error = <Stack<S> as Service<Request<ReqB>>>::Error;
-    type Future = <Stack<S> as Service<Request<ReqB>>>::Future;
+    type Response = Response<GarrisonBody<ResB>>;
+    type Error = S::Error;
+    type Future = GarrisonFuture<S, ReqB>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -110,7 +132,237 @@ where
     }
 
     #[inline]
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        self.inner.call(req)
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let parts = &*self.parts;
+        let traced = parts.trace.as_ref().map(|t| t.start(&mut req));
+        let entered = traced.as_ref().map(TracedRequest::enter);
+        let measure = parts.metrics.as_ref().map(|m| m.start(&req));
+        let mut held = Held::default();
+        let local = parts
+            .health
+            .as_ref()
+            .and_then(|h| h.answer(&req))
+            .or_else(|| parts.scrape.as_ref().and_then(|s| s.answer(&req)));
+        let step = match local {
+            Some(resp) => Step::local(resp),
+            None => proceed(
+                &self.parts,
+                &mut self.inner,
+                req,
+                Stage::RateLimit,
+                &mut held,
+            ),
+        };
+        drop(entered);
+        GarrisonFuture {
+            step,
+            traced,
+            measure,
+            held,
+        }
+    }
+}
+
+/// Takes `req` through the parts from `from` on, and calls the inner service if they all
+/// let it through: the step the future starts with.
+#[inline]
+fn proceed<S, ReqB>(
+    parts: &Arc<Parts>,
+    svc: &mut S,
+    req: Request<ReqB>,
+    from: Stage,
+    held: &mut Held,
+) -> Step<S, ReqB>
+where
+    S: Service<Request<ReqB>> + Clone,
+{
+    if from <= Stage::RateLimit {
+        if let Some(limits) = &parts.ratelimit {
+            match limits.check(&req) {
+                Verdict::Pass => {}
+                Verdict::Allowed(a) => held.allowance = Some(a),
+                Verdict::Refused(resp) => return Step::local(resp),
+                Verdict::Pending(p) => return Step::wait(parts, svc, req, Wait::RateLimit(p)),
+            }
+        }
+    }
+    if from <= Stage::Admission {
+        if let Some(admission) = &parts.admission {
+            match admission.admit(&req) {
+                Ok(permit) => held.admitted = Some(permit),
+                Err(queued) => {
+                    return Step::wait(parts, svc, req, Wait::Admission(Box::pin(queued)))
+                }
+            }
+        }
+    }
+    if let Some(breaker) = &parts.breaker {
+        match breaker.admit(&req) {
+            Ok(permit) => held.breaker = Some(permit),
+            Err(resp) => return Step::local(resp),
+        }
+    }
+    Step::Called { fut: svc.call(req) }
+}
+
+/// What a request waits for before it can go on: the shared rate-limit store, or a slot.
+enum Wait {
+    RateLimit(PendingVerdict),
+    Admission(Pin<Box<Queued>>),
+}
+
+/// The slow path's state, boxed so that the fast path's future stays small: the wait, and
+/// the ready service and the request to call once it is over.
+struct Waiting<S, ReqB> {
+    wait: Wait,
+    parts: Arc<Parts>,
+    svc: S,
+    req: Option<Request<ReqB>>,
+}
+
+pin_project! {
+    #[project = StepProj]
+    enum Step<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        Called { #[pin] fut: S::Future },
+        Local { resp: Option<Response<Bytes>> },
+        Waiting { waiting: Box<Waiting<S, ReqB>> },
+    }
+}
+
+impl<S: Service<Request<ReqB>> + Clone, ReqB> Step<S, ReqB> {
+    fn local(resp: Response<Bytes>) -> Self {
+        Step::Local { resp: Some(resp) }
+    }
+
+    /// Waits with the service that was polled ready; a clone stays for the next request.
+    fn wait(parts: &Arc<Parts>, svc: &mut S, req: Request<ReqB>, wait: Wait) -> Self {
+        let clone = svc.clone();
+        Step::Waiting {
+            waiting: Box::new(Waiting {
+                wait,
+                parts: parts.clone(),
+                svc: std::mem::replace(svc, clone),
+                req: Some(req),
+            }),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`GarrisonService`].
+    pub struct GarrisonFuture<S, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        #[pin]
+        step: Step<S, ReqB>,
+        traced: Option<TracedRequest>,
+        measure: Option<Measurement>,
+        held: Held,
+    }
+}
+
+impl<S: Service<Request<ReqB>>, ReqB> std::fmt::Debug for GarrisonFuture<S, ReqB> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let step = match self.step {
+            Step::Called { .. } => "called",
+            Step::Local { .. } => "answered by the stack",
+            Step::Waiting { .. } => "waiting",
+        };
+        f.debug_struct("GarrisonFuture")
+            .field("step", &step)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqB, ResB> Future for GarrisonFuture<S, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    ResB: http_body::Body<Data = Bytes>,
+{
+    type Output = Result<Response<GarrisonBody<ResB>>, S::Error>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let entered = this.traced.as_ref().map(TracedRequest::enter);
+        let result = loop {
+            let next = match this.step.as_mut().project() {
+                StepProj::Called { fut } => {
+                    let result = ready!(fut.poll(cx));
+                    if let Some(permit) = this.held.breaker.take() {
+                        match &result {
+                            Ok(resp) => permit.record_status(resp.status()),
+                            Err(_) => permit.record(CallOutcome::Failure),
+                        }
+                    }
+                    break result.map(|resp| resp.map(LayerBody::inner));
+                }
+                StepProj::Local { resp } => {
+                    let resp = resp.take().expect("GarrisonFuture polled after completion");
+                    break Ok(resp.map(LayerBody::local));
+                }
+                StepProj::Waiting { waiting } => {
+                    let w = &mut **waiting;
+                    let (from, req) = match &mut w.wait {
+                        Wait::RateLimit(pending) => match ready!(Pin::new(pending).poll(cx)) {
+                            Verdict::Pass => (Stage::Admission, w.req.take()),
+                            Verdict::Allowed(a) => {
+                                this.held.allowance = Some(a);
+                                (Stage::Admission, w.req.take())
+                            }
+                            Verdict::Refused(resp) => {
+                                this.step.set(Step::local(resp));
+                                continue;
+                            }
+                            Verdict::Pending(_) => unreachable!("a store answers once"),
+                        },
+                        Wait::Admission(queued) => match ready!(queued.as_mut().poll(cx)) {
+                            Ok(permit) => {
+                                this.held.admitted = Some(permit);
+                                (Stage::Breaker, w.req.take())
+                            }
+                            Err(resp) => {
+                                this.step.set(Step::local(resp));
+                                continue;
+                            }
+                        },
+                    };
+                    let req = req.expect("GarrisonFuture polled after completion");
+                    proceed(&w.parts, &mut w.svc, req, from, this.held)
+                }
+            };
+            this.step.set(next);
+        };
+        drop(entered);
+        // the slot is given back as soon as the service has answered
+        this.held.admitted = None;
+        Poll::Ready(match result {
+            Ok(mut resp) => {
+                if let Some(a) = this.held.allowance.take() {
+                    a.apply(resp.headers_mut());
+                }
+                let resp = match this.measure.take() {
+                    Some(m) => m.respond(resp),
+                    None => resp.map(MetricsBody::unmeasured),
+                };
+                Ok(match this.traced.take() {
+                    Some(t) => t.respond(resp),
+                    None => resp.map(TraceBody::untraced),
+                })
+            }
+            Err(e) => {
+                if let Some(m) = this.measure.take() {
+                    m.failed();
+                }
+                if let Some(t) = this.traced.take() {
+                    t.failed();
+                }
+                Err(e)
+            }
+        })
     }
 }
