@@ -242,7 +242,6 @@ where
 #[inline]
 fn start<B>(shared: &Arc<Shared>, req: &mut Request<B>) -> TracedRequest {
     let sh = shared;
-    let clock = sh.tracer.inner.clock.clone();
     let incoming = Incoming::extract(req.headers());
     let trace_id = incoming.parent.map_or_else(ids::trace_id, |p| p.trace_id);
     let span_id = ids::span_id();
@@ -256,7 +255,11 @@ fn start<B>(shared: &Arc<Shared>, req: &mut Request<B>) -> TracedRequest {
     let root = local
         .as_ref()
         .map(|_| Box::new(root_span(req, &sh.resolver, trace_id, span_id, &incoming)));
-    let started = (local.is_some() || sh.access_log).then(|| clock.now());
+    // the clock is only kept (an `Arc` clone) by requests that time themselves
+    let started = (local.is_some() || sh.access_log).then(|| {
+        let clock = sh.tracer.inner.clock.clone();
+        (clock.now(), clock)
+    });
     let ctx = Arc::new(RequestContext {
         trace_id,
         span_id,
@@ -299,13 +302,13 @@ fn start<B>(shared: &Arc<Shared>, req: &mut Request<B>) -> TracedRequest {
             root,
             ctx,
             span,
-            clock,
             started,
             status: 0,
             access,
             done: false,
         },
-        shared: shared.clone(),
+        request_id: sh.request_id.clone(),
+        trace_response: sh.trace_response,
     }
 }
 
@@ -417,8 +420,8 @@ struct Finisher {
     root: Option<Box<SpanRecord>>,
     ctx: Arc<RequestContext>,
     span: Option<Box<tracing::Span>>,
-    clock: garrison_core::SharedClock,
-    started: Option<Instant>,
+    /// When the request started, by the clock that will time its end.
+    started: Option<(Instant, garrison_core::SharedClock)>,
     status: u16,
     access: Option<Box<Access>>,
     done: bool,
@@ -429,9 +432,12 @@ impl Finisher {
         if std::mem::replace(&mut self.done, true) {
             return;
         }
-        let took = self.started.map_or(std::time::Duration::ZERO, |t| {
-            self.clock.now().saturating_duration_since(t)
-        });
+        let took = self
+            .started
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |(t, clock)| {
+                clock.now().saturating_duration_since(*t)
+            });
         if let Some(a) = &self.access {
             let _e = self.span.as_ref().map(|s| s.enter());
             let _current = CurrentGuard::set(&self.ctx);
@@ -481,7 +487,9 @@ impl Drop for Finisher {
 /// sampling, the server span and the request id.
 pub struct TracedRequest {
     finisher: Finisher,
-    shared: Arc<Shared>,
+    /// The layer's request id header (a clone of a static name costs no atomic operation).
+    request_id: HeaderName,
+    trace_response: bool,
 }
 
 impl std::fmt::Debug for TracedRequest {
@@ -528,13 +536,14 @@ impl TracedRequest {
     pub fn respond<B>(self, mut resp: Response<B>) -> Response<TraceBody<B>> {
         let Self {
             mut finisher,
-            shared,
+            request_id,
+            trace_response,
         } = self;
         finisher.status = resp.status().as_u16();
         let ctx = &finisher.ctx;
         let h = resp.headers_mut();
-        h.insert(shared.request_id.clone(), ctx.request_id.to_header_value());
-        if shared.trace_response {
+        h.insert(request_id, ctx.request_id.to_header_value());
+        if trace_response {
             let tp = format_traceparent(ctx.trace_id, ctx.span_id, ctx.sampled);
             if let Ok(v) = HeaderValue::from_bytes(&tp) {
                 h.insert(HeaderName::from_static("traceresponse"), v);

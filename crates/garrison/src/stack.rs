@@ -333,6 +333,7 @@ impl GarrisonBuilder {
                 .enabled
                 .then(|| breaker_layer(&c.breaker, &breakers, &resolver))
                 .transpose()?,
+            resolver,
         };
         Ok(Garrison {
             config: Arc::new(self.config),

@@ -66,9 +66,10 @@ pub(crate) enum Key {
 }
 
 impl Key {
-    fn of<'a, B>(&'a self, req: &'a http::Request<B>) -> &'a str {
+    /// The key of `req`; `route` is its route label when the caller has resolved it already.
+    fn of<'a, B>(&'a self, req: &'a http::Request<B>, route: Option<&'a str>) -> &'a str {
         match self {
-            Key::Route(resolver) => resolver.resolve(req).as_str(),
+            Key::Route(resolver) => route.unwrap_or_else(|| resolver.resolve(req).as_str()),
             Key::Host => req
                 .uri()
                 .authority()
@@ -191,7 +192,20 @@ impl CircuitBreakerLayer {
     #[allow(clippy::result_large_err)]
     #[inline]
     pub fn admit<B>(&self, req: &http::Request<B>) -> Result<crate::Permit, http::Response<Bytes>> {
-        self.shared.admit(req)
+        self.shared.admit(req, None)
+    }
+
+    /// [`admit`](Self::admit) for a request whose route label `route` the caller has
+    /// resolved already, with the resolver given to [`per_route`](Self::per_route): a
+    /// stack that runs several parts resolves the route once.
+    #[allow(clippy::result_large_err)]
+    #[inline]
+    pub fn admit_route<B>(
+        &self,
+        req: &http::Request<B>,
+        route: &str,
+    ) -> Result<crate::Permit, http::Response<Bytes>> {
+        self.shared.admit(req, Some(route))
     }
 
     fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
@@ -227,12 +241,13 @@ impl Shared {
     pub(crate) fn admit<B>(
         &self,
         req: &http::Request<B>,
+        route: Option<&str>,
     ) -> Result<crate::Permit, http::Response<Bytes>> {
         let keyed;
         let breaker = match &self.keying {
             Keying::Single(b) => b,
             Keying::PerKey { .. } => {
-                keyed = self.keyed_breaker(req);
+                keyed = self.keyed_breaker(req, route);
                 &keyed
             }
         };
@@ -244,7 +259,7 @@ impl Shared {
             })
     }
 
-    fn keyed_breaker<B>(&self, req: &http::Request<B>) -> Breaker {
+    fn keyed_breaker<B>(&self, req: &http::Request<B>, route: Option<&str>) -> Breaker {
         match &self.keying {
             Keying::Single(b) => b.clone(),
             Keying::PerKey {
@@ -252,7 +267,7 @@ impl Shared {
                 breakers,
                 max,
             } => {
-                let route = k.of(req);
+                let route = k.of(req, route);
                 if let Some(b) = breakers.read().get(route) {
                     return b.clone();
                 }

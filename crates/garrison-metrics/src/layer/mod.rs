@@ -81,7 +81,15 @@ impl MetricsLayer {
     /// ```
     #[inline]
     pub fn start<B>(&self, req: &http::Request<B>) -> Measurement {
-        Measurement(service::start(&self.registry.shared, &self.resolver, req))
+        self.start_route(req, self.resolver.resolve(req).as_str())
+    }
+
+    /// [`start`](Self::start) for a request whose route label `route` the caller has
+    /// resolved already, with the layer's resolver: a stack that runs several parts resolves
+    /// the route once.
+    #[inline]
+    pub fn start_route<B>(&self, req: &http::Request<B>, route: &str) -> Measurement {
+        Measurement(service::start(&self.registry.shared, route, req))
     }
 }
 

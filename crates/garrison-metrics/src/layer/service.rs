@@ -69,20 +69,17 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let guard = start(&self.shared, &self.resolver, &req);
+        let route = self.resolver.resolve(&req);
+        let guard = start(&self.shared, route.as_str(), &req);
         ResponseFuture::new(self.inner.call(req), guard)
     }
 }
 
-/// Starts measuring `req`: its route, method, request size and trace.
+/// Starts measuring `req` under the route label `route`: its method, request size and trace.
 #[inline]
-pub(crate) fn start<B>(
-    shared: &Arc<Shared>,
-    resolver: &RouteResolver,
-    req: &Request<B>,
-) -> RequestGuard {
+pub(crate) fn start<B>(shared: &Arc<Shared>, route: &str, req: &Request<B>) -> RequestGuard {
     let method = MethodLabel::from_method(req.method());
-    let route = shared.route_id(resolver.resolve(req).as_str());
+    let route = shared.route_id(route);
     let trace = if shared.exemplars {
         req.extensions()
             .get::<TraceContext>()

@@ -400,7 +400,15 @@ impl RateLimitLayer {
     /// ```
     #[inline]
     pub fn check<B>(&self, req: &Request<B>) -> Verdict {
-        self.shared.decide(req)
+        self.shared.decide(req, None)
+    }
+
+    /// [`check`](Self::check) for a request whose route label `route` the caller has
+    /// resolved already, with the layer's resolver: a stack that runs several parts resolves
+    /// the route once.
+    #[inline]
+    pub fn check_route<B>(&self, req: &Request<B>, route: &str) -> Verdict {
+        self.shared.decide(req, Some(route))
     }
 
     /// The key `req` is counted under by `policy` (for logs and tests; the key is a hash).
@@ -517,12 +525,12 @@ impl std::future::Future for PendingVerdict {
 
 impl Shared {
     #[inline]
-    pub(crate) fn decide<B>(self: &Arc<Self>, req: &Request<B>) -> Verdict {
+    pub(crate) fn decide<B>(self: &Arc<Self>, req: &Request<B>, route: Option<&str>) -> Verdict {
         self.start_sweeper();
         let rule = if self.routes.is_empty() {
             self.default.map(Rule::Policy)
         } else {
-            let label = self.resolver.resolve(req).as_str();
+            let label = route.unwrap_or_else(|| self.resolver.resolve(req).as_str());
             match self.routes.get(label) {
                 Some(r) => Some(*r),
                 None => self.default.map(Rule::Policy),

@@ -16,7 +16,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use garrison_admission::{AdmissionLayer, Queued};
 use garrison_breaker::{CallOutcome, CircuitBreakerLayer};
-use garrison_core::LayerBody;
+use garrison_core::{LayerBody, RouteResolver};
 use garrison_health::HealthLayer;
 use garrison_metrics::{Measurement, MetricsBody, MetricsLayer, ScrapeLayer};
 use garrison_ratelimit::{Allowance, PendingVerdict, RateLimitLayer, Verdict};
@@ -26,7 +26,7 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 /// Every part of the stack, outermost first; `None` is a part turned off.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct Parts {
     pub(crate) trace: Option<TraceLayer>,
     pub(crate) metrics: Option<MetricsLayer>,
@@ -35,6 +35,8 @@ pub(crate) struct Parts {
     pub(crate) ratelimit: Option<RateLimitLayer>,
     pub(crate) admission: Option<AdmissionLayer>,
     pub(crate) breaker: Option<CircuitBreakerLayer>,
+    /// The resolver every part was given: a request's route is resolved once, here.
+    pub(crate) resolver: RouteResolver,
 }
 
 /// The whole stack as one tower [`Layer`], made by [`Garrison::layer`](crate::Garrison::layer):
@@ -136,23 +138,22 @@ where
         let parts = &*self.parts;
         let traced = parts.trace.as_ref().map(|t| t.start(&mut req));
         let entered = traced.as_ref().map(TracedRequest::enter);
-        let measure = parts.metrics.as_ref().map(|m| m.start(&req));
+        let route = parts.resolver.resolve(&req);
+        let measure = parts
+            .metrics
+            .as_ref()
+            .map(|m| m.start_route(&req, route.as_str()));
         let mut held = Held::default();
         let local = parts
             .health
             .as_ref()
             .and_then(|h| h.answer(&req))
             .or_else(|| parts.scrape.as_ref().and_then(|s| s.answer(&req)));
-        let step = match local {
-            Some(resp) => Step::local(resp),
-            None => proceed(
-                &self.parts,
-                &mut self.inner,
-                req,
-                Stage::RateLimit,
-                &mut held,
-            ),
+        let gate = match local {
+            Some(resp) => Gate::Answer(resp),
+            None => gate(parts, &req, route.as_str(), Stage::RateLimit, &mut held),
         };
+        let step = Step::after(gate, &self.parts, &mut self.inner, req);
         drop(entered);
         GarrisonFuture {
             step,
@@ -163,46 +164,45 @@ where
     }
 }
 
-/// Takes `req` through the parts from `from` on, and calls the inner service if they all
-/// let it through: the step the future starts with.
+/// Where the parts below health send a request.
+enum Gate {
+    /// On to the inner service.
+    Open,
+    /// Answered by a part (a `429`, a `503`).
+    Answer(Response<Bytes>),
+    /// It must wait first.
+    Wait(Wait),
+}
+
+/// Takes `req` (of route label `route`) through the parts from `from` on; what they let
+/// through is held in `held`.
 #[inline]
-fn proceed<S, ReqB>(
-    parts: &Arc<Parts>,
-    svc: &mut S,
-    req: Request<ReqB>,
-    from: Stage,
-    held: &mut Held,
-) -> Step<S, ReqB>
-where
-    S: Service<Request<ReqB>> + Clone,
-{
+fn gate<B>(parts: &Parts, req: &Request<B>, route: &str, from: Stage, held: &mut Held) -> Gate {
     if from <= Stage::RateLimit {
         if let Some(limits) = &parts.ratelimit {
-            match limits.check(&req) {
+            match limits.check_route(req, route) {
                 Verdict::Pass => {}
                 Verdict::Allowed(a) => held.allowance = Some(a),
-                Verdict::Refused(resp) => return Step::local(resp),
-                Verdict::Pending(p) => return Step::wait(parts, svc, req, Wait::RateLimit(p)),
+                Verdict::Refused(resp) => return Gate::Answer(resp),
+                Verdict::Pending(p) => return Gate::Wait(Wait::RateLimit(p)),
             }
         }
     }
     if from <= Stage::Admission {
         if let Some(admission) = &parts.admission {
-            match admission.admit(&req) {
+            match admission.admit(req) {
                 Ok(permit) => held.admitted = Some(permit),
-                Err(queued) => {
-                    return Step::wait(parts, svc, req, Wait::Admission(Box::pin(queued)))
-                }
+                Err(queued) => return Gate::Wait(Wait::Admission(Box::pin(queued))),
             }
         }
     }
     if let Some(breaker) = &parts.breaker {
-        match breaker.admit(&req) {
+        match breaker.admit_route(req, route) {
             Ok(permit) => held.breaker = Some(permit),
-            Err(resp) => return Step::local(resp),
+            Err(resp) => return Gate::Answer(resp),
         }
     }
-    Step::Called { fut: svc.call(req) }
+    Gate::Open
 }
 
 /// What a request waits for before it can go on: the shared rate-limit store, or a slot.
@@ -237,16 +237,24 @@ impl<S: Service<Request<ReqB>> + Clone, ReqB> Step<S, ReqB> {
         Step::Local { resp: Some(resp) }
     }
 
-    /// Waits with the service that was polled ready; a clone stays for the next request.
-    fn wait(parts: &Arc<Parts>, svc: &mut S, req: Request<ReqB>, wait: Wait) -> Self {
-        let clone = svc.clone();
-        Step::Waiting {
-            waiting: Box::new(Waiting {
-                wait,
-                parts: parts.clone(),
-                svc: std::mem::replace(svc, clone),
-                req: Some(req),
-            }),
+    /// What follows `gate`: the inner service called with `req`, an answer, or a wait
+    /// (with the service that was polled ready; a clone stays for the next request).
+    #[inline]
+    fn after(gate: Gate, parts: &Arc<Parts>, svc: &mut S, req: Request<ReqB>) -> Self {
+        match gate {
+            Gate::Open => Step::Called { fut: svc.call(req) },
+            Gate::Answer(resp) => Step::local(resp),
+            Gate::Wait(wait) => {
+                let clone = svc.clone();
+                Step::Waiting {
+                    waiting: Box::new(Waiting {
+                        wait,
+                        parts: parts.clone(),
+                        svc: std::mem::replace(svc, clone),
+                        req: Some(req),
+                    }),
+                }
+            }
         }
     }
 }
@@ -332,7 +340,9 @@ where
                         },
                     };
                     let req = req.expect("GarrisonFuture polled after completion");
-                    proceed(&w.parts, &mut w.svc, req, from, this.held)
+                    let route = w.parts.resolver.resolve(&req);
+                    let gate = gate(&w.parts, &req, route.as_str(), from, this.held);
+                    Step::after(gate, &w.parts, &mut w.svc, req)
                 }
             };
             this.step.set(next);
