@@ -240,8 +240,7 @@ where
 
 /// Opens `req`'s trace: its ids, sampling, span and request id.
 #[inline]
-fn start<B>(shared: &Arc<Shared>, req: &mut Request<B>) -> TracedRequest {
-    let sh = shared;
+fn start<B>(sh: &Shared, req: &mut Request<B>) -> TracedRequest {
     let incoming = Incoming::extract(req.headers());
     let trace_id = incoming.parent.map_or_else(ids::trace_id, |p| p.trace_id);
     let span_id = ids::span_id();
