@@ -586,6 +586,16 @@ impl Permit {
         self.record(outcome);
     }
 
+    /// Reports what a service call returned: its response's status
+    /// ([`record_status`](Self::record_status)), or a failure for an error.
+    #[inline]
+    pub fn record_result<B, E>(self, result: &Result<http::Response<B>, E>) {
+        match result {
+            Ok(resp) => self.record_status(resp.status()),
+            Err(_) => self.record(CallOutcome::Failure),
+        }
+    }
+
     /// Whether this permit is one of the half-open probes.
     pub fn is_probe(&self) -> bool {
         self.kind == PermitKind::Probe

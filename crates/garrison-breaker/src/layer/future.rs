@@ -7,7 +7,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::BreakerBody;
-use crate::{CallOutcome, Permit};
+use crate::Permit;
 
 pin_project! {
     /// The response future of [`CircuitBreakerService`](super::CircuitBreakerService).
@@ -66,10 +66,7 @@ where
             Proj::Called { fut, permit } => {
                 let result = ready!(fut.poll(cx));
                 if let Some(p) = permit.take() {
-                    match &result {
-                        Ok(resp) => p.record_status(resp.status()),
-                        Err(_) => p.record(CallOutcome::Failure),
-                    }
+                    p.record_result(&result);
                 }
                 Poll::Ready(result.map(|r| r.map(BreakerBody::inner)))
             }

@@ -15,7 +15,7 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use garrison_admission::{AdmissionLayer, Queued};
-use garrison_breaker::{CallOutcome, CircuitBreakerLayer};
+use garrison_breaker::CircuitBreakerLayer;
 use garrison_core::{LayerBody, RouteResolver};
 use garrison_health::HealthLayer;
 use garrison_metrics::{Measurement, MetricsBody, MetricsLayer, ScrapeLayer};
@@ -26,7 +26,6 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 /// Every part of the stack, outermost first; `None` is a part turned off.
-#[derive(Clone)]
 pub(crate) struct Parts {
     pub(crate) trace: Option<TraceLayer>,
     pub(crate) metrics: Option<MetricsLayer>,
@@ -302,10 +301,7 @@ where
                 StepProj::Called { fut } => {
                     let result = ready!(fut.poll(cx));
                     if let Some(permit) = this.held.breaker.take() {
-                        match &result {
-                            Ok(resp) => permit.record_status(resp.status()),
-                            Err(_) => permit.record(CallOutcome::Failure),
-                        }
+                        permit.record_result(&result);
                     }
                     break result.map(|resp| resp.map(LayerBody::inner));
                 }
