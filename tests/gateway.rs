@@ -207,6 +207,102 @@ async fn requests_are_forwarded_with_forwarded_headers_and_without_hop_by_hop_on
     assert!(r.headers.contains_key("x-request-id"));
 }
 
+/// An upstream that counts the connections it accepted and those that closed; its answers
+/// carry `Connection: close` while `close` is set.
+struct Counted {
+    addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
+    closed: Arc<AtomicU64>,
+    close: Arc<AtomicBool>,
+}
+
+async fn counted_upstream() -> Counted {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let c = Counted {
+        addr: l.local_addr().unwrap(),
+        accepted: Arc::default(),
+        closed: Arc::default(),
+        close: Arc::default(),
+    };
+    let (accepted, closed, close) = (c.accepted.clone(), c.closed.clone(), c.close.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = l.accept().await else {
+                continue;
+            };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let (closed, close) = (closed.clone(), close.clone());
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let close = close.load(Ordering::SeqCst);
+                    async move {
+                        let mut resp = Response::new(full("pooled"));
+                        if close {
+                            resp.headers_mut()
+                                .insert("connection", "close".parse().unwrap());
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upstream_connections_are_reused_given_up_on_close_and_closed_when_idle() {
+    let up = counted_upstream().await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway]
+        workers = 1
+        [gateway.upstreams.app]
+        addresses = ["{}"]
+        pool_idle_timeout = "200ms"
+        [gateway.routes.rest]
+        prefix = "/"
+        upstream = "app"
+        "#,
+        up.addr
+    ))
+    .await;
+    for _ in 0..5 {
+        let r = get(gw.addr, "/x", &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "pooled"));
+    }
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        1,
+        "one pooled connection served every request in turn"
+    );
+    // an answer with `Connection: close` ends its connection; the next request opens one
+    up.close.store(true, Ordering::SeqCst);
+    assert_eq!(get(gw.addr, "/x", &[]).await.status, StatusCode::OK);
+    up.close.store(false, Ordering::SeqCst);
+    assert_eq!(get(gw.addr, "/x", &[]).await.status, StatusCode::OK);
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 2);
+    eventually("the closed connection is gone", async || {
+        up.closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // left idle past pool_idle_timeout, the gateway closes it
+    eventually("the idle connection is closed by the gateway", async || {
+        up.closed.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    assert_eq!(get(gw.addr, "/x", &[]).await.status, StatusCode::OK);
+    assert_eq!(
+        up.accepted.load(Ordering::SeqCst),
+        3,
+        "a fresh connection after"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bodies_stream_both_ways_without_being_buffered() {
     // the upstream sends its first chunk, then waits until the client has it: a gateway

@@ -142,7 +142,8 @@ pub struct UpstreamConfig {
     /// `host`: the `Host` sent upstream: `"preserve"` (the client's) or `"upstream"` (the
     /// address's). Default: `"preserve"`.
     pub host: HostMode,
-    /// `pool_idle_timeout`: idle upstream connections are closed after this.
+    /// `pool_idle_timeout`: idle upstream connections are closed after this (HTTP/1.1: after
+    /// between 1× and 1.25× this, checked four times per timeout).
     /// Default: `"90s"`.
     pub pool_idle_timeout: Duration,
 }

@@ -65,11 +65,13 @@
 pub mod admin;
 pub mod config;
 pub mod demo;
+mod pool;
 mod proxy;
 mod server;
 mod upstream;
 
 pub use config::{GatewayConfig, GatewaySection, RouteConfig, UpstreamConfig, DEFAULT_CONFIG};
+pub use pool::PooledBody;
 pub use proxy::{Proxy, ProxyBody, UpstreamBody};
 pub use server::{bind, Gateway, GatewayService, Generation};
 pub use upstream::{AddressState, Upstream};

@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::config::{GatewayConfig, HostMode, UpstreamProtocol};
+use crate::pool::{source_chain, Http1Pool, PoolError, PooledBody, SendFuture};
 use crate::upstream::Upstream;
 
 /// What the gateway sends upstream: the client's body, streamed, or nothing (a retry of a
@@ -31,7 +32,7 @@ use crate::upstream::Upstream;
 pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
 
 /// The proxy's response body: the upstream's, streamed, or the gateway's own error.
-pub type ProxyBody = LayerBody<Incoming>;
+pub type ProxyBody = LayerBody<PooledBody>;
 
 type HttpClient = Client<HttpConnector, UpstreamBody>;
 
@@ -51,10 +52,18 @@ struct Inner {
 #[derive(Debug)]
 struct Route {
     upstream: Arc<Upstream>,
-    /// One client (one connection pool) per worker thread, so that a worker's requests
-    /// use connections driven on that worker: no wake-ups across threads.
-    clients: Arc<[HttpClient]>,
+    transport: Arc<Transport>,
     strip: Option<String>,
+}
+
+/// How requests reach an upstream. Either way each worker thread has connections of its
+/// own, driven on that worker: no wake-ups across threads.
+#[derive(Debug)]
+enum Transport {
+    /// HTTP/1.1: the gateway's own pool, one idle list per worker and address.
+    Http1(Http1Pool),
+    /// h2c: one client per worker (one shared HTTP/2 connection per address).
+    H2c(Box<[HttpClient]>),
 }
 
 thread_local! {
@@ -67,11 +76,8 @@ pub(crate) fn set_worker(i: usize) {
     WORKER.with(|w| w.set(i));
 }
 
-impl Route {
-    fn client(&self) -> &HttpClient {
-        let i = WORKER.with(std::cell::Cell::get);
-        &self.clients[i % self.clients.len()]
-    }
+fn worker() -> usize {
+    WORKER.with(std::cell::Cell::get)
 }
 
 impl Proxy {
@@ -81,10 +87,20 @@ impl Proxy {
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         workers: usize,
     ) -> Self {
-        let mut clients = BTreeMap::new();
+        let mut transports = BTreeMap::new();
         for (name, u) in &config.gateway.upstreams {
-            let pools: Arc<[HttpClient]> = (0..workers.max(1)).map(|_| client(u)).collect();
-            clients.insert(name.clone(), pools);
+            let t = match u.protocol {
+                UpstreamProtocol::Http1 => Transport::Http1(Http1Pool::new(
+                    workers,
+                    u.addresses.len(),
+                    u.connect_timeout,
+                    u.pool_idle_timeout,
+                )),
+                UpstreamProtocol::H2c => {
+                    Transport::H2c((0..workers.max(1)).map(|_| client(u)).collect())
+                }
+            };
+            transports.insert(name.clone(), Arc::new(t));
         }
         let mut router = matchit::Router::new();
         let mut routes = Vec::new();
@@ -92,7 +108,7 @@ impl Proxy {
             let i = routes.len();
             routes.push(Route {
                 upstream: upstreams[&r.upstream].clone(),
-                clients: clients[&r.upstream].clone(),
+                transport: transports[&r.upstream].clone(),
                 strip: r
                     .strip_prefix
                     .then(|| r.prefix.clone().unwrap_or_default())
@@ -179,7 +195,7 @@ impl Inner {
 
         let (at, authority) = up.pick(None);
         let first = request(parts, authority, &path, up.host, Either::Left(body));
-        let failure = match self.send(route, first).await {
+        let failure = match self.send(route, at, authority, first).await {
             Ok(resp) => {
                 up.succeeded(at);
                 return response(resp);
@@ -199,7 +215,7 @@ impl Inner {
                     up.host,
                     Either::Right(Empty::new()),
                 );
-                match self.send(route, req).await {
+                match self.send(route, again, authority, req).await {
                     Ok(resp) => {
                         up.succeeded(again);
                         return response(resp);
@@ -234,11 +250,33 @@ impl Inner {
     async fn send(
         &self,
         route: &Route,
+        at: usize,
+        authority: &Authority,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, Failure> {
-        let client = self.propagate.layer(route.client().clone());
-        match tokio::time::timeout(route.upstream.timeout, client.oneshot(req)).await {
-            Ok(Ok(resp)) => Ok(resp),
+    ) -> Result<Response<PooledBody>, Failure> {
+        let timeout = route.upstream.timeout;
+        let clients = match &*route.transport {
+            Transport::Http1(pool) => {
+                let client = self.propagate.layer(Http1Client {
+                    pool,
+                    worker: worker(),
+                    at,
+                    authority,
+                });
+                return match tokio::time::timeout(timeout, client.oneshot(req)).await {
+                    Err(_) => Err(Failure::Timeout),
+                    Ok(Ok(resp)) => Ok(resp),
+                    Ok(Err(PoolError::Connect(e))) => Err(Failure::Connect(e)),
+                    Ok(Err(PoolError::ConnectTimeout)) => Err(Failure::ConnectTimeout),
+                    Ok(Err(PoolError::Broken(e))) => Err(Failure::Broken(e)),
+                };
+            }
+            Transport::H2c(clients) => clients,
+        };
+        // the worker's client by reference: no clone of its pool handles per request
+        let client = self.propagate.layer(&clients[worker() % clients.len()]);
+        match tokio::time::timeout(timeout, client.oneshot(req)).await {
+            Ok(Ok(resp)) => Ok(PooledBody::unpooled(resp)),
             Err(_) => Err(Failure::Timeout),
             Ok(Err(e)) if e.is_connect() => {
                 if timed_out(&e) {
@@ -249,6 +287,39 @@ impl Inner {
             }
             Ok(Err(e)) => Err(Failure::Broken(source_chain(&e))),
         }
+    }
+}
+
+/// One request's way to an HTTP/1.1 address through the worker's pool, as a tower service
+/// for [`PropagateLayer`] (which sees the absolute URI for its client span; the request
+/// line carries the origin form).
+struct Http1Client<'a> {
+    pool: &'a Http1Pool,
+    worker: usize,
+    at: usize,
+    authority: &'a Authority,
+}
+
+impl<'a> Service<Request<UpstreamBody>> for Http1Client<'a> {
+    type Response = Response<PooledBody>;
+    type Error = PoolError;
+    type Future = SendFuture<'a>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), PoolError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<UpstreamBody>) -> Self::Future {
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = Uri::from(pq);
+        }
+        let Self {
+            pool,
+            worker,
+            at,
+            authority,
+        } = *self;
+        Box::pin(async move { pool.send(worker, at, authority, req).await })
     }
 }
 
@@ -306,28 +377,54 @@ fn upstream_path(uri: &Uri, strip: Option<&str>) -> Option<PathAndQuery> {
     }
 }
 
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The headers that belong to one connection (RFC 9110 §7.6.1), whatever `Connection`
+/// names besides.
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == header::CONNECTION
+        || n == header::TRANSFER_ENCODING
+        || n == header::TE
+        || n == header::TRAILER
+        || n == header::UPGRADE
+        || n == header::PROXY_AUTHENTICATE
+        || n == header::PROXY_AUTHORIZATION
+        || n == KEEP_ALIVE
+        || n == PROXY_CONNECTION
+}
+
 /// Headers that belong to one connection (RFC 9110 §7.6.1), and those the `Connection`
 /// header names: never forwarded.
 fn remove_hop_by_hop(h: &mut HeaderMap) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        h.remove(n);
+    // most messages have none: one look at each name instead of a removal of each kind
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
+    if h.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = h
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+        h.remove(header::CONNECTION);
     }
     for n in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
     ] {
         h.remove(n);
     }
@@ -337,58 +434,136 @@ fn remove_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// A header value written in place: one buffer, handed to the value without a copy.
+fn value_of(b: BytesMut) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(b.freeze()).ok()
+}
+
+/// An IP address as text, written once (without `core::fmt` for IPv4) for both
+/// forwarding headers.
+struct IpText {
+    buf: [u8; 48],
+    len: usize,
+}
+
+impl IpText {
+    fn new(ip: std::net::IpAddr) -> Self {
+        let mut t = IpText {
+            buf: [0; 48],
+            len: 0,
+        };
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.push(b".");
+                    }
+                    let digits = [b'0' + o / 100, b'0' + o / 10 % 10, b'0' + o % 10];
+                    let skip = if o >= 100 {
+                        0
+                    } else if o >= 10 {
+                        1
+                    } else {
+                        2
+                    };
+                    t.push(&digits[skip..]);
+                }
+            }
+            std::net::IpAddr::V6(v6) => {
+                use std::fmt::Write as _;
+                let _ = write!(t, "{v6}");
+            }
+        }
+        t
+    }
+
+    fn push(&mut self, b: &[u8]) {
+        let end = (self.len + b.len()).min(self.buf.len());
+        self.buf[self.len..end].copy_from_slice(&b[..end - self.len]);
+        self.len = end;
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
+    }
+}
+
 /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
 /// (appended, RFC 7239).
 fn add_forwarded(h: &mut HeaderMap, peer: Option<SocketAddr>, host: Option<&HeaderValue>) {
-    let xff = HeaderName::from_static("x-forwarded-for");
-    if let Some(peer) = peer {
-        let ip = peer.ip().to_string();
-        let value = match h.get(&xff).and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(xff, v);
+    let ip = peer.map(|p| (p.is_ipv6(), IpText::new(p.ip())));
+    if let Some((_, ip)) = &ip {
+        let prev = h.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes);
+        let mut b = BytesMut::with_capacity(prev.map_or(0, |p| p.len() + 2) + ip.len);
+        if let Some(prev) = prev {
+            b.put_slice(prev);
+            b.put_slice(b", ");
+        }
+        b.put_slice(ip.as_bytes());
+        if let Some(v) = value_of(b) {
+            h.insert(X_FORWARDED_FOR.clone(), v);
         }
     }
-    let proto = HeaderName::from_static("x-forwarded-proto");
-    if !h.contains_key(&proto) {
-        h.insert(proto, HeaderValue::from_static("http"));
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
     }
-    let fhost = HeaderName::from_static("x-forwarded-host");
-    if let (false, Some(host)) = (h.contains_key(&fhost), host) {
-        h.insert(fhost, host.clone());
+    if let (false, Some(host)) = (h.contains_key(&X_FORWARDED_HOST), host) {
+        h.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
-    let mut element = String::with_capacity(64);
-    if let Some(peer) = peer {
-        match peer.ip() {
-            std::net::IpAddr::V4(ip) => element.push_str(&format!("for={ip}")),
-            std::net::IpAddr::V6(ip) => element.push_str(&format!("for=\"[{ip}]\"")),
+    let prev = h.get(header::FORWARDED).map(HeaderValue::as_bytes);
+    let host = host.map(HeaderValue::as_bytes);
+    let mut b = BytesMut::with_capacity(
+        prev.map_or(0, |p| p.len() + 2) + 64 + host.map_or(0, |h| h.len() + 8),
+    );
+    if let Some(prev) = prev {
+        b.put_slice(prev);
+        b.put_slice(b", ");
+    }
+    match &ip {
+        Some((false, ip)) => {
+            b.put_slice(b"for=");
+            b.put_slice(ip.as_bytes());
+            b.put_slice(b";");
         }
-        element.push(';');
+        Some((true, ip)) => {
+            b.put_slice(b"for=\"[");
+            b.put_slice(ip.as_bytes());
+            b.put_slice(b"]\";");
+        }
+        None => {}
     }
-    if let Some(host) = host.and_then(|v| v.to_str().ok()) {
+    if let Some(host) = host {
         // a token when it can be, else a quoted string (RFC 7239 §4)
         if host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b".-_~".contains(&b))
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_~".contains(b))
         {
-            element.push_str(&format!("host={host};"));
-        } else if !host.contains(['"', '\\']) {
-            element.push_str(&format!("host=\"{host}\";"));
+            b.put_slice(b"host=");
+            b.put_slice(host);
+            b.put_slice(b";");
+        } else if host
+            .iter()
+            .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+        {
+            b.put_slice(b"host=\"");
+            b.put_slice(host);
+            b.put_slice(b"\";");
         }
     }
-    element.push_str("proto=http");
-    let value = match h.get(header::FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {element}"),
-        None => element,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    b.put_slice(b"proto=http");
+    if let Some(v) = value_of(b) {
         h.insert(header::FORWARDED, v);
     }
 }
 
-fn response(resp: Response<Incoming>) -> Response<ProxyBody> {
+fn response(resp: Response<PooledBody>) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, LayerBody::inner(body))
@@ -435,17 +610,6 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
-}
-
-fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        out.push_str(": ");
-        out.push_str(&err.to_string());
-        cur = err.source();
-    }
-    out
 }
 
 #[cfg(test)]
@@ -497,6 +661,35 @@ mod tests {
         let mut v6 = HeaderMap::new();
         add_forwarded(&mut v6, Some("[2001:db8::1]:80".parse().unwrap()), None);
         assert_eq!(v6[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
+    }
+
+    #[test]
+    fn addresses_are_written_as_their_display_has_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "192.0.2.1",
+            "::1",
+            "2001:db8::ff00:42:8329",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let addr: std::net::IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::new(addr).as_bytes(), addr.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("shop.example"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        let before = h.clone();
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+        h.insert(KEEP_ALIVE.clone(), HeaderValue::from_static("timeout=5"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, before);
     }
 
     #[test]

@@ -395,13 +395,20 @@ async fn first_byte(stream: &TcpStream, wait: Duration) -> bool {
     )
 }
 
+/// The number of header fields hyper's HTTP/1 parser takes when none is set.
+const HYPER_MAX_HEADERS: usize = 100;
+
 fn connection_builder(g: &GatewaySection) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+    let mut h1 = b.http1();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(g.header_read_timeout)
-        .max_buf_size(g.max_header_bytes)
-        .max_headers(g.max_headers);
+        .max_buf_size(g.max_header_bytes);
+    // hyper's own limit is 100 too, parsed into arrays on the stack; a limit set explicitly
+    // makes it fill an array of that size on every request
+    if g.max_headers != HYPER_MAX_HEADERS {
+        h1.max_headers(g.max_headers);
+    }
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(g.max_header_bytes as u32)
@@ -488,7 +495,8 @@ impl Worker {
 struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    cached: std::sync::Mutex<(u64, GatewayService)>,
+    /// Only this connection's task calls it: no lock.
+    cached: std::cell::RefCell<(u64, GatewayService)>,
 }
 
 impl Conn {
@@ -496,7 +504,7 @@ impl Conn {
         Self {
             shared,
             peer,
-            cached: std::sync::Mutex::new((gen.number, gen.service.clone())),
+            cached: std::cell::RefCell::new((gen.number, gen.service.clone())),
         }
     }
 }
@@ -513,7 +521,7 @@ impl hyper::service::Service<Request<Incoming>> for Conn {
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(PeerAddr(self.peer));
-        let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = self.cached.borrow_mut();
         let now = self.shared.factory.number.load(Ordering::Acquire);
         if cached.0 != now {
             let gen = self.shared.current.read().clone();

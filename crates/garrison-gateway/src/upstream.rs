@@ -96,12 +96,33 @@ impl Upstream {
     /// still find out when an upstream comes back.
     pub(crate) fn pick(&self, avoid: Option<usize>) -> (usize, &Authority) {
         let n = self.addresses.len();
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // one address: no counter shared by every worker to write
+        let start = if n == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        };
+        if avoid.is_none() {
+            // the common case, no address out: no clock read
+            let at = start % n;
+            if self.addresses[at].ejected_until.load(Ordering::Relaxed) == 0 {
+                return (at, &self.addresses[at].authority);
+            }
+        }
         let now = self.now_ms();
         let mut fallback = (u64::MAX, 0);
         for i in 0..n {
             let at = (start + i) % n;
             let until = self.addresses[at].ejected_until.load(Ordering::Relaxed);
+            if until != 0 && until <= now {
+                // back in: later picks need no clock read (unless it was ejected again)
+                let _ = self.addresses[at].ejected_until.compare_exchange(
+                    until,
+                    0,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            }
             if until <= now && Some(at) != avoid {
                 return (at, &self.addresses[at].authority);
             }

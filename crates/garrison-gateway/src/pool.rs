@@ -1,0 +1,309 @@
+//! HTTP/1.1 connections to the addresses of one upstream, kept per worker thread.
+//!
+//! Each worker has its own idle list per address: a request takes the connection used last
+//! (its buffers are warm), sends on it, and the response body gives it back when it ends.
+//! The connection is driven by a task on the same worker, so no request crosses threads and
+//! no lock is ever contended. A response body dropped before its end takes its connection
+//! with it (the rest of the body is never read), as does one marked `Connection: close`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use tokio::net::TcpStream;
+
+use crate::proxy::UpstreamBody;
+
+/// The idle connections of one upstream: `workers` × `addresses` LIFO lists.
+#[derive(Debug)]
+pub(crate) struct Http1Pool {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    slots: Box<[Slot]>,
+    addresses: usize,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    idle: Mutex<Vec<Idle>>,
+    /// Whether this slot's worker runs a task that closes connections idle too long.
+    reaping: AtomicBool,
+    /// Ticks of that task, one per quarter of the idle timeout: a connection given back
+    /// in tick `e` is closed in tick `e + TICKS + 1`, after between 1× and 1.25× the idle
+    /// timeout (no clock is read per request).
+    tick: AtomicU64,
+}
+
+/// Ticks per idle timeout.
+const TICKS: u64 = 4;
+
+struct Idle {
+    tx: SendRequest<UpstreamBody>,
+    tick: u64,
+}
+
+impl std::fmt::Debug for Idle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idle").field("tick", &self.tick).finish()
+    }
+}
+
+/// Why no response came back over a pooled connection.
+pub(crate) enum PoolError {
+    /// No connection could be made: nothing was sent.
+    Connect(String),
+    /// No connection within the connect timeout: nothing was sent.
+    ConnectTimeout,
+    /// The connection failed after the request went out.
+    Broken(String),
+}
+
+impl Http1Pool {
+    pub(crate) fn new(
+        workers: usize,
+        addresses: usize,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Self {
+        let slots = (0..workers.max(1) * addresses.max(1))
+            .map(|_| Slot::default())
+            .collect();
+        Self {
+            shared: Arc::new(Shared {
+                slots,
+                addresses: addresses.max(1),
+                connect_timeout,
+                idle_timeout,
+            }),
+        }
+    }
+
+    /// Sends `req` to address `at` (`authority`) from worker `worker`: over an idle
+    /// connection when one is left, else over a new one. A request that an idle connection
+    /// closed before taking goes over the next one; it is never sent twice.
+    pub(crate) async fn send(
+        &self,
+        worker: usize,
+        at: usize,
+        authority: &Authority,
+        mut req: Request<UpstreamBody>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        let sh = &self.shared;
+        let index = (worker % (sh.slots.len() / sh.addresses)) * sh.addresses + at;
+        let slot = &sh.slots[index];
+        loop {
+            let popped = slot.idle.lock().pop();
+            let (mut tx, fresh) = match popped {
+                Some(idle) => (idle.tx, false),
+                None => (self.connect(index, authority).await?, true),
+            };
+            if tx.ready().await.is_err() {
+                if fresh {
+                    return Err(PoolError::Connect("the new connection closed".into()));
+                }
+                continue; // closed while idle
+            }
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let checkin = Checkin {
+                        pool: Arc::downgrade(sh),
+                        index,
+                        tx,
+                    };
+                    return Ok(PooledBody::pooled(resp, checkin));
+                }
+                Err(mut e) => match e.take_message() {
+                    // never written: the connection was closing; the next one takes it
+                    Some(back) if !fresh => req = back,
+                    _ => return Err(PoolError::Broken(source_chain(e.error()))),
+                },
+            }
+        }
+    }
+
+    async fn connect(
+        &self,
+        index: usize,
+        authority: &Authority,
+    ) -> Result<SendRequest<UpstreamBody>, PoolError> {
+        let sh = &self.shared;
+        // `[::1]` names an IPv6 address: without its brackets
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let addr = (host, authority.port_u16().unwrap_or(80));
+        let stream = match tokio::time::timeout(sh.connect_timeout, TcpStream::connect(addr)).await
+        {
+            Err(_) => return Err(PoolError::ConnectTimeout),
+            Ok(Err(e)) => {
+                return Err(PoolError::Connect(format!("tcp connect error: {e}")));
+            }
+            Ok(Ok(s)) => s,
+        };
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| PoolError::Connect(source_chain(&e)))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        if !sh.slots[index].reaping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(sh), index));
+        }
+        Ok(tx)
+    }
+}
+
+/// Closes the connections of slot `index` that stayed idle for the idle timeout, until the
+/// pool is gone (a reload replaced it).
+async fn reap(pool: Weak<Shared>, index: usize) {
+    let every = match pool.upgrade() {
+        Some(p) => (p.idle_timeout / TICKS as u32).max(Duration::from_millis(1)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(p) = pool.upgrade() else { return };
+        let slot = &p.slots[index];
+        let now = slot.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        let stale: Vec<Idle> = {
+            let mut idle = slot.idle.lock();
+            // oldest first: the list is pushed and popped at its end
+            let fresh = idle
+                .iter()
+                .position(|i| now - i.tick <= TICKS)
+                .unwrap_or(idle.len());
+            idle.drain(..fresh).collect()
+        };
+        // dropped outside the lock: each drop ends its connection's task
+        drop(stale);
+    }
+}
+
+/// A connection on its way back to the pool.
+struct Checkin {
+    pool: Weak<Shared>,
+    index: usize,
+    tx: SendRequest<UpstreamBody>,
+}
+
+impl Checkin {
+    fn give_back(self) {
+        if self.tx.is_closed() {
+            return;
+        }
+        if let Some(p) = self.pool.upgrade() {
+            let slot = &p.slots[self.index];
+            let tick = slot.tick.load(Ordering::Relaxed);
+            slot.idle.lock().push(Idle { tx: self.tx, tick });
+        }
+    }
+}
+
+/// An upstream's response body, streamed. The HTTP/1.1 connection it came on goes back to
+/// its pool when the body ends.
+pub struct PooledBody {
+    body: Incoming,
+    checkin: Option<Checkin>,
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("pooled", &self.checkin.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PooledBody {
+    /// A body whose connection is not pooled here (HTTP/2: the connection is shared).
+    pub(crate) fn unpooled(resp: Response<Incoming>) -> Response<Self> {
+        resp.map(|body| Self {
+            body,
+            checkin: None,
+        })
+    }
+
+    fn pooled(resp: Response<Incoming>, checkin: Checkin) -> Response<Self> {
+        let keep = !resp
+            .headers()
+            .get(http::header::CONNECTION)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
+        let mut resp = resp.map(|body| Self {
+            body,
+            checkin: keep.then_some(checkin),
+        });
+        // an empty body may never be polled: the connection is free now
+        if resp.body().body.is_end_stream() {
+            resp.body_mut().end();
+        }
+        resp
+    }
+
+    fn end(&mut self) {
+        if let Some(c) = self.checkin.take() {
+            c.give_back();
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            None => this.end(),
+            Some(Err(_)) => this.checkin = None,
+            Some(Ok(_)) if this.body.is_end_stream() => this.end(),
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// One request's check-out, send and response head, as a tower service's future.
+pub(crate) type SendFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<PooledBody>, PoolError>> + Send + 'a>>;
+
+pub(crate) fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}
