@@ -42,13 +42,19 @@ pub struct RequestId(Repr);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Repr {
-    Made([u8; 32]),
+    /// Ours, made a header value once: the response and every outgoing call share it.
+    Made(HeaderValue),
     Given(HeaderValue),
 }
 
 impl RequestId {
     pub(crate) fn made(hex: [u8; 32]) -> Self {
-        Self(Repr::Made(hex))
+        // owned by one shared allocation: clones for the response and the outgoing calls
+        // only count references (a copied `Bytes` would allocate again on its first clone)
+        Self(Repr::Made(
+            HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(hex))
+                .expect("hex is a valid header value"),
+        ))
     }
 
     pub(crate) fn given(v: HeaderValue) -> Self {
@@ -58,16 +64,14 @@ impl RequestId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            Repr::Made(b) => std::str::from_utf8(b).unwrap_or_default(),
-            Repr::Given(v) => v.to_str().unwrap_or_default(),
+            Repr::Made(v) | Repr::Given(v) => v.to_str().unwrap_or_default(),
         }
     }
 
     /// The id as a header value.
     pub fn to_header_value(&self) -> HeaderValue {
         match &self.0 {
-            Repr::Made(b) => HeaderValue::from_bytes(b).expect("hex is a valid header value"),
-            Repr::Given(v) => v.clone(),
+            Repr::Made(v) | Repr::Given(v) => v.clone(),
         }
     }
 }

@@ -17,6 +17,11 @@ use crate::redact::Redaction;
 use crate::span::{SpanKind, SpanRecord, Value};
 use crate::w3c::format_traceparent;
 
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+static BAGGAGE: HeaderName = HeaderName::from_static("baggage");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Carries the current trace into outgoing requests: `traceparent` (a new client span under
 /// the server span), `tracestate`, `baggage` and `x-request-id`; and, when the request's trace
 /// is recorded, a client span with the OpenTelemetry HTTP client conventions
@@ -109,24 +114,21 @@ where
         let h = req.headers_mut();
         let tp = format_traceparent(ctx.trace_id, span_id, ctx.sampled);
         if let Ok(v) = HeaderValue::from_bytes(&tp) {
-            h.insert(HeaderName::from_static("traceparent"), v);
+            h.insert(TRACEPARENT.clone(), v);
         }
         match &ctx.tracestate {
             Some(ts) => {
-                h.insert(HeaderName::from_static("tracestate"), ts.clone());
+                h.insert(TRACESTATE.clone(), ts.clone());
             }
             None => {
-                h.remove("tracestate");
+                h.remove(&TRACESTATE);
             }
         }
         if let Some(b) = &ctx.baggage {
-            h.insert(HeaderName::from_static("baggage"), b.clone());
+            h.insert(BAGGAGE.clone(), b.clone());
         }
-        if !h.contains_key("x-request-id") {
-            h.insert(
-                HeaderName::from_static("x-request-id"),
-                ctx.request_id.to_header_value(),
-            );
+        if let http::header::Entry::Vacant(e) = h.entry(&X_REQUEST_ID) {
+            e.insert(ctx.request_id.to_header_value());
         }
         let span = ctx
             .is_recording()
