@@ -4,7 +4,8 @@
 # with upstream keepalive) as the reference proxy; through garrison-gateway with every layer
 # on (trace at 10%, metrics, health routes, rate limit, breaker). Bounded in time.
 #   DURATION (default 10s), CONNECTIONS (default 64), THREADS (wrk threads, default 2),
-#   WORKERS (nginx worker processes and gateway runtime threads, default: every core)
+#   WORKERS (nginx worker processes and gateway runtime threads, default: every core),
+#   GATEWAY_BIN (default: the `dist` build, fat LTO, as shipped)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,8 +34,9 @@ NGINX=$(PATH=$PATH:/usr/sbin command -v nginx)
 
 if [ -z "${NO_BUILD:-}" ]; then
     cargo build --release --example load_server -p garrison-workspace >&2
-    cargo build --release -p garrison-gateway >&2
+    cargo build --profile dist -p garrison-gateway >&2
 fi
+GATEWAY_BIN=${GATEWAY_BIN:-target/dist/garrison-gateway}
 
 work=$(mktemp -d)
 pids=()
@@ -101,7 +103,7 @@ limit = 1000000
 period = "1s"
 burst = 1000000
 CONF
-"$BIN_DIR/garrison-gateway" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
+"$GATEWAY_BIN" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
 pids+=($!)
 wait_port "$GATEWAY_PORT"
 

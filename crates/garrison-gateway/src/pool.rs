@@ -28,20 +28,20 @@ use crate::proxy::UpstreamBody;
 /// The idle connections of one upstream: `workers` × `addresses` LIFO lists.
 #[derive(Debug)]
 pub(crate) struct Http1Pool {
-    shared: Arc<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    slots: Box<[Slot]>,
+    /// Each its own allocation, counted by its own worker's requests only: no reference
+    /// count or lock shared by two workers.
+    slots: Box<[Arc<Slot>]>,
     addresses: usize,
     connect_timeout: Duration,
-    idle_timeout: Duration,
 }
 
-#[derive(Debug, Default)]
+/// One worker's idle connections to one address. It lives while the pool or a response
+/// body of its connections does; its idle connections close with it.
+#[derive(Debug)]
+#[repr(align(128))]
 struct Slot {
     idle: Mutex<Vec<Idle>>,
+    idle_timeout: Duration,
     /// Whether this slot's worker runs a task that closes connections idle too long.
     reaping: AtomicBool,
     /// Ticks of that task, one per quarter of the idle timeout: a connection given back
@@ -52,6 +52,9 @@ struct Slot {
 
 /// Ticks per idle timeout.
 const TICKS: u64 = 4;
+
+/// The most idle connections a worker keeps per address; more are closed when given back.
+const MAX_IDLE: usize = 1024;
 
 struct Idle {
     tx: SendRequest<UpstreamBody>,
@@ -82,15 +85,19 @@ impl Http1Pool {
         idle_timeout: Duration,
     ) -> Self {
         let slots = (0..workers.max(1) * addresses.max(1))
-            .map(|_| Slot::default())
+            .map(|_| {
+                Arc::new(Slot {
+                    idle: Mutex::new(Vec::new()),
+                    idle_timeout,
+                    reaping: AtomicBool::new(false),
+                    tick: AtomicU64::new(0),
+                })
+            })
             .collect();
         Self {
-            shared: Arc::new(Shared {
-                slots,
-                addresses: addresses.max(1),
-                connect_timeout,
-                idle_timeout,
-            }),
+            slots,
+            addresses: addresses.max(1),
+            connect_timeout,
         }
     }
 
@@ -104,14 +111,13 @@ impl Http1Pool {
         authority: &Authority,
         mut req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, PoolError> {
-        let sh = &self.shared;
-        let index = (worker % (sh.slots.len() / sh.addresses)) * sh.addresses + at;
-        let slot = &sh.slots[index];
+        let workers = self.slots.len() / self.addresses;
+        let slot = &self.slots[(worker % workers) * self.addresses + at];
         loop {
             let popped = slot.idle.lock().pop();
             let (mut tx, fresh) = match popped {
                 Some(idle) => (idle.tx, false),
-                None => (self.connect(index, authority).await?, true),
+                None => (self.connect(slot, authority).await?, true),
             };
             if tx.ready().await.is_err() {
                 if fresh {
@@ -122,8 +128,7 @@ impl Http1Pool {
             match tx.try_send_request(req).await {
                 Ok(resp) => {
                     let checkin = Checkin {
-                        pool: Arc::downgrade(sh),
-                        index,
+                        slot: slot.clone(),
                         tx,
                     };
                     return Ok(PooledBody::pooled(resp, checkin));
@@ -131,7 +136,9 @@ impl Http1Pool {
                 Err(mut e) => match e.take_message() {
                     // never written: the connection was closing; the next one takes it
                     Some(back) if !fresh => req = back,
-                    _ => return Err(PoolError::Broken(source_chain(e.error()))),
+                    // nothing was sent: as safe to try elsewhere as a refused connection
+                    Some(_) => return Err(PoolError::Connect(source_chain(e.error()))),
+                    None => return Err(PoolError::Broken(source_chain(e.error()))),
                 },
             }
         }
@@ -139,24 +146,23 @@ impl Http1Pool {
 
     async fn connect(
         &self,
-        index: usize,
+        slot: &Arc<Slot>,
         authority: &Authority,
     ) -> Result<SendRequest<UpstreamBody>, PoolError> {
-        let sh = &self.shared;
         // `[::1]` names an IPv6 address: without its brackets
         let host = authority
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']');
         let addr = (host, authority.port_u16().unwrap_or(80));
-        let stream = match tokio::time::timeout(sh.connect_timeout, TcpStream::connect(addr)).await
-        {
-            Err(_) => return Err(PoolError::ConnectTimeout),
-            Ok(Err(e)) => {
-                return Err(PoolError::Connect(format!("tcp connect error: {e}")));
-            }
-            Ok(Ok(s)) => s,
-        };
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Err(_) => return Err(PoolError::ConnectTimeout),
+                Ok(Err(e)) => {
+                    return Err(PoolError::Connect(format!("tcp connect error: {e}")));
+                }
+                Ok(Ok(s)) => s,
+            };
         let _ = stream.set_nodelay(true);
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -165,24 +171,23 @@ impl Http1Pool {
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        if !sh.slots[index].reaping.swap(true, Ordering::Relaxed) {
-            tokio::spawn(reap(Arc::downgrade(sh), index));
+        if !slot.reaping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(reap(Arc::downgrade(slot)));
         }
         Ok(tx)
     }
 }
 
-/// Closes the connections of slot `index` that stayed idle for the idle timeout, until the
-/// pool is gone (a reload replaced it).
-async fn reap(pool: Weak<Shared>, index: usize) {
-    let every = match pool.upgrade() {
-        Some(p) => (p.idle_timeout / TICKS as u32).max(Duration::from_millis(1)),
+/// Closes the connections of `slot` that stayed idle for the idle timeout, until the slot
+/// is gone (a reload replaced its pool, and its last response body ended).
+async fn reap(slot: Weak<Slot>) {
+    let every = match slot.upgrade() {
+        Some(s) => (s.idle_timeout / TICKS as u32).max(Duration::from_millis(1)),
         None => return,
     };
     loop {
         tokio::time::sleep(every).await;
-        let Some(p) = pool.upgrade() else { return };
-        let slot = &p.slots[index];
+        let Some(slot) = slot.upgrade() else { return };
         let now = slot.tick.fetch_add(1, Ordering::Relaxed) + 1;
         let stale: Vec<Idle> = {
             let mut idle = slot.idle.lock();
@@ -198,10 +203,9 @@ async fn reap(pool: Weak<Shared>, index: usize) {
     }
 }
 
-/// A connection on its way back to the pool.
+/// A connection on its way back to its slot.
 struct Checkin {
-    pool: Weak<Shared>,
-    index: usize,
+    slot: Arc<Slot>,
     tx: SendRequest<UpstreamBody>,
 }
 
@@ -210,10 +214,10 @@ impl Checkin {
         if self.tx.is_closed() {
             return;
         }
-        if let Some(p) = self.pool.upgrade() {
-            let slot = &p.slots[self.index];
-            let tick = slot.tick.load(Ordering::Relaxed);
-            slot.idle.lock().push(Idle { tx: self.tx, tick });
+        let tick = self.slot.tick.load(Ordering::Relaxed);
+        let mut idle = self.slot.idle.lock();
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle { tx: self.tx, tick });
         }
     }
 }

@@ -363,7 +363,12 @@ fn request(
 fn upstream_path(uri: &Uri, strip: Option<&str>) -> Option<PathAndQuery> {
     let pq = uri.path_and_query().map_or("/", PathAndQuery::as_str);
     match strip {
-        None | Some("") => pq.parse().ok(),
+        // the request's own, shared: no parse and no copy
+        None | Some("") => Some(
+            uri.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        ),
         Some(prefix) => {
             let rest = pq.strip_prefix(prefix)?;
             if rest.is_empty() || rest.starts_with('?') {
@@ -498,27 +503,42 @@ impl std::fmt::Write for IpText {
 /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
 /// (appended, RFC 7239).
 fn add_forwarded(h: &mut HeaderMap, peer: Option<SocketAddr>, host: Option<&HeaderValue>) {
+    use http::header::Entry;
+    // each name is hashed once: looked up and set through its entry
     let ip = peer.map(|p| (p.is_ipv6(), IpText::new(p.ip())));
     if let Some((_, ip)) = &ip {
-        let prev = h.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes);
-        let mut b = BytesMut::with_capacity(prev.map_or(0, |p| p.len() + 2) + ip.len);
-        if let Some(prev) = prev {
-            b.put_slice(prev);
-            b.put_slice(b", ");
+        match h.entry(&X_FORWARDED_FOR) {
+            Entry::Occupied(mut e) => {
+                let prev = e.get().as_bytes();
+                let mut b = BytesMut::with_capacity(prev.len() + 2 + ip.len);
+                b.put_slice(prev);
+                b.put_slice(b", ");
+                b.put_slice(ip.as_bytes());
+                if let Some(v) = value_of(b) {
+                    e.insert(v);
+                }
+            }
+            Entry::Vacant(e) => {
+                if let Some(v) = value_of(BytesMut::from(ip.as_bytes())) {
+                    e.insert(v);
+                }
+            }
         }
-        b.put_slice(ip.as_bytes());
-        if let Some(v) = value_of(b) {
-            h.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    if let Entry::Vacant(e) = h.entry(&X_FORWARDED_PROTO) {
+        e.insert(HeaderValue::from_static("http"));
+    }
+    if let Some(host) = host {
+        if let Entry::Vacant(e) = h.entry(&X_FORWARDED_HOST) {
+            e.insert(host.clone());
         }
     }
-    if !h.contains_key(&X_FORWARDED_PROTO) {
-        h.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    }
-    if let (false, Some(host)) = (h.contains_key(&X_FORWARDED_HOST), host) {
-        h.insert(X_FORWARDED_HOST.clone(), host.clone());
-    }
-    let prev = h.get(header::FORWARDED).map(HeaderValue::as_bytes);
     let host = host.map(HeaderValue::as_bytes);
+    let forwarded = h.entry(header::FORWARDED);
+    let prev = match &forwarded {
+        Entry::Occupied(e) => Some(e.get().as_bytes()),
+        Entry::Vacant(_) => None,
+    };
     let mut b = BytesMut::with_capacity(
         prev.map_or(0, |p| p.len() + 2) + 64 + host.map_or(0, |h| h.len() + 8),
     );
@@ -559,7 +579,14 @@ fn add_forwarded(h: &mut HeaderMap, peer: Option<SocketAddr>, host: Option<&Head
     }
     b.put_slice(b"proto=http");
     if let Some(v) = value_of(b) {
-        h.insert(header::FORWARDED, v);
+        match forwarded {
+            Entry::Occupied(mut e) => {
+                e.insert(v);
+            }
+            Entry::Vacant(e) => {
+                e.insert(v);
+            }
+        }
     }
 }
 
