@@ -304,6 +304,59 @@ async fn upstream_connections_are_reused_given_up_on_close_and_closed_when_idle(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_that_closes_after_each_answer_costs_no_request() {
+    // keep-alive by the protocol, but the upstream closes every connection after its
+    // answer without saying so: the pooled connection is dead when the next request comes
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = l.accept().await else {
+                continue;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // dropped: closed with no `Connection: close`
+            });
+        }
+    });
+    let gw = gateway(&format!(
+        r#"
+        [gateway]
+        workers = 1
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        [gateway.routes.rest]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+    for i in 0..20 {
+        let r = get(gw.addr, "/x", &[]).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "ok"),
+            "request {i}"
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 20, "one connection each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bodies_stream_both_ways_without_being_buffered() {
     // the upstream sends its first chunk, then waits until the client has it: a gateway
     // that buffered whole bodies would never deliver it

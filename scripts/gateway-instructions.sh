@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# User-space instructions per proxied request (issue 8), deterministic where wall time on a
+# shared machine is not: nginx and garrison-gateway (every layer on, and every layer off),
+# each with one worker under callgrind, sent N1 then N2 requests over one keep-alive
+# connection by a small client; (total after N2 - total after N1) / (N2 - N1).
+#   N1 (default 1000), N2 (default 3000), GATEWAY_BIN (default: the `dist` build), NO_BUILD
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N1=${N1:-1000}
+N2=${N2:-3000}
+UPSTREAM_PORT=${UPSTREAM_PORT:-39141}
+PROXY_PORT=${PROXY_PORT:-39142}
+
+need() { # command, Debian package
+    command -v "$1" >/dev/null && return
+    if [ "$(id -u)" = 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
+    else
+        echo "instructions: $1 is missing. Run: sudo apt-get install -y $2" >&2
+        exit 1
+    fi
+}
+need valgrind valgrind
+PATH=$PATH:/usr/sbin need nginx nginx
+NGINX=$(PATH=$PATH:/usr/sbin command -v nginx)
+
+if [ -z "${NO_BUILD:-}" ]; then
+    cargo build --release --example load_server -p garrison-workspace >&2
+    cargo build --profile dist -p garrison-gateway >&2
+fi
+GATEWAY_BIN=${GATEWAY_BIN:-target/dist/garrison-gateway}
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_port() {
+    for _ in $(seq 1 400); do
+        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return
+        sleep 0.05
+    done
+    echo "instructions: nothing answers on port $1" >&2
+    exit 1
+}
+
+GARRISON_LISTEN=127.0.0.1:$UPSTREAM_PORT target/release/examples/load_server bare_axum >/dev/null &
+pids+=($!)
+wait_port "$UPSTREAM_PORT"
+
+mkdir -p "$work/nginx/logs"
+cat >"$work/nginx/nginx.conf" <<CONF
+master_process off;
+worker_processes 1;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $work/nginx/body;
+    proxy_temp_path $work/nginx/proxy;
+    fastcgi_temp_path $work/nginx/fastcgi;
+    uwsgi_temp_path $work/nginx/uwsgi;
+    scgi_temp_path $work/nginx/scgi;
+    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 16; }
+    server {
+        listen 127.0.0.1:$PROXY_PORT;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+CONF
+
+gateway_config() { # every layer on, or "off"
+    cat <<CONF
+[gateway]
+listen = "127.0.0.1:$PROXY_PORT"
+admin_listen = ""
+workers = 1
+[gateway.upstreams.app]
+addresses = ["127.0.0.1:$UPSTREAM_PORT"]
+[gateway.routes.users]
+path = "/users/{id}"
+upstream = "app"
+[ratelimit.policies.general]
+limit = 1000000
+period = "1s"
+burst = 1000000
+CONF
+    if [ "${1:-}" = off ]; then
+        printf '[trace]\nenabled = false\n[metrics]\nenabled = false\n[health]\nenabled = false\n'
+        printf '[breaker]\nenabled = false\n[ratelimit]\nenabled = false\n'
+    else
+        printf '[trace]\nratio = 0.1\n'
+    fi
+}
+gateway_config >"$work/on.toml"
+gateway_config off >"$work/off.toml"
+
+client() { # n: requests over one keep-alive connection, each checked for 200
+    python3 -c '
+import http.client, sys
+n, port = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(n):
+    c.request("GET", "/users/42")
+    r = c.getresponse()
+    r.read()
+    if r.status != 200:
+        sys.exit(f"answered {r.status}")
+' "$1" "$PROXY_PORT"
+}
+
+count() { # signal, command...: instructions per request
+    local signal=$1
+    shift
+    local -A total
+    for n in $N1 $N2; do
+        valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$@" >"$work/vg.log" 2>&1 &
+        local vg=$!
+        wait_port "$PROXY_PORT"
+        client "$n"
+        kill "-$signal" "$vg"
+        wait "$vg" || true
+        total[$n]=$(awk '/^(summary|totals):/ {print $2; exit}' "$work/cg.out")
+    done
+    echo $(((total[$N2] - total[$N1]) / (N2 - N1)))
+}
+
+nginx=$(count QUIT "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;')
+on=$(count INT "$GATEWAY_BIN" --config "$work/on.toml")
+off=$(count INT "$GATEWAY_BIN" --config "$work/off.toml")
+ratio() { awk -v a="$1" -v b="$nginx" 'BEGIN {printf "%.1fx", a/b}'; }
+echo "user-space instructions per proxied request ($N1 then $N2 requests, one keep-alive client)"
+printf '| | instructions / request | vs nginx |\n|---|---:|---:|\n'
+printf '| nginx | %s | 1.0x |\n' "$nginx"
+printf '| garrison-gateway, every layer on | %s | %s |\n' "$on" "$(ratio "$on")"
+printf '| garrison-gateway, every layer off | %s | %s |\n' "$off" "$(ratio "$off")"
