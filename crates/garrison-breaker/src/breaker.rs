@@ -274,7 +274,14 @@ impl Breaker {
     /// Asks to make one call. Allocation-free.
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit, Rejected> {
-        self.inner.try_acquire(&self.inner)
+        self.inner.try_acquire(&self.inner, None)
+    }
+
+    /// [`try_acquire`](Self::try_acquire) at `now`, an instant the caller has just read from
+    /// this breaker's clock (a stack that asks several parts reads the clock once).
+    #[inline]
+    pub fn try_acquire_at(&self, now: Instant) -> Result<Permit, Rejected> {
+        self.inner.try_acquire(&self.inner, Some(now))
     }
 
     /// Closes the breaker and forgets its window and trips.
@@ -341,7 +348,7 @@ impl Inner {
     }
 
     #[inline]
-    fn try_acquire(&self, this: &Arc<Inner>) -> Result<Permit, Rejected> {
+    fn try_acquire(&self, this: &Arc<Inner>, at: Option<Instant>) -> Result<Permit, Rejected> {
         loop {
             let word = self.state.load(Ordering::Acquire);
             let (gen, state) = unpack(word);
@@ -350,7 +357,10 @@ impl Inner {
                 State::Disabled => PermitKind::Disabled,
                 State::ForcedOpen => return Err(self.reject(state, self.config.wait_in_open)),
                 State::Open => {
-                    let now = self.now_ms();
+                    let now = match at {
+                        Some(t) => t.saturating_duration_since(self.base).as_millis() as u64,
+                        None => self.now_ms(),
+                    };
                     let until = self.open_until_ms.load(Ordering::Acquire);
                     if now < until {
                         return Err(self.reject(state, Duration::from_millis(until - now)));
@@ -376,7 +386,7 @@ impl Inner {
                 inner: this.clone(),
                 gen,
                 kind,
-                start: self.clock.now(),
+                start: at.unwrap_or_else(|| self.clock.now()),
             });
         }
     }

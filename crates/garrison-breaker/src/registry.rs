@@ -56,6 +56,11 @@ impl BreakerRegistry {
         Self::default()
     }
 
+    /// The clock its breakers read.
+    pub fn clock(&self) -> &SharedClock {
+        &self.inner.clock
+    }
+
     /// An empty registry whose breakers read time from `clock` (tests: a `ManualClock` or
     /// tokio's paused clock).
     pub fn with_clock(clock: SharedClock) -> Self {

@@ -107,6 +107,28 @@ impl SharedClock {
         Self(Inner::Custom(clock))
     }
 
+    /// Whether `other` is this very clock (both the system clock, or clones of one custom
+    /// clock): an instant read from one can stand for a reading of the other.
+    ///
+    /// ```
+    /// use garrison_core::{ManualClock, SharedClock};
+    ///
+    /// let manual = SharedClock::new(ManualClock::new());
+    /// assert!(SharedClock::system().same_as(&SharedClock::system()));
+    /// assert!(manual.same_as(&manual.clone()));
+    /// assert!(!manual.same_as(&SharedClock::system()));
+    /// assert!(!manual.same_as(&SharedClock::new(ManualClock::new())));
+    /// ```
+    pub fn same_as(&self, other: &SharedClock) -> bool {
+        match (&self.0, &other.0) {
+            (Inner::System, Inner::System) => true,
+            (Inner::Custom(a), Inner::Custom(b)) => {
+                std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+            }
+            _ => false,
+        }
+    }
+
     /// The current instant.
     #[inline]
     pub fn now(&self) -> Instant {

@@ -564,6 +564,11 @@ impl MetricsRegistry {
         Self::builder().build()
     }
 
+    /// The clock that times requests.
+    pub fn clock(&self) -> &SharedClock {
+        &self.shared.clock
+    }
+
     /// A builder for a registry with other options.
     pub fn builder() -> MetricsRegistryBuilder {
         MetricsRegistryBuilder::default()

@@ -113,8 +113,19 @@ impl RateLimiter {
     /// Nanoseconds on the limiter's clock (never 0, so that 0 can mean "no state").
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        let d = self.clock.now().saturating_duration_since(self.epoch);
+        self.nanos_at(self.clock.now())
+    }
+
+    /// `t`, an instant of the limiter's clock, in the nanoseconds of [`now`](Self::now).
+    #[inline]
+    pub(crate) fn nanos_at(&self, t: Instant) -> u64 {
+        let d = t.saturating_duration_since(self.epoch);
         u64::try_from(d.as_nanos()).unwrap_or(u64::MAX) + 1
+    }
+
+    /// The clock the limiter reads.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     /// The index of the policy named `name`.

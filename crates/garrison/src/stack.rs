@@ -317,7 +317,7 @@ impl GarrisonBuilder {
         health.metrics(&metrics);
 
         let h = &c.health;
-        let parts = Parts {
+        let mut parts = Parts {
             trace: c.trace.enabled.then(|| trace_layer(c, &tracer, &resolver)),
             metrics: c
                 .metrics
@@ -334,7 +334,18 @@ impl GarrisonBuilder {
                 .then(|| breaker_layer(&c.breaker, &breakers, &resolver))
                 .transpose()?,
             resolver,
+            clock: None,
         };
+        // one clock read per request for metrics, rate limit and breaker, when they all read
+        // the stack's clock (a registry passed in may have a clock of its own)
+        let same = |c: &SharedClock| c.same_as(&clock);
+        let shared = parts.metrics.as_ref().is_none_or(|m| same(m.clock()))
+            && parts
+                .ratelimit
+                .as_ref()
+                .is_none_or(|r| same(r.limiter().clock()))
+            && parts.breaker.as_ref().is_none_or(|b| same(b.clock()));
+        parts.clock = shared.then(|| clock.clone());
         Ok(Garrison {
             config: Arc::new(self.config),
             metrics,

@@ -192,7 +192,7 @@ impl CircuitBreakerLayer {
     #[allow(clippy::result_large_err)]
     #[inline]
     pub fn admit<B>(&self, req: &http::Request<B>) -> Result<crate::Permit, http::Response<Bytes>> {
-        self.shared.admit(req, None)
+        self.shared.admit(req, None, None)
     }
 
     /// [`admit`](Self::admit) for a request whose route label `route` the caller has
@@ -205,7 +205,26 @@ impl CircuitBreakerLayer {
         req: &http::Request<B>,
         route: &str,
     ) -> Result<crate::Permit, http::Response<Bytes>> {
-        self.shared.admit(req, Some(route))
+        self.shared.admit(req, Some(route), None)
+    }
+
+    /// [`admit_route`](Self::admit_route) at `now`, an instant the caller has just read from
+    /// the clock of the layer's [`BreakerRegistry`](crate::BreakerRegistry): a stack that
+    /// asks several parts reads the clock once.
+    #[allow(clippy::result_large_err)]
+    #[inline]
+    pub fn admit_route_at<B>(
+        &self,
+        req: &http::Request<B>,
+        route: &str,
+        now: std::time::Instant,
+    ) -> Result<crate::Permit, http::Response<Bytes>> {
+        self.shared.admit(req, Some(route), Some(now))
+    }
+
+    /// The clock of the layer's breakers.
+    pub fn clock(&self) -> &garrison_core::SharedClock {
+        self.shared.registry.clock()
     }
 
     fn rebuild(self, f: impl FnOnce(&mut Shared)) -> Self {
@@ -242,6 +261,7 @@ impl Shared {
         &self,
         req: &http::Request<B>,
         route: Option<&str>,
+        at: Option<std::time::Instant>,
     ) -> Result<crate::Permit, http::Response<Bytes>> {
         let keyed;
         let breaker = match &self.keying {
@@ -251,12 +271,14 @@ impl Shared {
                 &keyed
             }
         };
-        breaker
-            .try_acquire()
-            .map_err(|rejected| match &self.fallback {
-                Some(f) => f(breaker.name(), &rejected),
-                None => service::rejection(breaker.name(), &rejected),
-            })
+        match at {
+            Some(now) => breaker.try_acquire_at(now),
+            None => breaker.try_acquire(),
+        }
+        .map_err(|rejected| match &self.fallback {
+            Some(f) => f(breaker.name(), &rejected),
+            None => service::rejection(breaker.name(), &rejected),
+        })
     }
 
     fn keyed_breaker<B>(&self, req: &http::Request<B>, route: Option<&str>) -> Breaker {

@@ -59,7 +59,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        match self.shared.admit(&req, None) {
+        match self.shared.admit(&req, None, None) {
             Ok(permit) => ResponseFuture::called(self.inner.call(req), permit),
             Err(resp) => ResponseFuture::rejected(resp),
         }

@@ -35,9 +35,10 @@ impl RequestGuard {
         method: MethodLabel,
         request_size: Option<u64>,
         trace: Option<TraceId>,
+        at: Option<std::time::Instant>,
     ) -> Self {
         shared.request_started(method);
-        let start = shared.clock.now();
+        let start = at.unwrap_or_else(|| shared.clock.now());
         Self {
             shared,
             start,

@@ -89,7 +89,25 @@ impl MetricsLayer {
     /// the route once.
     #[inline]
     pub fn start_route<B>(&self, req: &http::Request<B>, route: &str) -> Measurement {
-        Measurement(service::start(&self.registry.shared, route, req))
+        Measurement(service::start(&self.registry.shared, route, req, None))
+    }
+
+    /// [`start_route`](Self::start_route) at `now`, an instant the caller has just read
+    /// from the registry's [`clock`](crate::MetricsRegistry::clock): a stack that asks
+    /// several parts reads the clock once.
+    #[inline]
+    pub fn start_route_at<B>(
+        &self,
+        req: &http::Request<B>,
+        route: &str,
+        now: std::time::Instant,
+    ) -> Measurement {
+        Measurement(service::start(&self.registry.shared, route, req, Some(now)))
+    }
+
+    /// The clock the layer's registry reads.
+    pub fn clock(&self) -> &garrison_core::SharedClock {
+        self.registry.clock()
     }
 }
 

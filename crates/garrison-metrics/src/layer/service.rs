@@ -70,14 +70,19 @@ where
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let route = self.resolver.resolve(&req);
-        let guard = start(&self.shared, route.as_str(), &req);
+        let guard = start(&self.shared, route.as_str(), &req, None);
         ResponseFuture::new(self.inner.call(req), guard)
     }
 }
 
 /// Starts measuring `req` under the route label `route`: its method, request size and trace.
 #[inline]
-pub(crate) fn start<B>(shared: &Arc<Shared>, route: &str, req: &Request<B>) -> RequestGuard {
+pub(crate) fn start<B>(
+    shared: &Arc<Shared>,
+    route: &str,
+    req: &Request<B>,
+    at: Option<std::time::Instant>,
+) -> RequestGuard {
     let method = MethodLabel::from_method(req.method());
     let route = shared.route_id(route);
     let trace = if shared.exemplars {
@@ -88,7 +93,14 @@ pub(crate) fn start<B>(shared: &Arc<Shared>, route: &str, req: &Request<B>) -> R
     } else {
         None
     };
-    RequestGuard::start(shared.clone(), route, method, request_body_size(req), trace)
+    RequestGuard::start(
+        shared.clone(),
+        route,
+        method,
+        request_body_size(req),
+        trace,
+        at,
+    )
 }
 
 #[cfg(test)]

@@ -400,7 +400,7 @@ impl RateLimitLayer {
     /// ```
     #[inline]
     pub fn check<B>(&self, req: &Request<B>) -> Verdict {
-        self.shared.decide(req, None)
+        self.shared.decide(req, None, None)
     }
 
     /// [`check`](Self::check) for a request whose route label `route` the caller has
@@ -408,7 +408,20 @@ impl RateLimitLayer {
     /// the route once.
     #[inline]
     pub fn check_route<B>(&self, req: &Request<B>, route: &str) -> Verdict {
-        self.shared.decide(req, Some(route))
+        self.shared.decide(req, Some(route), None)
+    }
+
+    /// [`check_route`](Self::check_route) at `now`, an instant the caller has just read from
+    /// the [limiter's clock](RateLimiter::clock): a stack that asks several parts reads the
+    /// clock once. (A shared Redis store keeps its own time.)
+    #[inline]
+    pub fn check_route_at<B>(
+        &self,
+        req: &Request<B>,
+        route: &str,
+        now: std::time::Instant,
+    ) -> Verdict {
+        self.shared.decide(req, Some(route), Some(now))
     }
 
     /// The key `req` is counted under by `policy` (for logs and tests; the key is a hash).
@@ -525,7 +538,12 @@ impl std::future::Future for PendingVerdict {
 
 impl Shared {
     #[inline]
-    pub(crate) fn decide<B>(self: &Arc<Self>, req: &Request<B>, route: Option<&str>) -> Verdict {
+    pub(crate) fn decide<B>(
+        self: &Arc<Self>,
+        req: &Request<B>,
+        route: Option<&str>,
+        at: Option<std::time::Instant>,
+    ) -> Verdict {
         self.start_sweeper();
         let rule = if self.routes.is_empty() {
             self.default.map(Rule::Policy)
@@ -555,7 +573,10 @@ impl Shared {
             return crate::store::redis::decide(store, &self.limiter, i, key, self);
         }
         let table = &limiter.policies[i].table;
-        let now = limiter.now();
+        let now = match at {
+            Some(t) => limiter.nanos_at(t),
+            None => limiter.now(),
+        };
         let d = if global {
             table.check_global(now)
         } else {

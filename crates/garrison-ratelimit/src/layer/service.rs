@@ -44,7 +44,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        match self.shared.decide(&req, None) {
+        match self.shared.decide(&req, None, None) {
             Verdict::Pass => ResponseFuture::called(self.inner.call(req), None),
             Verdict::Allowed(allowance) => {
                 ResponseFuture::called(self.inner.call(req), Some(allowance))

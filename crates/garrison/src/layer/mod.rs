@@ -16,7 +16,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use garrison_admission::{AdmissionLayer, Queued};
 use garrison_breaker::CircuitBreakerLayer;
-use garrison_core::{LayerBody, RouteResolver};
+use garrison_core::{LayerBody, RouteResolver, SharedClock};
 use garrison_health::HealthLayer;
 use garrison_metrics::{Measurement, MetricsBody, MetricsLayer, ScrapeLayer};
 use garrison_ratelimit::{Allowance, PendingVerdict, RateLimitLayer, Verdict};
@@ -36,6 +36,9 @@ pub(crate) struct Parts {
     pub(crate) breaker: Option<CircuitBreakerLayer>,
     /// The resolver every part was given: a request's route is resolved once, here.
     pub(crate) resolver: RouteResolver,
+    /// The clock of metrics, rate limit and breaker, when it is one clock: read once per
+    /// request for the three (`None`: each reads its own).
+    pub(crate) clock: Option<SharedClock>,
 }
 
 /// The whole stack as one tower [`Layer`], made by [`Garrison::layer`](crate::Garrison::layer):
@@ -138,10 +141,11 @@ where
         let traced = parts.trace.as_ref().map(|t| t.start(&mut req));
         let entered = traced.as_ref().map(TracedRequest::enter);
         let route = parts.resolver.resolve(&req);
-        let measure = parts
-            .metrics
-            .as_ref()
-            .map(|m| m.start_route(&req, route.as_str()));
+        let now = parts.clock.as_ref().map(SharedClock::now);
+        let measure = parts.metrics.as_ref().map(|m| match now {
+            Some(t) => m.start_route_at(&req, route.as_str(), t),
+            None => m.start_route(&req, route.as_str()),
+        });
         let mut held = Held::default();
         let local = parts
             .health
@@ -150,7 +154,14 @@ where
             .or_else(|| parts.scrape.as_ref().and_then(|s| s.answer(&req)));
         let gate = match local {
             Some(resp) => Gate::Answer(resp),
-            None => gate(parts, &req, route.as_str(), Stage::RateLimit, &mut held),
+            None => gate(
+                parts,
+                &req,
+                route.as_str(),
+                Stage::RateLimit,
+                &mut held,
+                now,
+            ),
         };
         let step = Step::after(gate, &self.parts, &mut self.inner, req);
         drop(entered);
@@ -174,12 +185,23 @@ enum Gate {
 }
 
 /// Takes `req` (of route label `route`) through the parts from `from` on; what they let
-/// through is held in `held`.
+/// through is held in `held`. `now`: the parts' clock read once for them all, if it was.
 #[inline]
-fn gate<B>(parts: &Parts, req: &Request<B>, route: &str, from: Stage, held: &mut Held) -> Gate {
+fn gate<B>(
+    parts: &Parts,
+    req: &Request<B>,
+    route: &str,
+    from: Stage,
+    held: &mut Held,
+    now: Option<std::time::Instant>,
+) -> Gate {
     if from <= Stage::RateLimit {
         if let Some(limits) = &parts.ratelimit {
-            match limits.check_route(req, route) {
+            let verdict = match now {
+                Some(t) => limits.check_route_at(req, route, t),
+                None => limits.check_route(req, route),
+            };
+            match verdict {
                 Verdict::Pass => {}
                 Verdict::Allowed(a) => held.allowance = Some(a),
                 Verdict::Refused(resp) => return Gate::Answer(resp),
@@ -196,7 +218,11 @@ fn gate<B>(parts: &Parts, req: &Request<B>, route: &str, from: Stage, held: &mut
         }
     }
     if let Some(breaker) = &parts.breaker {
-        match breaker.admit_route(req, route) {
+        let permit = match now {
+            Some(t) => breaker.admit_route_at(req, route, t),
+            None => breaker.admit_route(req, route),
+        };
+        match permit {
             Ok(permit) => held.breaker = Some(permit),
             Err(resp) => return Gate::Answer(resp),
         }
@@ -337,7 +363,8 @@ where
                     };
                     let req = req.expect("GarrisonFuture polled after completion");
                     let route = w.parts.resolver.resolve(&req);
-                    let gate = gate(&w.parts, &req, route.as_str(), from, this.held);
+                    // time has passed while waiting: each part reads its clock again
+                    let gate = gate(&w.parts, &req, route.as_str(), from, this.held, None);
                     Step::after(gate, &w.parts, &mut w.svc, req)
                 }
             };
