@@ -23,7 +23,7 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use crate::proxy::UpstreamBody;
+use crate::proxy::{source_chain, Failure, UpstreamBody};
 
 /// The idle connections of one upstream: `workers` × `addresses` LIFO lists.
 #[derive(Debug)]
@@ -67,16 +67,6 @@ impl std::fmt::Debug for Idle {
     }
 }
 
-/// Why no response came back over a pooled connection.
-pub(crate) enum PoolError {
-    /// No connection could be made: nothing was sent.
-    Connect(String),
-    /// No connection within the connect timeout: nothing was sent.
-    ConnectTimeout,
-    /// The connection failed after the request went out.
-    Broken(String),
-}
-
 impl Http1Pool {
     pub(crate) fn new(
         workers: usize,
@@ -110,7 +100,7 @@ impl Http1Pool {
         at: usize,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<PooledBody>, PoolError> {
+    ) -> Result<Response<PooledBody>, Failure> {
         let workers = self.slots.len() / self.addresses;
         let slot = &self.slots[(worker % workers) * self.addresses + at];
         loop {
@@ -121,7 +111,7 @@ impl Http1Pool {
             };
             if tx.ready().await.is_err() {
                 if fresh {
-                    return Err(PoolError::Connect("the new connection closed".into()));
+                    return Err(Failure::Connect("the new connection closed".into()));
                 }
                 continue; // closed while idle
             }
@@ -137,8 +127,8 @@ impl Http1Pool {
                     // never written: the connection was closing; the next one takes it
                     Some(back) if !fresh => req = back,
                     // nothing was sent: as safe to try elsewhere as a refused connection
-                    Some(_) => return Err(PoolError::Connect(source_chain(e.error()))),
-                    None => return Err(PoolError::Broken(source_chain(e.error()))),
+                    Some(_) => return Err(Failure::Connect(source_chain(e.error()))),
+                    None => return Err(Failure::Broken(source_chain(e.error()))),
                 },
             }
         }
@@ -148,7 +138,7 @@ impl Http1Pool {
         &self,
         slot: &Arc<Slot>,
         authority: &Authority,
-    ) -> Result<SendRequest<UpstreamBody>, PoolError> {
+    ) -> Result<SendRequest<UpstreamBody>, Failure> {
         // `[::1]` names an IPv6 address: without its brackets
         let host = authority
             .host()
@@ -157,9 +147,9 @@ impl Http1Pool {
         let addr = (host, authority.port_u16().unwrap_or(80));
         let stream =
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Err(_) => return Err(PoolError::ConnectTimeout),
+                Err(_) => return Err(Failure::ConnectTimeout),
                 Ok(Err(e)) => {
-                    return Err(PoolError::Connect(format!("tcp connect error: {e}")));
+                    return Err(Failure::Connect(format!("tcp connect error: {e}")));
                 }
                 Ok(Ok(s)) => s,
             };
@@ -167,7 +157,7 @@ impl Http1Pool {
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| PoolError::Connect(source_chain(&e)))?;
+            .map_err(|e| Failure::Connect(source_chain(&e)))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -299,15 +289,4 @@ impl Body for PooledBody {
 
 /// One request's check-out, send and response head, as a tower service's future.
 pub(crate) type SendFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Response<PooledBody>, PoolError>> + Send + 'a>>;
-
-pub(crate) fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        out.push_str(": ");
-        out.push_str(&err.to_string());
-        cur = err.source();
-    }
-    out
-}
+    Pin<Box<dyn Future<Output = Result<Response<PooledBody>, Failure>> + Send + 'a>>;

@@ -24,7 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::config::{GatewayConfig, HostMode, UpstreamProtocol};
-use crate::pool::{source_chain, Http1Pool, PoolError, PooledBody, SendFuture};
+use crate::pool::{Http1Pool, PooledBody, SendFuture};
 use crate::upstream::Upstream;
 
 /// What the gateway sends upstream: the client's body, streamed, or nothing (a retry of a
@@ -145,7 +145,7 @@ impl Service<Request<Incoming>> for Proxy {
 }
 
 /// Why an upstream gave no response.
-enum Failure {
+pub(crate) enum Failure {
     /// Refused or unreachable: nothing was sent, a retry elsewhere is safe.
     Connect(String),
     /// No connection within the connect timeout.
@@ -265,10 +265,7 @@ impl Inner {
                 });
                 return match tokio::time::timeout(timeout, client.oneshot(req)).await {
                     Err(_) => Err(Failure::Timeout),
-                    Ok(Ok(resp)) => Ok(resp),
-                    Ok(Err(PoolError::Connect(e))) => Err(Failure::Connect(e)),
-                    Ok(Err(PoolError::ConnectTimeout)) => Err(Failure::ConnectTimeout),
-                    Ok(Err(PoolError::Broken(e))) => Err(Failure::Broken(e)),
+                    Ok(r) => r,
                 };
             }
             Transport::H2c(clients) => clients,
@@ -302,10 +299,10 @@ struct Http1Client<'a> {
 
 impl<'a> Service<Request<UpstreamBody>> for Http1Client<'a> {
     type Response = Response<PooledBody>;
-    type Error = PoolError;
+    type Error = Failure;
     type Future = SendFuture<'a>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), PoolError>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Failure>> {
         Poll::Ready(Ok(()))
     }
 
@@ -621,6 +618,17 @@ pub(crate) fn error(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+pub(crate) fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
 }
 
 fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
