@@ -12,16 +12,8 @@ N2=${N2:-3000}
 UPSTREAM_PORT=${UPSTREAM_PORT:-39141}
 PROXY_PORT=${PROXY_PORT:-39142}
 
-need() { # command, Debian package
-    command -v "$1" >/dev/null && return
-    if [ "$(id -u)" = 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
-    else
-        echo "instructions: $1 is missing. Run: sudo apt-get install -y $2" >&2
-        exit 1
-    fi
-}
+SCRIPT_NAME=instructions
+. scripts/proxy-common.sh
 need valgrind valgrind
 PATH=$PATH:/usr/sbin need nginx nginx
 NGINX=$(PATH=$PATH:/usr/sbin command -v nginx)
@@ -37,70 +29,13 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
 
-wait_port() {
-    for _ in $(seq 1 400); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return
-        sleep 0.05
-    done
-    echo "instructions: nothing answers on port $1" >&2
-    exit 1
-}
-
 GARRISON_LISTEN=127.0.0.1:$UPSTREAM_PORT target/release/examples/load_server bare_axum >/dev/null &
 pids+=($!)
 wait_port "$UPSTREAM_PORT"
 
-mkdir -p "$work/nginx/logs"
-cat >"$work/nginx/nginx.conf" <<CONF
-master_process off;
-worker_processes 1;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
-    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 16; }
-    server {
-        listen 127.0.0.1:$PROXY_PORT;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-CONF
-
-gateway_config() { # every layer on, or "off"
-    cat <<CONF
-[gateway]
-listen = "127.0.0.1:$PROXY_PORT"
-admin_listen = ""
-workers = 1
-[gateway.upstreams.app]
-addresses = ["127.0.0.1:$UPSTREAM_PORT"]
-[gateway.routes.users]
-path = "/users/{id}"
-upstream = "app"
-[ratelimit.policies.general]
-limit = 1000000
-period = "1s"
-burst = 1000000
-CONF
-    if [ "${1:-}" = off ]; then
-        printf '[trace]\nenabled = false\n[metrics]\nenabled = false\n[health]\nenabled = false\n'
-        printf '[breaker]\nenabled = false\n[ratelimit]\nenabled = false\n'
-    else
-        printf '[trace]\nratio = 0.1\n'
-    fi
-}
-gateway_config >"$work/on.toml"
-gateway_config off >"$work/off.toml"
+nginx_config "$work/nginx" 1 "$UPSTREAM_PORT" "$PROXY_PORT" "master_process off;"
+gateway_config "$PROXY_PORT" "$UPSTREAM_PORT" 1 >"$work/on.toml"
+gateway_config "$PROXY_PORT" "$UPSTREAM_PORT" 1 off >"$work/off.toml"
 
 client() { # n: requests over one keep-alive connection, each checked for 200
     python3 -c '

@@ -18,16 +18,8 @@ NGINX_PORT=${NGINX_PORT:-39132}
 GATEWAY_PORT=${GATEWAY_PORT:-39133}
 BIN_DIR=${BIN_DIR:-target/release}
 
-need() { # command, Debian package
-    command -v "$1" >/dev/null && return
-    if [ "$(id -u)" = 0 ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$2" >/dev/null
-    else
-        echo "load: $1 is missing. Run: sudo apt-get install -y $2" >&2
-        exit 1
-    fi
-}
+SCRIPT_NAME=load
+. scripts/proxy-common.sh
 need wrk wrk
 PATH=$PATH:/usr/sbin need nginx nginx
 NGINX=$(PATH=$PATH:/usr/sbin command -v nginx)
@@ -44,65 +36,17 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 [ -n "${KEEP_LOG:-}" ] && trap 'cat "$work/gateway.log" >&2; cleanup' EXIT
 
-wait_port() {
-    for _ in $(seq 1 200); do
-        (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return
-        sleep 0.05
-    done
-    echo "load: nothing answers on port $1" >&2
-    exit 1
-}
-
 # the upstream: bare axum, one route
 GARRISON_LISTEN=127.0.0.1:$UPSTREAM_PORT "$BIN_DIR/examples/load_server" bare_axum >/dev/null &
 pids+=($!)
 wait_port "$UPSTREAM_PORT"
 
-mkdir -p "$work/nginx/logs"
-cat >"$work/nginx/nginx.conf" <<CONF
-worker_processes $WORKERS;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/nginx/body;
-    proxy_temp_path $work/nginx/proxy;
-    fastcgi_temp_path $work/nginx/fastcgi;
-    uwsgi_temp_path $work/nginx/uwsgi;
-    scgi_temp_path $work/nginx/scgi;
-    upstream app { server 127.0.0.1:$UPSTREAM_PORT; keepalive 256; }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-CONF
+nginx_config "$work/nginx" "$WORKERS" "$UPSTREAM_PORT" "$NGINX_PORT"
 "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 wait_port "$NGINX_PORT"
 
-cat >"$work/gateway.toml" <<CONF
-[gateway]
-listen = "127.0.0.1:$GATEWAY_PORT"
-admin_listen = ""
-workers = $WORKERS
-[gateway.upstreams.app]
-addresses = ["127.0.0.1:$UPSTREAM_PORT"]
-[gateway.routes.users]
-path = "/users/{id}"
-upstream = "app"
-[trace]
-ratio = 0.1
-[ratelimit.policies.general]
-limit = 1000000
-period = "1s"
-burst = 1000000
-CONF
+gateway_config "$GATEWAY_PORT" "$UPSTREAM_PORT" "$WORKERS" >"$work/gateway.toml"
 "$GATEWAY_BIN" --config "$work/gateway.toml" >"$work/gateway.log" 2>&1 &
 pids+=($!)
 wait_port "$GATEWAY_PORT"
