@@ -341,10 +341,13 @@ impl Breaker {
 impl Inner {
     #[inline]
     fn now_ms(&self) -> u64 {
-        self.clock
-            .now()
-            .saturating_duration_since(self.base)
-            .as_millis() as u64
+        self.ms_at(self.clock.now())
+    }
+
+    /// `t`, an instant of the breaker's clock, in the milliseconds of [`now_ms`](Self::now_ms).
+    #[inline]
+    fn ms_at(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base).as_millis() as u64
     }
 
     #[inline]
@@ -357,10 +360,7 @@ impl Inner {
                 State::Disabled => PermitKind::Disabled,
                 State::ForcedOpen => return Err(self.reject(state, self.config.wait_in_open)),
                 State::Open => {
-                    let now = match at {
-                        Some(t) => t.saturating_duration_since(self.base).as_millis() as u64,
-                        None => self.now_ms(),
-                    };
+                    let now = at.map_or_else(|| self.now_ms(), |t| self.ms_at(t));
                     let until = self.open_until_ms.load(Ordering::Acquire);
                     if now < until {
                         return Err(self.reject(state, Duration::from_millis(until - now)));
@@ -421,7 +421,7 @@ impl Inner {
         };
         self.calls[k].fetch_add(1, Ordering::Relaxed);
         let bits = if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 };
-        let now_ms = now.saturating_duration_since(self.base).as_millis() as u64;
+        let now_ms = self.ms_at(now);
         let word = self.state.load(Ordering::Acquire);
         if word >> GEN_SHIFT != gen {
             // The breaker changed state since this call started: its outcome belongs to a

@@ -98,14 +98,21 @@ fn slow_calls(breakers: &BreakerRegistry) -> u64 {
     b.calls().iter().find(|(k, _)| *k == "slow").unwrap().1
 }
 
+/// The stack of `CONFIG` on `clock`, with `breakers` when given.
+fn stack(clock: &Arc<ManualClock>, breakers: Option<BreakerRegistry>) -> Garrison {
+    let mut b = Garrison::builder()
+        .config(GarrisonConfig::from_toml(CONFIG).unwrap())
+        .clock(SharedClock::from_arc(clock.clone()));
+    if let Some(r) = breakers {
+        b = b.breaker_registry(r);
+    }
+    b.build().unwrap()
+}
+
 #[tokio::test]
 async fn one_clock_read_serves_metrics_rate_limit_and_breaker() {
     let manual = Arc::new(ManualClock::new());
-    let garrison = Garrison::builder()
-        .config(GarrisonConfig::from_toml(CONFIG).unwrap())
-        .clock(SharedClock::from_arc(manual.clone()))
-        .build()
-        .unwrap();
+    let garrison = stack(&manual, None);
     let mut svc = garrison
         .layer()
         .layer(slow_service(manual.clone(), Duration::from_millis(300)));
@@ -128,12 +135,7 @@ async fn a_breaker_registry_on_its_own_clock_times_calls_on_it() {
     let own = Arc::new(ManualClock::new());
     own.advance(Duration::from_secs(10));
     let breakers = BreakerRegistry::with_clock(SharedClock::from_arc(own.clone()));
-    let garrison = Garrison::builder()
-        .config(GarrisonConfig::from_toml(CONFIG).unwrap())
-        .clock(SharedClock::from_arc(manual.clone()))
-        .breaker_registry(breakers.clone())
-        .build()
-        .unwrap();
+    let garrison = stack(&manual, Some(breakers.clone()));
     let mut svc = garrison
         .layer()
         .layer(slow_service(manual.clone(), Duration::from_millis(300)));
