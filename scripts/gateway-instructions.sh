@@ -15,19 +15,7 @@ PROXY_PORT=${PROXY_PORT:-39142}
 SCRIPT_NAME=instructions
 . scripts/proxy-common.sh
 need valgrind valgrind
-PATH=$PATH:/usr/sbin need nginx nginx
-NGINX=$(PATH=$PATH:/usr/sbin command -v nginx)
-
-if [ -z "${NO_BUILD:-}" ]; then
-    cargo build --release --example load_server -p garrison-workspace >&2
-    cargo build --profile dist -p garrison-gateway >&2
-fi
-GATEWAY_BIN=${GATEWAY_BIN:-target/dist/garrison-gateway}
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+proxy_setup
 
 GARRISON_LISTEN=127.0.0.1:$UPSTREAM_PORT target/release/examples/load_server bare_axum >/dev/null &
 pids+=($!)

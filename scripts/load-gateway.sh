@@ -21,19 +21,7 @@ BIN_DIR=${BIN_DIR:-target/release}
 SCRIPT_NAME=load
 . scripts/proxy-common.sh
 need wrk wrk
-PATH=$PATH:/usr/sbin need nginx nginx
-NGINX=$(PATH=$PATH:/usr/sbin command -v nginx)
-
-if [ -z "${NO_BUILD:-}" ]; then
-    cargo build --release --example load_server -p garrison-workspace >&2
-    cargo build --profile dist -p garrison-gateway >&2
-fi
-GATEWAY_BIN=${GATEWAY_BIN:-target/dist/garrison-gateway}
-
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
+proxy_setup
 [ -n "${KEEP_LOG:-}" ] && trap 'cat "$work/gateway.log" >&2; cleanup' EXIT
 
 # the upstream: bare axum, one route

@@ -12,6 +12,27 @@ need() { # command, Debian package
     fi
 }
 
+# nginx (installed when missing) in $NGINX; the upstream and the gateway built unless
+# NO_BUILD, the gateway in $GATEWAY_BIN (default: the `dist` build); a folder $work; the
+# processes in `pids` ended, and $work removed, at exit.
+proxy_setup() {
+    PATH=$PATH:/usr/sbin need nginx nginx
+    NGINX=$(PATH=$PATH:/usr/sbin command -v nginx)
+    if [ -z "${NO_BUILD:-}" ]; then
+        cargo build --release --example load_server -p garrison-workspace >&2
+        cargo build --profile dist -p garrison-gateway >&2
+    fi
+    GATEWAY_BIN=${GATEWAY_BIN:-target/dist/garrison-gateway}
+    work=$(mktemp -d)
+    pids=()
+    trap cleanup EXIT
+}
+
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+
 wait_port() { # port: waits (20 s at most: a server under valgrind starts slowly)
     for _ in $(seq 1 400); do
         (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return
