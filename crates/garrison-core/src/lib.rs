@@ -60,5 +60,5 @@ pub use future::LayerFuture;
 pub use method::MethodLabel;
 pub use refusal::refusal;
 pub use route::{RouteLabel, RouteResolver, RouteTable, RouteTableError, UNMATCHED};
-pub use text::{hex_decode, hex_encode, push_json_string, rfc3339};
+pub use text::{hex_decode, hex_encode, hex_write, push_json_string, rfc3339};
 pub use trace_context::{TraceContext, TraceId};

@@ -87,11 +87,24 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 /// ```
 #[inline]
 pub fn hex_encode<'b>(bytes: &[u8], buf: &'b mut [u8]) -> &'b str {
+    hex_write(bytes, buf);
+    std::str::from_utf8(&buf[..bytes.len() * 2]).unwrap_or_default()
+}
+
+/// [`hex_encode`] for a caller that needs the digits as bytes (a header value, a larger
+/// buffer): the same digits, without checking again that they are text.
+///
+/// ```
+/// let mut buf = *b"id=....";
+/// garrison_core::hex_write(&[0xbe, 0xef], &mut buf[3..]);
+/// assert_eq!(&buf, b"id=beef");
+/// ```
+#[inline]
+pub fn hex_write(bytes: &[u8], buf: &mut [u8]) {
     let out = &mut buf[..bytes.len() * 2];
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
     }
-    std::str::from_utf8(out).unwrap_or_default()
 }
 
 /// Decodes lower-case hex `src` (exactly `2 * out.len()` digits) into `out`; `None` on any

@@ -9,7 +9,8 @@ use garrison_core::TraceId;
 use crate::w3c::SpanId;
 
 thread_local! {
-    static STATE: Cell<u64> = Cell::new(seed());
+    // const: no lazy initialisation to check on every id; 0 means not seeded yet
+    static STATE: Cell<u64> = const { Cell::new(0) };
 }
 
 fn seed() -> u64 {
@@ -27,7 +28,11 @@ fn seed() -> u64 {
 #[inline]
 fn next() -> u64 {
     STATE.with(|s| {
-        let x = s.get().wrapping_add(0xa076_1d64_78bd_642f);
+        let mut x = s.get();
+        if x == 0 {
+            x = seed();
+        }
+        let x = x.wrapping_add(0xa076_1d64_78bd_642f);
         s.set(x);
         let t = u128::from(x) * u128::from(x ^ 0xe703_7ed1_a0b4_28db);
         (t >> 64) as u64 ^ t as u64
@@ -60,6 +65,6 @@ pub fn span_id() -> SpanId {
 pub(crate) fn request_id() -> [u8; 32] {
     let mut out = [0u8; 32];
     let v = (u128::from(next()) << 64) | u128::from(next());
-    garrison_core::hex_encode(&v.to_be_bytes(), &mut out);
+    garrison_core::hex_write(&v.to_be_bytes(), &mut out);
     out
 }

@@ -21,6 +21,9 @@ use crate::span::{SpanKind, SpanRecord, Value};
 use crate::w3c::{format_traceparent, Incoming};
 use crate::{ids, Tracer};
 
+/// `traceresponse` (W3C Trace Context Level 2).
+static TRACERESPONSE: HeaderName = HeaderName::from_static("traceresponse");
+
 /// The longest incoming request id kept; a longer or non-printable one is replaced.
 pub const MAX_REQUEST_ID: usize = 128;
 
@@ -532,27 +535,37 @@ impl TracedRequest {
     /// The inner service answered `resp`: it gets the request id (and `traceresponse` when
     /// asked for), and the server span ends when its body ends.
     #[inline]
-    pub fn respond<B>(self, mut resp: Response<B>) -> Response<TraceBody<B>> {
+    pub fn respond<B>(self, resp: Response<B>) -> Response<TraceBody<B>> {
+        let (mut head, body) = resp.into_parts();
+        let body = self.respond_parts(&mut head, body);
+        Response::from_parts(head, body)
+    }
+
+    /// [`respond`](Self::respond) for a response taken apart: `head` gets the headers, and
+    /// the span ends when `body` ends. A stack that changes several parts of a response puts
+    /// it together once instead of once per part.
+    #[inline]
+    pub fn respond_parts<B>(self, head: &mut http::response::Parts, body: B) -> TraceBody<B> {
         let Self {
             mut finisher,
             request_id,
             trace_response,
         } = self;
-        finisher.status = resp.status().as_u16();
+        finisher.status = head.status.as_u16();
         let ctx = &finisher.ctx;
-        let h = resp.headers_mut();
+        let h = &mut head.headers;
         h.insert(request_id, ctx.request_id.to_header_value());
         if trace_response {
             let tp = format_traceparent(ctx.trace_id, ctx.span_id, ctx.sampled);
             if let Ok(v) = HeaderValue::from_bytes(&tp) {
-                h.insert(HeaderName::from_static("traceresponse"), v);
+                h.insert(TRACERESPONSE.clone(), v);
             }
         }
         let needs_end = finisher.root.is_some() || finisher.access.is_some();
-        resp.map(|body| TraceBody {
+        TraceBody {
             inner: body,
             finisher: needs_end.then_some(finisher),
-        })
+        }
     }
 
     /// The inner service failed with an error instead of a response: the span ends as an

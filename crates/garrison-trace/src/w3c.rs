@@ -91,8 +91,8 @@ pub fn format_traceparent(trace: TraceId, span: SpanId, sampled: bool) -> [u8; 5
     let mut out = [b'-'; 55];
     out[0] = b'0';
     out[1] = b'0';
-    garrison_core::hex_encode(&trace.to_bytes(), &mut out[3..35]);
-    garrison_core::hex_encode(&span.to_bytes(), &mut out[36..52]);
+    garrison_core::hex_write(&trace.to_bytes(), &mut out[3..35]);
+    garrison_core::hex_write(&span.to_bytes(), &mut out[36..52]);
     out[53] = b'0';
     out[54] = if sampled { b'1' } else { b'0' };
     out

@@ -67,6 +67,17 @@ impl RequestGuard {
         resp.map(|body| super::MetricsBody::new(body, self))
     }
 
+    /// [`respond`](Self::respond) for a response taken apart.
+    #[inline]
+    pub(crate) fn respond_parts<B: http_body::Body>(
+        mut self,
+        status: http::StatusCode,
+        body: B,
+    ) -> super::MetricsBody<B> {
+        self.set_status(status);
+        super::MetricsBody::new(body, self)
+    }
+
     /// Whether HTTP lets this response carry a body (RFC 9110 §6.4.1).
     #[inline]
     pub(crate) fn response_has_body(&self) -> bool {

@@ -126,6 +126,18 @@ impl Measurement {
         self.0.respond(resp)
     }
 
+    /// [`respond`](Self::respond) for a response taken apart: the status is read from
+    /// `head`, and `body` measured until it ends. A stack that changes several parts of a
+    /// response puts it together once instead of once per part.
+    #[inline]
+    pub fn respond_parts<B: http_body::Body>(
+        self,
+        head: &http::response::Parts,
+        body: B,
+    ) -> MetricsBody<B> {
+        self.0.respond_parts(head.status, body)
+    }
+
     /// The inner service failed with an error instead of a response
     /// (`error_type="service_error"`).
     pub fn failed(mut self) {

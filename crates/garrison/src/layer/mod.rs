@@ -329,11 +329,15 @@ where
                     if let Some(permit) = this.held.breaker.take() {
                         permit.record_result(&result);
                     }
-                    break result.map(|resp| resp.map(LayerBody::inner));
+                    break result.map(|resp| {
+                        let (head, body) = resp.into_parts();
+                        (head, LayerBody::inner(body))
+                    });
                 }
                 StepProj::Local { resp } => {
                     let resp = resp.take().expect("GarrisonFuture polled after completion");
-                    break Ok(resp.map(LayerBody::local));
+                    let (head, body) = resp.into_parts();
+                    break Ok((head, LayerBody::local(body)));
                 }
                 StepProj::Waiting { waiting } => {
                     let w = &mut **waiting;
@@ -374,18 +378,21 @@ where
         // the slot is given back as soon as the service has answered
         this.held.admitted = None;
         Poll::Ready(match result {
-            Ok(mut resp) => {
+            // the response is taken apart once and put together once: each part changes
+            // its head or wraps its body in place, instead of moving the whole response
+            Ok((mut head, body)) => {
                 if let Some(a) = this.held.allowance.take() {
-                    a.apply(resp.headers_mut());
+                    a.apply(&mut head.headers);
                 }
-                let resp = match this.measure.take() {
-                    Some(m) => m.respond(resp),
-                    None => resp.map(MetricsBody::unmeasured),
+                let body = match this.measure.take() {
+                    Some(m) => m.respond_parts(&head, body),
+                    None => MetricsBody::unmeasured(body),
                 };
-                Ok(match this.traced.take() {
-                    Some(t) => t.respond(resp),
-                    None => resp.map(TraceBody::untraced),
-                })
+                let body = match this.traced.take() {
+                    Some(t) => t.respond_parts(&mut head, body),
+                    None => TraceBody::untraced(body),
+                };
+                Ok(Response::from_parts(head, body))
             }
             Err(e) => {
                 if let Some(m) = this.measure.take() {
