@@ -137,17 +137,7 @@ fn main() {
             let tracer = garrison_trace::Tracer::builder()
                 .sampler(garrison_trace::Sampler::Ratio(0.1))
                 .build();
-            let mut config = garrison::GarrisonConfig::from_toml(peers::STACK_CONFIG).unwrap();
-            for part in v.split('-').skip(1) {
-                match part {
-                    "trace" => config.trace.enabled = false,
-                    "metrics" => config.metrics.enabled = false,
-                    "health" => config.health.enabled = false,
-                    "ratelimit" => config.ratelimit.enabled = false,
-                    "breaker" => config.breaker.enabled = false,
-                    other => panic!("no part {other}"),
-                }
-            }
+            let config = peers::stack_config(v);
             let garrison = garrison::Garrison::builder()
                 .config(config)
                 .tracer(tracer)

@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release --example load_server -- garrison_metrics   # or bare_axum, axum_prometheus,
 //!                                                                  # garrison_stack, peer_stack
+//! cargo run --release --example load_server -- garrison_stack-ratelimit   # a part turned off
 //! ```
 //!
 //! It listens on `GARRISON_LISTEN` (default `127.0.0.1:3000`).
@@ -39,10 +40,10 @@ async fn main() -> std::io::Result<()> {
         }
         // The whole garrison (trace at 10%, metrics, health routes, rate limit, breakers),
         // with a policy the load cannot exhaust.
-        "garrison_stack" => {
-            let config = garrison::GarrisonConfig::from_toml(peers::STACK_CONFIG)
+        // `garrison_stack-trace-ratelimit`: without those parts, to see what each one costs.
+        v if v == "garrison_stack" || v.starts_with("garrison_stack-") => {
+            let garrison = garrison::Garrison::from_config(peers::stack_config(v))
                 .map_err(std::io::Error::other)?;
-            let garrison = garrison::Garrison::from_config(config).map_err(std::io::Error::other)?;
             bare.layer(garrison.layer())
         }
         // The peer crates it replaces: tower_governor, axum-prometheus and

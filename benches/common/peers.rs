@@ -22,6 +22,24 @@ period = "1s"
 burst = 9999
 "#;
 
+/// [`STACK_CONFIG`] with the parts named after the variant's dashes turned off:
+/// `garrison_stack-trace-ratelimit` is the stack without trace and rate limit, to see what
+/// each part costs.
+pub(crate) fn stack_config(variant: &str) -> garrison::GarrisonConfig {
+    let mut config = garrison::GarrisonConfig::from_toml(STACK_CONFIG).expect("stack config");
+    for part in variant.split('-').skip(1) {
+        match part {
+            "trace" => config.trace.enabled = false,
+            "metrics" => config.metrics.enabled = false,
+            "health" => config.health.enabled = false,
+            "ratelimit" => config.ratelimit.enabled = false,
+            "breaker" => config.breaker.enabled = false,
+            other => panic!("no part {other}: use trace, metrics, health, ratelimit or breaker"),
+        }
+    }
+    config
+}
+
 /// A `tracing` subscriber at INFO with tracing-opentelemetry on an SDK tracer that samples
 /// with `sampler`; axum-tracing-opentelemetry's spans are TRACE-level on target
 /// `otel::tracing`, enabled as its docs have it.
