@@ -69,7 +69,8 @@ pub struct GatewaySection {
     pub http2: bool,
     /// `header_read_timeout`: a client must send a request's whole head within this (from
     /// its connection's start, or after the previous response on keep-alive); slower
-    /// clients are cut off. Default: `"10s"`.
+    /// clients are cut off (at most 20 ms after it: the gateway's coarse timer). Default:
+    /// `"10s"`.
     pub header_read_timeout: Duration,
     /// `max_header_bytes`: a request head larger than this gets `431` and the connection is
     /// closed (at least 8192). Default: `16384`.
@@ -132,7 +133,8 @@ pub struct UpstreamConfig {
     pub protocol: UpstreamProtocol,
     /// `connect_timeout`: a connection not made in this time is `504`. Default: `"2s"`.
     pub connect_timeout: Duration,
-    /// `timeout`: the response head not received in this time is `504`. Default: `"30s"`.
+    /// `timeout`: the response head not received in this time is `504` (at most 20 ms after
+    /// it: the gateway's coarse timer). Default: `"30s"`.
     pub timeout: Duration,
     /// `eject_after`: consecutive failures (refused connections, connect or response
     /// timeouts) that take an address out of the rotation. Default: `3`.

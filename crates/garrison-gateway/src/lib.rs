@@ -68,6 +68,7 @@ pub mod demo;
 mod pool;
 mod proxy;
 mod server;
+mod timer;
 mod upstream;
 
 pub use config::{GatewayConfig, GatewaySection, RouteConfig, UpstreamConfig, DEFAULT_CONFIG};

@@ -263,7 +263,8 @@ impl Inner {
                     at,
                     authority,
                 });
-                return match tokio::time::timeout(timeout, client.oneshot(req)).await {
+                // a coarse deadline (within 10 ms after it): see `timer`
+                return match crate::timer::timeout(timeout, client.oneshot(req)).await {
                     Err(_) => Err(Failure::Timeout),
                     Ok(r) => r,
                 };
@@ -272,7 +273,7 @@ impl Inner {
         };
         // the worker's client by reference: no clone of its pool handles per request
         let client = self.propagate.layer(&clients[worker() % clients.len()]);
-        match tokio::time::timeout(timeout, client.oneshot(req)).await {
+        match crate::timer::timeout(timeout, client.oneshot(req)).await {
             Ok(Ok(resp)) => Ok(PooledBody::unpooled(resp)),
             Err(_) => Err(Failure::Timeout),
             Ok(Err(e)) if e.is_connect() => {

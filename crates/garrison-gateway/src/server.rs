@@ -401,7 +401,8 @@ const HYPER_MAX_HEADERS: usize = 100;
 fn connection_builder(g: &GatewaySection) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     let mut h1 = b.http1();
-    h1.timer(TokioTimer::new())
+    // the coarse timer: a deadline per request head without tokio's timer wheel
+    h1.timer(crate::timer::CoarseTimer)
         .header_read_timeout(g.header_read_timeout)
         .max_buf_size(g.max_header_bytes);
     // hyper's own limit is 100 too, parsed into arrays on the stack; a limit set explicitly
