@@ -60,11 +60,11 @@ impl RequestGuard {
     /// The inner service answered: its status is known, its body is measured until it ends.
     #[inline]
     pub(crate) fn respond<B: http_body::Body>(
-        mut self,
+        self,
         resp: http::Response<B>,
     ) -> http::Response<super::MetricsBody<B>> {
-        self.set_status(resp.status());
-        resp.map(|body| super::MetricsBody::new(body, self))
+        let status = resp.status();
+        resp.map(|body| self.respond_parts(status, body))
     }
 
     /// [`respond`](Self::respond) for a response taken apart.
