@@ -293,12 +293,22 @@ impl<F: Future> Future for Timeout<F> {
 mod tests {
     use super::*;
 
+    /// Waits for a new deadline `after` from now, under tokio's own timer (a deadline that
+    /// never fires fails here instead of hanging), and checks that it did not fire early;
+    /// how long it took.
+    async fn fires_after(after: Duration, why: &str) -> Duration {
+        let start = Instant::now();
+        tokio::time::timeout(Duration::from_secs(1), Deadline::after(after))
+            .await
+            .expect(why);
+        let took = start.elapsed();
+        assert!(took >= after, "{why}: fired after {took:?} of {after:?}");
+        took
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_deadline_fires_after_its_time_never_before() {
-        let start = Instant::now();
-        Deadline::after(Duration::from_millis(100)).await;
-        let took = start.elapsed();
-        assert!(took >= Duration::from_millis(100), "{took:?}");
+        let took = fires_after(Duration::from_millis(100), "a deadline fires").await;
         assert!(took <= Duration::from_millis(100) + 2 * GRAIN, "{took:?}");
     }
 
@@ -329,14 +339,7 @@ mod tests {
         tokio::time::sleep(GRAIN * 3).await;
         assert!(!table.lock().ticking);
         // and a new deadline starts it again
-        let start = Instant::now();
-        tokio::time::timeout(
-            Duration::from_secs(1),
-            Deadline::after(Duration::from_millis(30)),
-        )
-        .await
-        .expect("a new ticker fires it");
-        assert!(start.elapsed() >= Duration::from_millis(30));
+        fires_after(Duration::from_millis(30), "a new ticker fires it").await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -412,16 +415,13 @@ mod tests {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let start = Instant::now();
-                // a ticker left for dead by the runtime before would hang this: tokio's own
-                // timer stops the wait instead
-                tokio::time::timeout(
-                    Duration::from_secs(1),
-                    Deadline::after(Duration::from_millis(20)),
+                // a ticker left for dead by the runtime before would hang this without
+                // the guard of tokio's own timer in `fires_after`
+                fires_after(
+                    Duration::from_millis(20),
+                    "the deadline fires on a second runtime of the thread",
                 )
-                .await
-                .expect("the deadline fires on a second runtime of the thread");
-                assert!(start.elapsed() >= Duration::from_millis(20));
+                .await;
                 // armed when the runtime goes: its ticker is dropped mid-wait
                 std::mem::forget(Deadline::after(Duration::from_secs(60)));
             });
