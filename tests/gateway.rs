@@ -436,6 +436,106 @@ async fn bodies_stream_both_ways_without_being_buffered() {
     assert_eq!(n, (64 * 65536).to_string());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bodies_move_in_lockstep_with_their_far_ends() {
+    // each side sends its next chunk only after the far end has the last one: a request
+    // that waits for its response head while its body trickles in, and a response body
+    // that trickles out, both on one upstream connection the gateway drives in the
+    // request's own task (a wake lost there would stall a chunk until the timeout)
+    const CHUNKS: usize = 8;
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (more_tx, more_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let more_rx = Arc::new(tokio::sync::Mutex::new(more_rx));
+    let (up, _u) = upstream(move |req: Request<Incoming>| {
+        let got = got_tx.clone();
+        let more = more_rx.clone();
+        async move {
+            if req.uri().path() == "/up" {
+                let mut body = req.into_body();
+                let mut n = 0;
+                while let Some(Ok(f)) = body.frame().await {
+                    if f.data_ref().is_some_and(|d| !d.is_empty()) {
+                        n += 1;
+                        let _ = got.send(());
+                    }
+                }
+                return Response::new(full(format!("{n}")));
+            }
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, hyper::Error>>(1);
+            tokio::spawn(async move {
+                let mut more = more.lock().await;
+                for i in 0..CHUNKS {
+                    if i > 0 && more.recv().await.is_none() {
+                        return;
+                    }
+                    let _ = tx.send(Ok(Frame::data(Bytes::from(format!("{i};"))))).await;
+                }
+            });
+            Response::new(StreamBody::new(tokio_stream(rx)).boxed())
+        }
+    })
+    .await;
+    let gw = gateway(&format!(
+        "[gateway.upstreams.app]\naddresses = [\"{up}\"]\ntimeout = \"30s\"\n[gateway.routes.all]\nprefix = \"/\"\nupstream = \"app\"\n"
+    ))
+    .await;
+    let limit = Duration::from_secs(20); // a stalled chunk, not a slow one
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    let producer = tokio::spawn(async move {
+        for i in 0..CHUNKS {
+            if i > 0 {
+                got_rx
+                    .recv()
+                    .await
+                    .expect("the upstream has the last chunk");
+            }
+            tx.send(Ok(Frame::data(Bytes::from(format!("{i};")))))
+                .await
+                .unwrap();
+        }
+    });
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let resp = tokio::time::timeout(
+        limit,
+        client.request(
+            Request::post(format!("http://{}/up", gw.addr))
+                .body(StreamBody::new(tokio_stream(rx)))
+                .unwrap(),
+        ),
+    )
+    .await
+    .expect("every chunk of the request body reached the upstream")
+    .unwrap();
+    let n = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(n, CHUNKS.to_string());
+    producer.await.unwrap();
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let resp = client
+        .request(
+            Request::get(format!("http://{}/down", gw.addr))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = resp.into_body();
+    let mut text = String::new();
+    for i in 0..CHUNKS {
+        let frame = tokio::time::timeout(limit, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("chunk {i} of the response body arrives"))
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(frame.data_ref().unwrap()).unwrap());
+        let _ = more_tx.send(());
+    }
+    let expected: String = (0..CHUNKS).map(|i| format!("{i};")).collect();
+    assert_eq!(text, expected);
+    assert!(body.collect().await.unwrap().to_bytes().is_empty());
+}
+
 /// A stream of an mpsc receiver (tokio-stream is not a dependency of this package).
 fn tokio_stream<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,

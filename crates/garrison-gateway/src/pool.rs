@@ -2,15 +2,19 @@
 //!
 //! Each worker has its own idle list per address: a request takes the connection used last
 //! (its buffers are warm), sends on it, and the response body gives it back when it ends.
-//! The connection is driven by a task on the same worker, so no request crosses threads and
-//! no lock is ever contended. A response body dropped before its end takes its connection
-//! with it (the rest of the body is never read), as does one marked `Connection: close`.
+//! No task of its own drives a connection: the request that holds it does, in its own task,
+//! while it waits for the response head, and then its response body does while it streams.
+//! So no request crosses threads or tasks, and no lock is ever contended. An idle
+//! connection is not polled; one its upstream closed meanwhile is seen at its next check-out
+//! and the request goes over the next one. A response body dropped before its end takes its
+//! connection with it (the rest of the body is never read), as does one marked
+//! `Connection: close`.
 
-use std::future::Future;
-use std::pin::Pin;
+use std::future::{poll_fn, Future};
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +22,7 @@ use http::uri::Authority;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
@@ -57,8 +61,73 @@ const TICKS: u64 = 4;
 const MAX_IDLE: usize = 1024;
 
 struct Idle {
-    tx: SendRequest<UpstreamBody>,
+    up: Box<Upstream>,
     tick: u64,
+}
+
+/// Both halves of one HTTP/1.1 connection, boxed once per connection so that a check-out,
+/// a response body and a check-in move a pointer.
+struct Upstream {
+    tx: SendRequest<UpstreamBody>,
+    /// `None` once the connection has ended (closed by either side, or failed).
+    conn: Option<Connection<TokioIo<TcpStream>, UpstreamBody>>,
+}
+
+impl Upstream {
+    /// Moves the connection on as far as it goes now (writes the request, reads the
+    /// response, hands both over); `cx` is woken when it can move again. An ended
+    /// connection is dropped here, and with it whatever waits on it learns that it ended.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(conn) = &mut self.conn {
+            if Pin::new(conn).poll(cx).is_ready() {
+                self.conn = None;
+            }
+        }
+    }
+
+    /// Drives the connection, then polls `f`, which only the connection's progress can make
+    /// ready (the response head, a frame of its body), first with a waker that does nothing,
+    /// then, if `f` is not ready, once more with the task's. A result handed over inside
+    /// `drive` then does not wake the task a second time, nor does the connection's wish to
+    /// be polled again that the caller's next poll of `f` (the body) fulfils anyway: the task
+    /// waits only after a `drive` with its own waker, when nothing but the connection can
+    /// move `f`, and then the connection's wakers wake it.
+    fn poll_after<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        mut f: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
+        let mut quiet = Context::from_waker(Waker::noop());
+        self.drive(&mut quiet);
+        if let Poll::Ready(r) = f(&mut quiet) {
+            return Poll::Ready(r);
+        }
+        self.drive(cx);
+        if self.conn.is_some() {
+            f(&mut quiet)
+        } else {
+            f(cx)
+        }
+    }
+
+    /// Whether a request can be sent: `false` when the connection has ended. A connection
+    /// that asked for its next request before it went idle is not driven first (one its
+    /// upstream closed meanwhile gives the request back unsent); else as in `poll_after`.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let quiet = || Context::from_waker(Waker::noop());
+        if let Poll::Ready(r) = self.tx.poll_ready(&mut quiet()) {
+            return Poll::Ready(r.is_ok());
+        }
+        for cx in [&mut quiet(), cx] {
+            self.drive(cx);
+            match self.tx.poll_ready(&mut quiet()) {
+                Poll::Ready(r) => return Poll::Ready(r.is_ok()),
+                Poll::Pending if self.conn.is_none() => return Poll::Ready(false),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
 }
 
 impl std::fmt::Debug for Idle {
@@ -105,24 +174,19 @@ impl Http1Pool {
         let slot = &self.slots[(worker % workers) * self.addresses + at];
         loop {
             let popped = slot.idle.lock().pop();
-            let (mut tx, fresh) = match popped {
-                Some(idle) => (idle.tx, false),
+            let (mut up, fresh) = match popped {
+                Some(idle) => (idle.up, false),
                 None => (self.connect(slot, authority).await?, true),
             };
-            if tx.ready().await.is_err() {
+            if !poll_fn(|cx| up.poll_ready(cx)).await {
                 if fresh {
                     return Err(Failure::Connect("the new connection closed".into()));
                 }
                 continue; // closed while idle
             }
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    let checkin = Checkin {
-                        slot: slot.clone(),
-                        tx,
-                    };
-                    return Ok(PooledBody::pooled(resp, checkin));
-                }
+            let mut head = pin!(up.tx.try_send_request(req));
+            match poll_fn(|cx| up.poll_after(cx, |q| head.as_mut().poll(q))).await {
+                Ok(resp) => return Ok(PooledBody::pooled(resp, slot.clone(), up)),
                 Err(mut e) => match e.take_message() {
                     // never written: the connection was closing; the next one takes it
                     Some(back) if !fresh => req = back,
@@ -138,7 +202,7 @@ impl Http1Pool {
         &self,
         slot: &Arc<Slot>,
         authority: &Authority,
-    ) -> Result<SendRequest<UpstreamBody>, Failure> {
+    ) -> Result<Box<Upstream>, Failure> {
         // `[::1]` names an IPv6 address: without its brackets
         let host = authority
             .host()
@@ -158,13 +222,13 @@ impl Http1Pool {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| Failure::Connect(source_chain(&e)))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
         if !slot.reaping.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap(Arc::downgrade(slot)));
         }
-        Ok(tx)
+        Ok(Box::new(Upstream {
+            tx,
+            conn: Some(conn),
+        }))
     }
 }
 
@@ -188,26 +252,28 @@ async fn reap(slot: Weak<Slot>) {
                 .unwrap_or(idle.len());
             idle.drain(..fresh).collect()
         };
-        // dropped outside the lock: each drop ends its connection's task
+        // dropped outside the lock: each drop closes its connection
         drop(stale);
     }
 }
 
-/// A connection on its way back to its slot.
-struct Checkin {
+/// The HTTP/1.1 connection a response body comes on: driven while the body streams, and
+/// given back to its slot at the end unless the upstream said `Connection: close`.
+struct Driven {
+    up: Box<Upstream>,
     slot: Arc<Slot>,
-    tx: SendRequest<UpstreamBody>,
+    keep: bool,
 }
 
-impl Checkin {
+impl Driven {
     fn give_back(self) {
-        if self.tx.is_closed() {
+        if !self.keep || self.up.conn.is_none() || self.up.tx.is_closed() {
             return;
         }
         let tick = self.slot.tick.load(Ordering::Relaxed);
         let mut idle = self.slot.idle.lock();
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { tx: self.tx, tick });
+            idle.push(Idle { up: self.up, tick });
         }
     }
 }
@@ -216,34 +282,32 @@ impl Checkin {
 /// its pool when the body ends.
 pub struct PooledBody {
     body: Incoming,
-    checkin: Option<Checkin>,
+    conn: Option<Driven>,
 }
 
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PooledBody")
-            .field("pooled", &self.checkin.is_some())
+            .field("pooled", &self.conn.as_ref().is_some_and(|c| c.keep))
             .finish_non_exhaustive()
     }
 }
 
 impl PooledBody {
-    /// A body whose connection is not pooled here (HTTP/2: the connection is shared).
+    /// A body whose connection is not pooled here (HTTP/2: the connection is shared and
+    /// driven by its own task).
     pub(crate) fn unpooled(resp: Response<Incoming>) -> Response<Self> {
-        resp.map(|body| Self {
-            body,
-            checkin: None,
-        })
+        resp.map(|body| Self { body, conn: None })
     }
 
-    fn pooled(resp: Response<Incoming>, checkin: Checkin) -> Response<Self> {
+    fn pooled(resp: Response<Incoming>, slot: Arc<Slot>, up: Box<Upstream>) -> Response<Self> {
         let keep = !resp
             .headers()
             .get(http::header::CONNECTION)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"));
         let mut resp = resp.map(|body| Self {
             body,
-            checkin: keep.then_some(checkin),
+            conn: Some(Driven { up, slot, keep }),
         });
         // an empty body may never be polled: the connection is free now
         if resp.body().body.is_end_stream() {
@@ -253,7 +317,7 @@ impl PooledBody {
     }
 
     fn end(&mut self) {
-        if let Some(c) = self.checkin.take() {
+        if let Some(c) = self.conn.take() {
             c.give_back();
         }
     }
@@ -268,10 +332,20 @@ impl Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
-        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        let frame = std::task::ready!(match &mut this.conn {
+            // what the connection read with the response head is often the whole body:
+            // taken without moving the connection on
+            Some(c) =>
+                match Pin::new(&mut this.body).poll_frame(&mut Context::from_waker(Waker::noop())) {
+                    Poll::Ready(frame) => Poll::Ready(frame),
+                    Poll::Pending =>
+                        c.up.poll_after(cx, |q| Pin::new(&mut this.body).poll_frame(q)),
+                },
+            None => Pin::new(&mut this.body).poll_frame(cx),
+        });
         match &frame {
             None => this.end(),
-            Some(Err(_)) => this.checkin = None,
+            Some(Err(_)) => this.conn = None,
             Some(Ok(_)) if this.body.is_end_stream() => this.end(),
             Some(Ok(_)) => {}
         }
