@@ -5,9 +5,10 @@
 //! No task of its own drives a connection: the request that holds it does, in its own task,
 //! while it waits for the response head, and then its response body does while it streams.
 //! So no request crosses threads or tasks, and no lock is ever contended. An idle
-//! connection is not polled; one its upstream closed meanwhile is seen at its next check-out
-//! and the request goes over the next one. A response body dropped before its end takes its
-//! connection with it (the rest of the body is never read), as does one marked
+//! connection is not polled: one its upstream closed meanwhile is seen at its next check-out
+//! (the request goes over the next one), or closed with the idle timeout, whichever comes
+//! first; until then its socket waits in the kernel. A response body dropped before its end
+//! takes its connection with it (the rest of the body is never read), as does one marked
 //! `Connection: close`.
 
 use std::future::{poll_fn, Future};
