@@ -98,14 +98,23 @@ impl Upstream {
         cx: &mut Context<'_>,
         mut f: impl FnMut(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        let mut quiet = Context::from_waker(Waker::noop());
-        self.drive(&mut quiet);
-        if let Poll::Ready(r) = f(&mut quiet) {
+        self.drive(&mut Context::from_waker(Waker::noop()));
+        if let Poll::Ready(r) = f(&mut Context::from_waker(Waker::noop())) {
             return Poll::Ready(r);
         }
+        self.poll_driven(cx, f)
+    }
+
+    /// Drives the connection with the task's waker, then polls `f` as `poll_after` does:
+    /// for a wait that cannot be over yet, such as the response to a request just queued.
+    fn poll_driven<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(&mut Context<'_>) -> Poll<T>,
+    ) -> Poll<T> {
         self.drive(cx);
         if self.conn.is_some() {
-            f(&mut quiet)
+            f(&mut Context::from_waker(Waker::noop()))
         } else {
             f(cx)
         }
@@ -186,7 +195,17 @@ impl Http1Pool {
                 continue; // closed while idle
             }
             let mut head = pin!(up.tx.try_send_request(req));
-            match poll_fn(|cx| up.poll_after(cx, |q| head.as_mut().poll(q))).await {
+            // the first time, the request was only queued: the connection writes it and then
+            // waits on its socket, so it is driven with the task's waker straight away
+            let mut queued = true;
+            let answer = poll_fn(|cx| {
+                if std::mem::take(&mut queued) {
+                    up.poll_driven(cx, |q| head.as_mut().poll(q))
+                } else {
+                    up.poll_after(cx, |q| head.as_mut().poll(q))
+                }
+            });
+            match answer.await {
                 Ok(resp) => return Ok(PooledBody::pooled(resp, slot.clone(), up)),
                 Err(mut e) => match e.take_message() {
                     // never written: the connection was closing; the next one takes it
