@@ -436,6 +436,79 @@ async fn bodies_stream_both_ways_without_being_buffered() {
     assert_eq!(n, (64 * 65536).to_string());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_answers_before_the_request_body_ends_holds_up_no_later_request() {
+    // the upstream answers a POST at once, reads nothing more of that connection and keeps
+    // it open; the client's body never ends. The connection is not idle when the answer
+    // has ended (its request is still being written): it must not be handed to the next
+    // request, which would wait behind a body that never comes and end in a 504
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                loop {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => head.push(buf[0]),
+                        }
+                    }
+                    if head.starts_with(b"POST") {
+                        let _ = stream
+                            .write_all(
+                                b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n",
+                            )
+                            .await;
+                        std::future::pending::<()>().await;
+                    }
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    let gw = gateway(&format!(
+        r#"
+        [gateway]
+        workers = 1
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        timeout = "3s"
+        [gateway.routes.rest]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
+    tx.send(Ok(Frame::data(Bytes::from_static(b"the start of a body"))))
+        .await
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .request(
+            Request::post(format!("http://{}/upload", gw.addr))
+                .body(StreamBody::new(tokio_stream(rx)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    for _ in 0..3 {
+        let r = get(gw.addr, "/next", &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "ok"));
+    }
+    drop(tx); // the body ends only now
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bodies_move_in_lockstep_with_their_far_ends() {
     // each side sends its next chunk only after the far end has the last one: a request

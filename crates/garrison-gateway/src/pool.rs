@@ -9,7 +9,8 @@
 //! (the request goes over the next one), or closed with the idle timeout, whichever comes
 //! first; until then its socket waits in the kernel. A response body dropped before its end
 //! takes its connection with it (the rest of the body is never read), as does one marked
-//! `Connection: close`.
+//! `Connection: close`, or one that ends while its request is still being sent (an upstream
+//! that answered early): the next request would wait behind a body that may never end.
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -286,8 +287,17 @@ struct Driven {
 }
 
 impl Driven {
-    fn give_back(self) {
-        if !self.keep || self.up.conn.is_none() || self.up.tx.is_closed() {
+    fn give_back(mut self) {
+        if !self.keep {
+            return;
+        }
+        // only an idle connection goes back, one that asks for its next request: one still
+        // writing this request's body (its upstream answered before the body ended) would
+        // hold up the next request behind a body that may never end, so it is closed
+        if !self.up.tx.is_ready() {
+            self.up.drive(&mut Context::from_waker(Waker::noop()));
+        }
+        if self.up.conn.is_none() || !self.up.tx.is_ready() {
             return;
         }
         let tick = self.slot.tick.load(Ordering::Relaxed);
