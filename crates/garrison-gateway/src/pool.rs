@@ -71,29 +71,36 @@ struct Idle {
 /// a response body and a check-in move a pointer.
 struct Upstream {
     tx: SendRequest<UpstreamBody>,
-    /// `None` once the connection has ended (closed by either side, or failed).
-    conn: Option<Connection<TokioIo<TcpStream>, UpstreamBody>>,
+    link: Link,
 }
 
-impl Upstream {
+/// The connection's own half: what moves it on, driven by whoever holds the connection.
+/// `None` once the connection has ended (closed by either side, or failed).
+struct Link(Option<Connection<TokioIo<TcpStream>, UpstreamBody>>);
+
+impl Link {
     /// Moves the connection on as far as it goes now (writes the request, reads the
     /// response, hands both over); `cx` is woken when it can move again. An ended
     /// connection is dropped here, and with it whatever waits on it learns that it ended.
     fn drive(&mut self, cx: &mut Context<'_>) {
-        if let Some(conn) = &mut self.conn {
+        if let Some(conn) = &mut self.0 {
             if Pin::new(conn).poll(cx).is_ready() {
-                self.conn = None;
+                self.0 = None;
             }
         }
     }
 
+    fn ended(&self) -> bool {
+        self.0.is_none()
+    }
+
     /// Drives the connection, then polls `f`, which only the connection's progress can make
-    /// ready (the response head, a frame of its body), first with a waker that does nothing,
-    /// then, if `f` is not ready, once more with the task's. A result handed over inside
-    /// `drive` then does not wake the task a second time, nor does the connection's wish to
-    /// be polled again that the caller's next poll of `f` (the body) fulfils anyway: the task
-    /// waits only after a `drive` with its own waker, when nothing but the connection can
-    /// move `f`, and then the connection's wakers wake it.
+    /// ready (the response head, a frame of its body, its readiness for a request), first
+    /// with a waker that does nothing, then, if `f` is not ready, once more with the task's.
+    /// A result handed over inside `drive` then does not wake the task a second time, nor
+    /// does the connection's wish to be polled again that the caller's next poll of `f` (the
+    /// body) fulfils anyway: the task waits only after a `drive` with its own waker, when
+    /// nothing but the connection can move `f`, and then the connection's wakers wake it.
     fn poll_after<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -108,36 +115,32 @@ impl Upstream {
 
     /// Drives the connection with the task's waker, then polls `f` as `poll_after` does:
     /// for a wait that cannot be over yet, such as the response to a request just queued.
+    /// Once the connection has ended, `f` is polled with the task's waker (what waits on an
+    /// ended connection is told so, and is ready).
     fn poll_driven<T>(
         &mut self,
         cx: &mut Context<'_>,
         f: impl FnOnce(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
         self.drive(cx);
-        if self.conn.is_some() {
-            f(&mut Context::from_waker(Waker::noop()))
-        } else {
+        if self.ended() {
             f(cx)
+        } else {
+            f(&mut Context::from_waker(Waker::noop()))
         }
     }
+}
 
+impl Upstream {
     /// Whether a request can be sent: `false` when the connection has ended. A connection
     /// that asked for its next request before it went idle is not driven first (one its
-    /// upstream closed meanwhile gives the request back unsent); else as in `poll_after`.
+    /// upstream closed meanwhile gives the request back unsent).
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        let quiet = || Context::from_waker(Waker::noop());
-        if let Poll::Ready(r) = self.tx.poll_ready(&mut quiet()) {
+        let Self { tx, link } = self;
+        if let Poll::Ready(r) = tx.poll_ready(&mut Context::from_waker(Waker::noop())) {
             return Poll::Ready(r.is_ok());
         }
-        for cx in [&mut quiet(), cx] {
-            self.drive(cx);
-            match self.tx.poll_ready(&mut quiet()) {
-                Poll::Ready(r) => return Poll::Ready(r.is_ok()),
-                Poll::Pending if self.conn.is_none() => return Poll::Ready(false),
-                Poll::Pending => {}
-            }
-        }
-        Poll::Pending
+        link.poll_after(cx, |q| tx.poll_ready(q).map(|r| r.is_ok()))
     }
 }
 
@@ -196,14 +199,15 @@ impl Http1Pool {
                 continue; // closed while idle
             }
             let mut head = pin!(up.tx.try_send_request(req));
+            let link = &mut up.link;
             // the first time, the request was only queued: the connection writes it and then
             // waits on its socket, so it is driven with the task's waker straight away
             let mut queued = true;
             let answer = poll_fn(|cx| {
                 if std::mem::take(&mut queued) {
-                    up.poll_driven(cx, |q| head.as_mut().poll(q))
+                    link.poll_driven(cx, |q| head.as_mut().poll(q))
                 } else {
-                    up.poll_after(cx, |q| head.as_mut().poll(q))
+                    link.poll_after(cx, |q| head.as_mut().poll(q))
                 }
             });
             match answer.await {
@@ -248,7 +252,7 @@ impl Http1Pool {
         }
         Ok(Box::new(Upstream {
             tx,
-            conn: Some(conn),
+            link: Link(Some(conn)),
         }))
     }
 }
@@ -295,9 +299,9 @@ impl Driven {
         // writing this request's body (its upstream answered before the body ended) would
         // hold up the next request behind a body that may never end, so it is closed
         if !self.up.tx.is_ready() {
-            self.up.drive(&mut Context::from_waker(Waker::noop()));
+            self.up.link.drive(&mut Context::from_waker(Waker::noop()));
         }
-        if self.up.conn.is_none() || !self.up.tx.is_ready() {
+        if self.up.link.ended() || !self.up.tx.is_ready() {
             return;
         }
         let tick = self.slot.tick.load(Ordering::Relaxed);
@@ -369,7 +373,8 @@ impl Body for PooledBody {
                 match Pin::new(&mut this.body).poll_frame(&mut Context::from_waker(Waker::noop())) {
                     Poll::Ready(frame) => Poll::Ready(frame),
                     Poll::Pending =>
-                        c.up.poll_after(cx, |q| Pin::new(&mut this.body).poll_frame(q)),
+                        c.up.link
+                            .poll_after(cx, |q| Pin::new(&mut this.body).poll_frame(q)),
                 },
             None => Pin::new(&mut this.body).poll_frame(cx),
         });
