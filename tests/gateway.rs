@@ -307,32 +307,20 @@ async fn upstream_connections_are_reused_given_up_on_close_and_closed_when_idle(
 async fn an_upstream_that_closes_after_each_answer_costs_no_request() {
     // keep-alive by the protocol, but the upstream closes every connection after its
     // answer without saying so: the pooled connection is dead when the next request comes
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
     let accepted = Arc::new(AtomicU64::new(0));
     let counted = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = l.accept().await else {
-                continue;
-            };
-            counted.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
+    let up = raw_upstream(move |mut stream| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if read_head(&mut stream).await.is_some() {
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await;
-                // dropped: closed with no `Connection: close`
-            });
+            }
+            // dropped: closed with no `Connection: close`
         }
-    });
+    })
+    .await;
     let gw = gateway(&format!(
         r#"
         [gateway]
@@ -442,38 +430,20 @@ async fn an_upstream_that_answers_before_the_request_body_ends_holds_up_no_later
     // it open; the client's body never ends. The connection is not idle when the answer
     // has ended (its request is still being written): it must not be handed to the next
     // request, which would wait behind a body that never comes and end in a 504
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = l.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                loop {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match stream.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => head.push(buf[0]),
-                        }
-                    }
-                    if head.starts_with(b"POST") {
-                        let _ = stream
-                            .write_all(
-                                b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n",
-                            )
-                            .await;
-                        std::future::pending::<()>().await;
-                    }
-                    let _ = stream
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                        .await;
-                }
-            });
+    let up = raw_upstream(|mut stream| async move {
+        while let Some(head) = read_head(&mut stream).await {
+            if head.starts_with(b"POST") {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 413 Content Too Large\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                std::future::pending::<()>().await;
+            }
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
         }
-    });
+    })
+    .await;
     let gw = gateway(&format!(
         r#"
         [gateway]
@@ -607,6 +577,39 @@ async fn bodies_move_in_lockstep_with_their_far_ends() {
     let expected: String = (0..CHUNKS).map(|i| format!("{i};")).collect();
     assert_eq!(text, expected);
     assert!(body.collect().await.unwrap().to_bytes().is_empty());
+}
+
+/// An upstream on raw TCP, for answers hyper would not give: `serve` takes each connection
+/// it accepts, in a task of its own.
+async fn raw_upstream<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            if let Ok((stream, _)) = l.accept().await {
+                tokio::spawn(serve(stream));
+            }
+        }
+    });
+    addr
+}
+
+/// One request head read from `stream`, a byte at a time so that nothing after it is taken;
+/// `None` when the stream ends or fails first.
+async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => head.push(byte[0]),
+        }
+    }
+    Some(head)
 }
 
 /// A stream of an mpsc receiver (tokio-stream is not a dependency of this package).
