@@ -80,6 +80,10 @@ pub(crate) struct PolicyHeaders {
     quoted: Box<str>,
     /// `100`
     limit: HeaderValue,
+    /// The headers of [`HeaderSet::IETF`], [`HeaderSet::LEGACY`] and [`HeaderSet::ALL`], in
+    /// that order, with the constant values set and the others to be filled in: see
+    /// [`apply`](Self::apply).
+    templates: [HeaderMap; 3],
 }
 
 impl PolicyHeaders {
@@ -95,49 +99,141 @@ impl PolicyHeaders {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         pool.entry(policy.clone()).or_insert_with(|| {
+            // Leaked with the rest of the interned headers: a static value's copies for the
+            // responses count no references (a shared one's cost two atomic operations each).
+            let statik = |text: String| {
+                HeaderValue::from_str(&text).expect("policy names are header-safe");
+                HeaderValue::from_static(Box::leak(text.into_boxed_str()))
+            };
+            let policy = statik(policy.clone());
+            let limit = statik(q.burst.to_string());
+            let templates = [HeaderSet::IETF, HeaderSet::LEGACY, HeaderSet::ALL]
+                .map(|set| template(set, &policy, &limit));
             Box::leak(Box::new(PolicyHeaders {
-                policy: HeaderValue::from_str(&policy).expect("policy names are header-safe"),
+                policy,
                 quoted: quoted.into_boxed_str(),
-                limit: HeaderValue::from(q.burst),
+                limit,
+                templates,
             }))
         })
     }
 
-    /// Adds the headers of `set` for `d` to `h`.
+    /// Adds the headers of `set` to `h`, replacing any of the same names, with room left
+    /// for `room` more headers that the caller adds next (a stack's `x-request-id`).
+    ///
+    /// When `h` has room, they are inserted. When it must grow first, and it holds no more
+    /// headers than `set` adds (a handler's response: `content-type`, perhaps
+    /// `content-length`), `h`'s headers move into a copy of the policy's template instead:
+    /// inserting a custom header name into a `HeaderMap` hashes it byte by byte, and these
+    /// are up to five of them (80 bytes); the template's were hashed once, when the policy
+    /// was made, and only the values that change are written into the copy.
     #[inline]
-    pub(crate) fn apply(&self, set: HeaderSet, remaining: u32, reset_secs: u64, h: &mut HeaderMap) {
-        // One growth of the map instead of one per header, with room for the two headers a
-        // trace layer above adds (`x-request-id`, `traceresponse`): a map that grows twice
-        // rehashes twice.
-        h.reserve(2 * usize::from(set.ietf) + 3 * usize::from(set.legacy) + 2);
-        if set.ietf {
-            h.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
-            let mut buf = [0u8; 128];
-            let mut n = 0;
-            for part in [
-                self.quoted.as_bytes(),
-                b";r=",
-                itoa::Buffer::new().format(remaining).as_bytes(),
-                b";t=",
-                itoa::Buffer::new().format(reset_secs).as_bytes(),
-            ] {
-                buf[n..n + part.len()].copy_from_slice(part);
-                n += part.len();
-            }
-            if let Ok(v) = HeaderValue::from_bytes(&buf[..n]) {
+    pub(crate) fn apply(
+        &self,
+        set: HeaderSet,
+        remaining: u32,
+        reset_secs: u64,
+        h: &mut HeaderMap,
+        room: usize,
+    ) {
+        let template = match (set.ietf, set.legacy) {
+            (true, false) => &self.templates[0],
+            (false, true) => &self.templates[1],
+            (true, true) => &self.templates[2],
+            (false, false) => return,
+        };
+        let ratelimit = set.ietf.then(|| self.ratelimit(remaining, reset_secs));
+        let remaining = || number(u64::from(remaining));
+        let needed = h.len() + template.len() + room;
+        if needed <= h.capacity() || h.len() > template.len() {
+            // one growth of the map at most, not one per header
+            h.reserve(template.len() + room);
+            if let Some(v) = ratelimit {
+                h.insert(RATELIMIT_POLICY.clone(), self.policy.clone());
                 h.insert(RATELIMIT.clone(), v);
+            }
+            if set.legacy {
+                h.insert(X_RATELIMIT_LIMIT.clone(), self.limit.clone());
+                h.insert(X_RATELIMIT_REMAINING.clone(), remaining());
+                h.insert(X_RATELIMIT_RESET.clone(), number(reset_secs));
+            }
+            return;
+        }
+        let mut out = template.clone();
+        // The template's order: `ratelimit-policy`, `ratelimit` (IETF), then
+        // `x-ratelimit-limit`, `x-ratelimit-remaining`, `x-ratelimit-reset` (legacy).
+        let mut values = out.values_mut();
+        if let Some(v) = ratelimit {
+            values.next(); // `ratelimit-policy`, constant
+            if let Some(slot) = values.next() {
+                *slot = v;
             }
         }
         if set.legacy {
-            h.insert(X_RATELIMIT_LIMIT.clone(), self.limit.clone());
-            h.insert(X_RATELIMIT_REMAINING.clone(), number(u64::from(remaining)));
-            h.insert(X_RATELIMIT_RESET.clone(), number(reset_secs));
+            values.next(); // `x-ratelimit-limit`, constant
+            if let (Some(r), Some(t)) = (values.next(), values.next()) {
+                *r = remaining();
+                *t = number(reset_secs);
+            }
         }
+        out.reserve(h.len() + room);
+        // `h`'s headers of the same names as ours are replaced by ours, as `insert` would
+        let mut ours = false;
+        let mut last = None;
+        for (name, value) in std::mem::take(h) {
+            if let Some(name) = name {
+                ours = template.keys().any(|k| *k == name);
+                last = Some(name);
+            }
+            if let (false, Some(name)) = (ours, &last) {
+                out.append(name, value);
+            }
+        }
+        *h = out;
+    }
+
+    /// The `RateLimit` value: `"general";r=99;t=1`.
+    #[inline]
+    fn ratelimit(&self, remaining: u32, reset_secs: u64) -> HeaderValue {
+        let mut buf = [0u8; 128];
+        let mut n = 0;
+        for part in [
+            self.quoted.as_bytes(),
+            b";r=",
+            itoa::Buffer::new().format(remaining).as_bytes(),
+            b";t=",
+            itoa::Buffer::new().format(reset_secs).as_bytes(),
+        ] {
+            buf[n..n + part.len()].copy_from_slice(part);
+            n += part.len();
+        }
+        // policy names are validated to header-safe characters: this never fails
+        HeaderValue::from_bytes(&buf[..n]).unwrap_or_else(|_| HeaderValue::from_static("\"\""))
     }
 
     pub(crate) fn apply_decision(&self, set: HeaderSet, d: &Decision, h: &mut HeaderMap) {
-        self.apply(set, d.remaining, d.reset_secs(), h);
+        // room for the two headers that come next, as [`Allowance::apply`] leaves
+        self.apply(set, d.remaining, d.reset_secs(), h, 2);
     }
+}
+
+/// The headers of `set` with the constant values of a policy (`policy`, `limit`) and empty
+/// ones where [`PolicyHeaders::apply`] writes a request's numbers.
+fn template(set: HeaderSet, policy: &HeaderValue, limit: &HeaderValue) -> HeaderMap {
+    // room for the handler's headers and a trace layer's, so that copies of the template
+    // grow their index once at most
+    let mut t = HeaderMap::with_capacity(12);
+    let empty = || HeaderValue::from_static("");
+    if set.ietf {
+        t.insert(RATELIMIT_POLICY.clone(), policy.clone());
+        t.insert(RATELIMIT.clone(), empty());
+    }
+    if set.legacy {
+        t.insert(X_RATELIMIT_LIMIT.clone(), limit.clone());
+        t.insert(X_RATELIMIT_REMAINING.clone(), empty());
+        t.insert(X_RATELIMIT_RESET.clone(), empty());
+    }
+    t
 }
 
 /// Numbers below this come from a static table, so their header values cost no allocation.
@@ -224,7 +320,7 @@ mod tests {
         let p = Policy::new("auth", 5, Duration::from_secs(900));
         let ph = PolicyHeaders::new(&p);
         let mut h = HeaderMap::new();
-        ph.apply(HeaderSet::ALL, 4, 180, &mut h);
+        ph.apply(HeaderSet::ALL, 4, 180, &mut h, 0);
         assert_eq!(h["ratelimit-policy"], "\"auth\";q=5;w=900");
         assert_eq!(h["ratelimit"], "\"auth\";r=4;t=180");
         assert_eq!(h["x-ratelimit-limit"], "5");
@@ -233,13 +329,101 @@ mod tests {
         // A burst below the limit: the window is the time the burst takes to come back.
         let ph = PolicyHeaders::new(&Policy::per_minute("general", 100).burst(10));
         let mut h = HeaderMap::new();
-        ph.apply(HeaderSet::IETF, 10, 0, &mut h);
+        ph.apply(HeaderSet::IETF, 10, 0, &mut h, 0);
         assert_eq!(h["ratelimit-policy"], "\"general\";q=10;w=6");
         assert!(h.get("x-ratelimit-limit").is_none());
         let mut h = HeaderMap::new();
-        ph.apply(HeaderSet::LEGACY, 10, 0, &mut h);
+        ph.apply(HeaderSet::LEGACY, 10, 0, &mut h, 0);
         assert!(h.get("ratelimit").is_none() && h.get("x-ratelimit-limit").is_some());
         // Interned once.
         assert!(std::ptr::eq(PolicyHeaders::new(&p), PolicyHeaders::new(&p)));
+    }
+
+    /// Both ways of adding the headers (into a copy of the template when the service's map
+    /// is no larger than the template, into the map itself otherwise) give the same result:
+    /// the service's headers with their values in order, ours in place of any of our names.
+    #[test]
+    fn the_service_keeps_its_headers_and_ours_replace_same_named_ones() {
+        let ph = PolicyHeaders::new(&Policy::per_minute("general", 100));
+        let plain = [
+            ("content-type", "text/plain"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ];
+        let clashing = [
+            ("x-ratelimit-remaining", "stale"),
+            ("ratelimit", "stale"),
+            ("ratelimit", "stale too"),
+        ];
+        let extras: Vec<(String, String)> = (0..8)
+            .map(|i| (format!("x-extra-{i}"), i.to_string()))
+            .collect();
+        let mut big: Vec<(&str, &str)> = plain.iter().chain(&clashing).copied().collect();
+        big.extend(extras.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        for service in [&plain[..], &clashing[..], &big[..]] {
+            for (set, room) in [HeaderSet::ALL, HeaderSet::IETF, HeaderSet::LEGACY]
+                .into_iter()
+                .flat_map(|set| [(set, 0), (set, 2)])
+            {
+                let mut h = HeaderMap::new();
+                for (n, v) in service {
+                    h.append(
+                        HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                        HeaderValue::from_str(v).unwrap(),
+                    );
+                }
+                ph.apply(set, 42, 7, &mut h, room);
+                let ours: Vec<(&str, &str)> = [
+                    (set.ietf, "ratelimit-policy", "\"general\";q=100;w=60"),
+                    (set.ietf, "ratelimit", "\"general\";r=42;t=7"),
+                    (set.legacy, "x-ratelimit-limit", "100"),
+                    (set.legacy, "x-ratelimit-remaining", "42"),
+                    (set.legacy, "x-ratelimit-reset", "7"),
+                ]
+                .into_iter()
+                .filter_map(|(on, n, v)| on.then_some((n, v)))
+                .collect();
+                let mut expected: Vec<(&str, &str)> = service
+                    .iter()
+                    .filter(|(n, _)| !ours.iter().any(|(o, _)| o == n))
+                    .copied()
+                    .collect();
+                expected.extend(&ours);
+                let mut names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
+                names.dedup();
+                for name in names {
+                    let got: Vec<&str> = h
+                        .get_all(name)
+                        .iter()
+                        .map(|v| v.to_str().unwrap())
+                        .collect();
+                    let want: Vec<&str> = expected
+                        .iter()
+                        .filter(|(n, _)| *n == name)
+                        .map(|(_, v)| *v)
+                        .collect();
+                    assert_eq!(
+                        got,
+                        want,
+                        "{name} with {set:?} over {} headers",
+                        service.len()
+                    );
+                }
+                assert_eq!(
+                    h.len(),
+                    expected.len(),
+                    "{set:?} over {} headers",
+                    service.len()
+                );
+            }
+        }
+        // The template itself is never written to: two requests, two sets of numbers.
+        for (r, t) in [(1, 2), (3, 4)] {
+            let mut h = HeaderMap::new();
+            ph.apply(HeaderSet::ALL, r, t, &mut h, 1);
+            assert_eq!(h["ratelimit"], format!("\"general\";r={r};t={t}").as_str());
+            assert_eq!(h["x-ratelimit-remaining"], r.to_string().as_str());
+        }
+        assert_eq!(ph.templates[2]["x-ratelimit-remaining"], "");
     }
 }

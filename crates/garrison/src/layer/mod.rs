@@ -382,7 +382,14 @@ where
             // its head or wraps its body in place, instead of moving the whole response
             Ok((mut head, body)) => {
                 if let Some(a) = this.held.allowance.take() {
-                    a.apply(&mut head.headers);
+                    // the trace part's headers, and the `content-length` axum's router
+                    // sets after every layer
+                    let room = this
+                        .traced
+                        .as_ref()
+                        .map_or(0, TracedRequest::response_headers);
+                    let room = room + 1;
+                    a.apply_with_room(&mut head.headers, room);
                 }
                 let body = match this.measure.take() {
                     Some(m) => m.respond_parts(&head, body),
