@@ -1,9 +1,10 @@
 //! `TraceLayer`: the server side.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Instant, SystemTime};
 
@@ -30,7 +31,7 @@ pub const MAX_REQUEST_ID: usize = 128;
 #[derive(Clone)]
 struct Shared {
     tracer: Tracer,
-    request_id: HeaderName,
+    request_id: &'static HeaderName,
     trace_response: bool,
     access_log: bool,
     tracing_span: bool,
@@ -92,7 +93,7 @@ impl TraceLayer {
         Self {
             shared: Arc::new(Shared {
                 tracer: tracer.clone(),
-                request_id: HeaderName::from_static("x-request-id"),
+                request_id: interned(HeaderName::from_static("x-request-id")),
                 trace_response: false,
                 access_log: false,
                 tracing_span: false,
@@ -109,7 +110,7 @@ impl TraceLayer {
 
     /// The request id header. Default: `x-request-id`.
     pub fn request_id_header(self, name: HeaderName) -> Self {
-        self.edit(|s| s.request_id = name)
+        self.edit(|s| s.request_id = interned(name))
     }
 
     /// Also return `traceresponse: 00-<trace>-<span>-<flags>` (W3C Trace Context level 2) so
@@ -201,6 +202,22 @@ impl<S> std::fmt::Debug for TraceService<S> {
     }
 }
 
+/// One static copy of `name` per distinct name in the process. A name parsed at run time
+/// (from a configuration) holds shared bytes, and every clone or drop of it is an atomic
+/// operation on one counter for all threads: the response of every request inserts a copy.
+/// A static name's copies touch nothing shared.
+fn interned(name: HeaderName) -> &'static HeaderName {
+    static POOL: OnceLock<Mutex<HashMap<HeaderName, &'static HeaderName>>> = OnceLock::new();
+    let mut pool = POOL
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    pool.entry(name).or_insert_with_key(|name| {
+        let text: &'static str = Box::leak(name.as_str().into());
+        Box::leak(Box::new(HeaderName::from_static(text)))
+    })
+}
+
 fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|&c| (0x21..=0x7e).contains(&c))
@@ -249,7 +266,7 @@ fn start<B>(sh: &Shared, req: &mut Request<B>) -> TracedRequest {
     let span_id = ids::span_id();
     let sampler = &sh.tracer.inner.sampler;
     let start = sampler.start(trace_id, incoming.parent.as_ref());
-    let request_id = match req.headers().get(&sh.request_id) {
+    let request_id = match req.headers().get(sh.request_id) {
         Some(v) if valid_request_id(v) => RequestId::given(v.clone()),
         _ => RequestId::made(ids::request_id()),
     };
@@ -309,7 +326,7 @@ fn start<B>(sh: &Shared, req: &mut Request<B>) -> TracedRequest {
             access,
             done: false,
         },
-        request_id: sh.request_id.clone(),
+        request_id: sh.request_id,
         trace_response: sh.trace_response,
     }
 }
@@ -489,8 +506,8 @@ impl Drop for Finisher {
 /// sampling, the server span and the request id.
 pub struct TracedRequest {
     finisher: Finisher,
-    /// The layer's request id header (a clone of a static name costs no atomic operation).
-    request_id: HeaderName,
+    /// The layer's request id header, interned: see [`interned`].
+    request_id: &'static HeaderName,
     trace_response: bool,
 }
 
@@ -685,5 +702,21 @@ impl<B: Body> Body for TraceBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_names_are_interned_once_per_name() {
+        let a = interned(HeaderName::try_from("X-Correlation-Id").unwrap());
+        let b = interned(HeaderName::try_from("x-correlation-id").unwrap());
+        let c = interned(HeaderName::from_static("x-request-id"));
+        assert!(std::ptr::eq(a, b));
+        assert!(!std::ptr::eq(a, c));
+        assert_eq!(*a, "x-correlation-id");
+        assert_eq!(*c, "x-request-id");
     }
 }
