@@ -263,51 +263,55 @@ impl Shared {
         route: Option<&str>,
         at: Option<std::time::Instant>,
     ) -> Result<crate::Permit, http::Response<Bytes>> {
-        let keyed;
-        let breaker = match &self.keying {
-            Keying::Single(b) => b,
-            Keying::PerKey { .. } => {
-                keyed = self.keyed_breaker(req, route);
-                &keyed
+        let acquire = |b: &Breaker| match at {
+            Some(now) => b.try_acquire_at(now),
+            None => b.try_acquire(),
+        };
+        let reject = |b: &Breaker, rejected: crate::Rejected| match &self.fallback {
+            Some(f) => f(b.name(), &rejected),
+            None => service::rejection(b.name(), &rejected),
+        };
+        let (key, breakers) = match &self.keying {
+            Keying::Single(b) => return acquire(b).map_err(|r| reject(b, r)),
+            Keying::PerKey { key, breakers, .. } => (key, breakers),
+        };
+        let route = key.of(req, route);
+        // The permit is taken under the read lock: the breaker is not cloned for it (the
+        // permit holds the one reference it needs), and only a refusal, which needs the
+        // breaker's name after the lock, clones it.
+        let found = breakers
+            .read()
+            .get(route)
+            .map(|b| acquire(b).map_err(|r| (b.clone(), r)));
+        let taken = match found {
+            Some(taken) => taken,
+            None => {
+                let b = self.new_keyed_breaker(route);
+                acquire(&b).map_err(|r| (b, r))
             }
         };
-        match at {
-            Some(now) => breaker.try_acquire_at(now),
-            None => breaker.try_acquire(),
-        }
-        .map_err(|rejected| match &self.fallback {
-            Some(f) => f(breaker.name(), &rejected),
-            None => service::rejection(breaker.name(), &rejected),
-        })
+        taken.map_err(|(b, r)| reject(&b, r))
     }
 
-    fn keyed_breaker<B>(&self, req: &http::Request<B>, route: Option<&str>) -> Breaker {
-        match &self.keying {
-            Keying::Single(b) => b.clone(),
-            Keying::PerKey {
-                key: k,
-                breakers,
-                max,
-            } => {
-                let route = k.of(req, route);
-                if let Some(b) = breakers.read().get(route) {
-                    return b.clone();
-                }
-                let mut map = breakers.write();
-                let key: &str = if map.len() >= *max && !map.contains_key(route) {
-                    "_other"
-                } else {
-                    route
-                };
-                map.entry(key.into())
-                    .or_insert_with(|| {
-                        let config = self.route_configs.get(key).unwrap_or(&self.config);
-                        self.registry
-                            .breaker(&format!("{}:{key}", self.name), config.clone())
-                    })
-                    .clone()
-            }
-        }
+    /// The breaker of key `route`, made on its first request (or `_other`'s, past `max`).
+    #[cold]
+    fn new_keyed_breaker(&self, route: &str) -> Breaker {
+        let Keying::PerKey { breakers, max, .. } = &self.keying else {
+            unreachable!("only keyed breakers are made per key")
+        };
+        let mut map = breakers.write();
+        let key: &str = if map.len() >= *max && !map.contains_key(route) {
+            "_other"
+        } else {
+            route
+        };
+        map.entry(key.into())
+            .or_insert_with(|| {
+                let config = self.route_configs.get(key).unwrap_or(&self.config);
+                self.registry
+                    .breaker(&format!("{}:{key}", self.name), config.clone())
+            })
+            .clone()
     }
 }
 
