@@ -279,18 +279,28 @@ impl Shared {
         // The permit is taken under the read lock: the breaker is not cloned for it (the
         // permit holds the one reference it needs), and only a refusal, which needs the
         // breaker's name after the lock, clones it.
-        let found = breakers
-            .read()
-            .get(route)
-            .map(|b| acquire(b).map_err(|r| (b.clone(), r)));
-        let taken = match found {
-            Some(taken) => taken,
-            None => {
-                let b = self.new_keyed_breaker(route);
-                acquire(&b).map_err(|r| (b, r))
+        let found = {
+            let map = breakers.read();
+            match map.get(route) {
+                Some(b) => match acquire(b) {
+                    Ok(permit) => return Ok(permit),
+                    Err(r) => Some((b.clone(), r)),
+                },
+                None => None,
             }
         };
-        taken.map_err(|(b, r)| reject(&b, r))
+        // a route's first request makes its breaker, after the read lock is released
+        let (b, r) = match found {
+            Some(refused) => refused,
+            None => {
+                let b = self.new_keyed_breaker(route);
+                match acquire(&b) {
+                    Ok(permit) => return Ok(permit),
+                    Err(r) => (b, r),
+                }
+            }
+        };
+        Err(reject(&b, r))
     }
 
     /// The breaker of key `route`, made on its first request (or `_other`'s, past `max`).
