@@ -166,7 +166,9 @@ pub struct Permit {
     inner: Arc<Inner>,
     gen: u64,
     kind: PermitKind,
-    start: Instant,
+    /// When the call becomes a slow call: its start plus the slow-call duration (`None`:
+    /// never, past the clock's range). Compared at the end instead of subtracting instants.
+    slow_at: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -386,7 +388,9 @@ impl Inner {
                 inner: this.clone(),
                 gen,
                 kind,
-                start: at.unwrap_or_else(|| self.clock.now()),
+                slow_at: at
+                    .unwrap_or_else(|| self.clock.now())
+                    .checked_add(self.config.slow_call_duration),
             });
         }
     }
@@ -405,12 +409,12 @@ impl Inner {
         }
     }
 
-    fn record(&self, gen: u64, kind: PermitKind, start: Instant, outcome: CallOutcome) {
+    fn record(&self, gen: u64, kind: PermitKind, slow_at: Option<Instant>, outcome: CallOutcome) {
         if kind == PermitKind::Disabled {
             return;
         }
         let now = self.clock.now();
-        let slow = now.saturating_duration_since(start) >= self.config.slow_call_duration;
+        let slow = slow_at.is_some_and(|t| now >= t);
         let failed = outcome == CallOutcome::Failure;
         let k = if failed {
             1
@@ -582,7 +586,7 @@ impl Permit {
     #[inline]
     pub fn record(mut self, outcome: CallOutcome) {
         let kind = std::mem::replace(&mut self.kind, PermitKind::Spent);
-        self.inner.record(self.gen, kind, self.start, outcome);
+        self.inner.record(self.gen, kind, self.slow_at, outcome);
     }
 
     /// Reports a response: a failure when the breaker's classifier says its status is one.

@@ -123,6 +123,25 @@ fn slow_calls_open_the_breaker() {
 }
 
 #[test]
+fn a_call_is_slow_from_exactly_the_slow_call_duration_on() {
+    let config = count_config()
+        .slow_call_duration(Duration::from_secs(1))
+        .slow_call_rate_threshold(1.0);
+    let (clock, _, b) = setup(config);
+    for took in [999, 1000, 1001] {
+        let p = b.try_acquire().unwrap();
+        clock.advance(Duration::from_millis(took));
+        p.record(S);
+    }
+    assert_eq!(
+        b.snapshot().calls[2],
+        ("slow", 2),
+        "1 000 ms and 1 001 ms are slow"
+    );
+    assert_eq!(b.snapshot().calls[0], ("success", 1), "999 ms is not");
+}
+
+#[test]
 fn open_rejects_with_the_remaining_wait_then_probes() {
     let (clock, _, b) = setup(count_config());
     for _ in 0..4 {

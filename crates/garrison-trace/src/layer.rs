@@ -558,6 +558,15 @@ impl TracedRequest {
         Response::from_parts(head, body)
     }
 
+    /// The trace id when this request's spans are recorded, `None` when it is not sampled:
+    /// what the [`TraceContext`](garrison_core::TraceContext) this puts in the request's
+    /// extensions gives an exemplar, for a stack that hands it on directly.
+    #[inline]
+    pub fn recorded_trace_id(&self) -> Option<garrison_core::TraceId> {
+        let ctx = &self.finisher.ctx;
+        ctx.is_recording().then_some(ctx.trace_id)
+    }
+
     /// How many headers [`respond_parts`](Self::respond_parts) adds to the response: the
     /// request id, and `traceresponse` when it is on. A stack that adds its own headers
     /// first can make room for these in the same growth of the map.

@@ -89,7 +89,13 @@ impl MetricsLayer {
     /// the route once.
     #[inline]
     pub fn start_route<B>(&self, req: &http::Request<B>, route: &str) -> Measurement {
-        Measurement(service::start(&self.registry.shared, route, req, None))
+        Measurement(service::start(
+            &self.registry.shared,
+            route,
+            req,
+            None,
+            None,
+        ))
     }
 
     /// [`start_route`](Self::start_route) at `now`, an instant the caller has just read
@@ -102,7 +108,34 @@ impl MetricsLayer {
         route: &str,
         now: std::time::Instant,
     ) -> Measurement {
-        Measurement(service::start(&self.registry.shared, route, req, Some(now)))
+        Measurement(service::start(
+            &self.registry.shared,
+            route,
+            req,
+            Some(now),
+            None,
+        ))
+    }
+
+    /// [`start_route_at`](Self::start_route_at) for a stack that has just started the
+    /// request's trace itself: `trace` is the exemplar's trace id (`None`: the request is
+    /// not sampled, no exemplar), instead of one read from the request's
+    /// [`TraceContext`](garrison_core::TraceContext).
+    #[inline]
+    pub fn start_route_traced<B>(
+        &self,
+        req: &http::Request<B>,
+        route: &str,
+        now: Option<std::time::Instant>,
+        trace: Option<garrison_core::TraceId>,
+    ) -> Measurement {
+        Measurement(service::start(
+            &self.registry.shared,
+            route,
+            req,
+            now,
+            Some(trace),
+        ))
     }
 
     /// The clock the layer's registry reads.

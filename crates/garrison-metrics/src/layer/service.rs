@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use garrison_core::{MethodLabel, RouteResolver, TraceContext};
+use garrison_core::{MethodLabel, RouteResolver, TraceContext, TraceId};
 use http::{header, Request, Response};
 use tower::Service;
 
@@ -70,28 +70,33 @@ where
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let route = self.resolver.resolve(&req);
-        let guard = start(&self.shared, route.as_str(), &req, None);
+        let guard = start(&self.shared, route.as_str(), &req, None, None);
         ResponseFuture::new(self.inner.call(req), guard)
     }
 }
 
-/// Starts measuring `req` under the route label `route`: its method, request size and trace.
+/// Starts measuring `req` under the route label `route`: its method, request size and trace
+/// (`trace`: the exemplar's trace id when the caller knows it, `None` to read the request's
+/// [`TraceContext`]).
 #[inline]
 pub(crate) fn start<B>(
     shared: &Arc<Shared>,
     route: &str,
     req: &Request<B>,
     at: Option<std::time::Instant>,
+    trace: Option<Option<TraceId>>,
 ) -> RequestGuard {
     let method = MethodLabel::from_method(req.method());
     let route = shared.route_id(route);
-    let trace = if shared.exemplars {
+    let trace = if !shared.exemplars {
+        None
+    } else if let Some(given) = trace {
+        given
+    } else {
         req.extensions()
             .get::<TraceContext>()
             .filter(|t| t.sampled)
             .map(|t| t.trace_id)
-    } else {
-        None
     };
     RequestGuard::start(
         shared.clone(),

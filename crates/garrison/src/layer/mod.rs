@@ -142,9 +142,13 @@ where
         let entered = traced.as_ref().map(TracedRequest::enter);
         let route = parts.resolver.resolve(&req);
         let now = parts.clock.as_ref().map(SharedClock::now);
-        let measure = parts.metrics.as_ref().map(|m| match now {
-            Some(t) => m.start_route_at(&req, route.as_str(), t),
-            None => m.start_route(&req, route.as_str()),
+        let measure = parts.metrics.as_ref().map(|m| match &traced {
+            // the exemplar's trace id from the trace part, not from the request's extensions
+            Some(t) => m.start_route_traced(&req, route.as_str(), now, t.recorded_trace_id()),
+            None => match now {
+                Some(t) => m.start_route_at(&req, route.as_str(), t),
+                None => m.start_route(&req, route.as_str()),
+            },
         });
         let mut held = Held::default();
         let local = parts
