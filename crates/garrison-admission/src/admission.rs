@@ -316,43 +316,7 @@ impl<T> std::ops::Deref for Padded<T> {
 
 /// Admissions by class, counted in one of a few shards per thread so that threads
 /// admitting at once do not write one cache line.
-struct Admitted {
-    shards: Box<[Padded<[AtomicU64; 5]>]>,
-}
-
-const SHARDS: usize = 16;
-
-impl Default for Admitted {
-    fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
-        }
-    }
-}
-
-impl Admitted {
-    #[inline]
-    fn add(&self, class: usize) {
-        self.shards[shard()].0[class].fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn get(&self, class: usize) -> u64 {
-        self.shards
-            .iter()
-            .map(|s| s.0[class].load(Ordering::Relaxed))
-            .sum()
-    }
-}
-
-/// This thread's shard: threads are numbered in turn as they first count.
-#[inline]
-fn shard() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SHARD: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SHARDS;
-    }
-    SHARD.with(|s| *s)
-}
+type Admitted = garrison_core::ShardedCounters<5>;
 
 #[derive(Default)]
 struct Queue {

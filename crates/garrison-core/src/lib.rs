@@ -46,6 +46,7 @@ mod future;
 mod method;
 mod refusal;
 mod route;
+mod shard;
 mod text;
 mod trace_context;
 
@@ -60,5 +61,6 @@ pub use future::LayerFuture;
 pub use method::MethodLabel;
 pub use refusal::refusal;
 pub use route::{RouteLabel, RouteResolver, RouteTable, RouteTableError, UNMATCHED};
+pub use shard::{thread_shard, ShardedCounters};
 pub use text::{hex_decode, hex_encode, hex_write, push_json_string, rfc3339};
 pub use trace_context::{TraceContext, TraceId};

@@ -5,8 +5,7 @@
 //! multiple of 128 bytes (two cache lines, against the adjacent-line prefetcher). Values are
 //! integers (nanoseconds, bytes), so the sum is exact and updated with one `fetch_add`.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// 16 × 8 bytes = 128 bytes.
 const ROW_ALIGN: usize = 16;
@@ -51,25 +50,8 @@ impl Histogram {
     }
 }
 
-static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
 /// The shard of the calling thread: threads are numbered round-robin on first use.
-#[inline]
-pub(crate) fn current_shard() -> usize {
-    SHARD.with(|s| {
-        let v = s.get();
-        if v != usize::MAX {
-            return v;
-        }
-        let v = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
-        s.set(v);
-        v
-    })
-}
+pub(crate) use garrison_core::thread_shard as current_shard;
 
 /// A point-in-time copy of one histogram.
 #[derive(Clone, Debug, PartialEq)]

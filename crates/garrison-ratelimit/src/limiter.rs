@@ -1,7 +1,6 @@
 //! The rate limiter: policies, their stores and their counters, usable without HTTP.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,9 +29,8 @@ const OUTCOMES: [(&str, Outcome); 4] = [
     ("unavailable", Outcome::Unavailable),
 ];
 
-#[repr(align(64))]
-#[derive(Debug, Default)]
-struct Counters([AtomicU64; 4]);
+/// Decisions by outcome, counted per thread shard: every request counts one, on every core.
+type Counters = garrison_core::ShardedCounters<4>;
 
 #[derive(Debug)]
 pub(crate) struct PolicyState {
@@ -173,8 +171,8 @@ impl RateLimiter {
 
     /// Decisions so far for `policy`: `(allowed, limited, exempt)`.
     pub fn decisions(&self, policy: &str) -> Option<(u64, u64, u64)> {
-        let c = &self.policies[self.index(policy)?].counters.0;
-        let get = |o: Outcome| c[o as usize].load(Ordering::Relaxed);
+        let c = &self.policies[self.index(policy)?].counters;
+        let get = |o: Outcome| c.get(o as usize);
         Some((
             get(Outcome::Allowed),
             get(Outcome::Limited),
@@ -184,7 +182,7 @@ impl RateLimiter {
 
     #[inline]
     pub(crate) fn count(&self, policy: usize, o: Outcome) {
-        self.policies[policy].counters.0[o as usize].fetch_add(1, Ordering::Relaxed);
+        self.policies[policy].counters.add(o as usize);
     }
 }
 
@@ -209,7 +207,7 @@ impl Collector for RateLimiter {
                 w.sample_u64(
                     "garrison_ratelimit_decisions",
                     &[("policy", p.policy.name()), ("decision", name)],
-                    p.counters.0[o as usize].load(Ordering::Relaxed),
+                    p.counters.get(o as usize),
                 );
             }
         }
