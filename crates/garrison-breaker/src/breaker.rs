@@ -138,7 +138,8 @@ pub(crate) struct Inner {
     probes_left: AtomicU64,
     /// generation << 32 | done (10 bits) << 20 | failed (10 bits) << 10 | slow (10 bits)
     probe_results: AtomicU64,
-    calls: [AtomicU64; 4],
+    /// Calls by outcome since start, sharded per thread: every call counts one.
+    calls: garrison_core::ShardedCounters<4>,
     transitions: [[AtomicU64; 5]; 5],
     listeners: Arc<RwLock<Vec<Listener>>>,
 }
@@ -331,7 +332,7 @@ impl Breaker {
 
     /// Calls by outcome since start: success, failure, slow, rejected.
     pub fn calls(&self) -> [(&'static str, u64); 4] {
-        std::array::from_fn(|k| (OUTCOMES[k], self.inner.calls[k].load(Ordering::Relaxed)))
+        std::array::from_fn(|k| (OUTCOMES[k], self.inner.calls.get(k)))
     }
 
     /// How many times the breaker went from `from` to `to`.
@@ -396,7 +397,7 @@ impl Inner {
     }
 
     fn reject(&self, state: State, wait: Duration) -> Rejected {
-        self.calls[3].fetch_add(1, Ordering::Relaxed);
+        self.calls.add(3);
         let jitter = self.config.retry_after_jitter;
         let wait = if jitter > 0.0 {
             wait.mul_f64(1.0 + jitter * jitter_unit())
@@ -423,7 +424,7 @@ impl Inner {
         } else {
             0
         };
-        self.calls[k].fetch_add(1, Ordering::Relaxed);
+        self.calls.add(k);
         let bits = if failed { FAILED } else { 0 } | if slow { SLOW } else { 0 };
         let now_ms = self.ms_at(now);
         let word = self.state.load(Ordering::Acquire);
