@@ -303,6 +303,64 @@ async fn upstream_connections_are_reused_given_up_on_close_and_closed_when_idle(
     );
 }
 
+/// The keep-alive race made certain: the upstream answers the first request of each
+/// connection and keeps it open, then reads the second request and closes without an
+/// answer, as if its idle close had crossed the request on the wire.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotent_request_lost_to_a_closing_reused_connection_goes_again_once() {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counted = accepted.clone();
+    let up = raw_upstream(move |mut stream| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if read_head(&mut stream).await.is_some() {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            }
+            // the next request is read, then the connection closes unanswered
+            let _ = read_head(&mut stream).await;
+        }
+    })
+    .await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway]
+        workers = 1
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        [gateway.routes.rest]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+    let status = |r: TestResponse| (r.status, r.body);
+    assert_eq!(
+        status(get(gw.addr, "/a", &[]).await),
+        (StatusCode::OK, "ok".into())
+    );
+    // over the reused connection, lost, then again over a new one
+    assert_eq!(
+        status(get(gw.addr, "/b", &[]).await),
+        (StatusCode::OK, "ok".into())
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "one new connection for the replay"
+    );
+    // a POST is not idempotent: lost the same way, it is not sent again
+    let r = send(gw.addr, Method::POST, "/c", &[]).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    assert!(r.body.contains("upstream connection failed"), "{}", r.body);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "the POST went out once");
+    assert_eq!(
+        status(get(gw.addr, "/d", &[]).await),
+        (StatusCode::OK, "ok".into())
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upstream_that_closes_after_each_answer_costs_no_request() {
     // keep-alive by the protocol, but the upstream closes every connection after its

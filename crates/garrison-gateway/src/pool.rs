@@ -23,6 +23,7 @@ use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -176,7 +177,13 @@ impl Http1Pool {
 
     /// Sends `req` to address `at` (`authority`) from worker `worker`: over an idle
     /// connection when one is left, else over a new one. A request that an idle connection
-    /// closed before taking goes over the next one; it is never sent twice.
+    /// closed before taking goes over the next one.
+    ///
+    /// An idle connection can also be closed by its upstream just as a request goes out on
+    /// it (the keep-alive race: the upstream's close crosses the request on the wire). An
+    /// idempotent request without a body that such a reused connection loses before any
+    /// answer is sent once more, over a new connection, as browsers and nginx do; any other
+    /// request is never sent twice.
     pub(crate) async fn send(
         &self,
         worker: usize,
@@ -186,8 +193,14 @@ impl Http1Pool {
     ) -> Result<Response<PooledBody>, Failure> {
         let workers = self.slots.len() / self.addresses;
         let slot = &self.slots[(worker % workers) * self.addresses + at];
+        let mut replayed = false;
         loop {
-            let popped = slot.idle.lock().pop();
+            // a replay goes over a new connection: the next idle one may be as stale
+            let popped = if replayed {
+                None
+            } else {
+                slot.idle.lock().pop()
+            };
             let (mut up, fresh) = match popped {
                 Some(idle) => (idle.up, false),
                 None => (self.connect(slot, authority).await?, true),
@@ -198,6 +211,11 @@ impl Http1Pool {
                 }
                 continue; // closed while idle
             }
+            let replay = if fresh || replayed {
+                None
+            } else {
+                replay_copy(&req)
+            };
             let mut head = pin!(up.tx.try_send_request(req));
             let link = &mut up.link;
             // the first time, the request was only queued: the connection writes it and then
@@ -212,12 +230,17 @@ impl Http1Pool {
             });
             match answer.await {
                 Ok(resp) => return Ok(PooledBody::pooled(resp, slot.clone(), up)),
-                Err(mut e) => match e.take_message() {
+                Err(mut e) => match (e.take_message(), replay) {
                     // never written: the connection was closing; the next one takes it
-                    Some(back) if !fresh => req = back,
+                    (Some(back), _) if !fresh => req = back,
                     // nothing was sent: as safe to try elsewhere as a refused connection
-                    Some(_) => return Err(Failure::Connect(source_chain(e.error()))),
-                    None => return Err(Failure::Broken(source_chain(e.error()))),
+                    (Some(_), _) => return Err(Failure::Connect(source_chain(e.error()))),
+                    // written, and the reused connection closed before any answer
+                    (None, Some(copy)) if e.error().is_incomplete_message() => {
+                        req = copy;
+                        replayed = true;
+                    }
+                    (None, _) => return Err(Failure::Broken(source_chain(e.error()))),
                 },
             }
         }
@@ -255,6 +278,21 @@ impl Http1Pool {
             link: Link(Some(conn)),
         }))
     }
+}
+
+/// A copy of `req` to send again if the keep-alive race takes it: only for an idempotent
+/// method (RFC 9110, 9.2.2) and a request without a body, the only ones that may be
+/// repeated without the client's say.
+fn replay_copy(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
+    if !req.method().is_idempotent() || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(Either::Right(Empty::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// Closes the connections of `slot` that stayed idle for the idle timeout, until the slot
