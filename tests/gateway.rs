@@ -257,20 +257,7 @@ async fn counted_upstream() -> Counted {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upstream_connections_are_reused_given_up_on_close_and_closed_when_idle() {
     let up = counted_upstream().await;
-    let gw = gateway(&format!(
-        r#"
-        [gateway]
-        workers = 1
-        [gateway.upstreams.app]
-        addresses = ["{}"]
-        pool_idle_timeout = "200ms"
-        [gateway.routes.rest]
-        prefix = "/"
-        upstream = "app"
-        "#,
-        up.addr
-    ))
-    .await;
+    let gw = one_worker_gateway(up.addr, "pool_idle_timeout = \"200ms\"").await;
     for _ in 0..5 {
         let r = get(gw.addr, "/x", &[]).await;
         assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "pooled"));
@@ -308,33 +295,8 @@ async fn upstream_connections_are_reused_given_up_on_close_and_closed_when_idle(
 /// answer, as if its idle close had crossed the request on the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idempotent_request_lost_to_a_closing_reused_connection_goes_again_once() {
-    let accepted = Arc::new(AtomicU64::new(0));
-    let counted = accepted.clone();
-    let up = raw_upstream(move |mut stream| {
-        counted.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if read_head(&mut stream).await.is_some() {
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-            }
-            // the next request is read, then the connection closes unanswered
-            let _ = read_head(&mut stream).await;
-        }
-    })
-    .await;
-    let gw = gateway(&format!(
-        r#"
-        [gateway]
-        workers = 1
-        [gateway.upstreams.app]
-        addresses = ["{up}"]
-        [gateway.routes.rest]
-        prefix = "/"
-        upstream = "app"
-        "#
-    ))
-    .await;
+    let (up, accepted) = ok_once_upstream(true).await;
+    let gw = one_worker_gateway(up, "").await;
     let status = |r: TestResponse| (r.status, r.body);
     assert_eq!(
         status(get(gw.addr, "/a", &[]).await),
@@ -365,32 +327,8 @@ async fn an_idempotent_request_lost_to_a_closing_reused_connection_goes_again_on
 async fn an_upstream_that_closes_after_each_answer_costs_no_request() {
     // keep-alive by the protocol, but the upstream closes every connection after its
     // answer without saying so: the pooled connection is dead when the next request comes
-    let accepted = Arc::new(AtomicU64::new(0));
-    let counted = accepted.clone();
-    let up = raw_upstream(move |mut stream| {
-        counted.fetch_add(1, Ordering::SeqCst);
-        async move {
-            if read_head(&mut stream).await.is_some() {
-                let _ = stream
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
-            }
-            // dropped: closed with no `Connection: close`
-        }
-    })
-    .await;
-    let gw = gateway(&format!(
-        r#"
-        [gateway]
-        workers = 1
-        [gateway.upstreams.app]
-        addresses = ["{up}"]
-        [gateway.routes.rest]
-        prefix = "/"
-        upstream = "app"
-        "#
-    ))
-    .await;
+    let (up, accepted) = ok_once_upstream(false).await;
+    let gw = one_worker_gateway(up, "").await;
     for i in 0..20 {
         let r = get(gw.addr, "/x", &[]).await;
         assert_eq!(
@@ -502,19 +440,7 @@ async fn an_upstream_that_answers_before_the_request_body_ends_holds_up_no_later
         }
     })
     .await;
-    let gw = gateway(&format!(
-        r#"
-        [gateway]
-        workers = 1
-        [gateway.upstreams.app]
-        addresses = ["{up}"]
-        timeout = "3s"
-        [gateway.routes.rest]
-        prefix = "/"
-        upstream = "app"
-        "#
-    ))
-    .await;
+    let gw = one_worker_gateway(up, "timeout = \"3s\"").await;
 
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(1);
     tx.send(Ok(Frame::data(Bytes::from_static(b"the start of a body"))))
@@ -654,6 +580,39 @@ where
         }
     });
     addr
+}
+
+/// An upstream that answers the first request of each connection with `200 ok` and then,
+/// with `read_next`, reads one more request head; either way it then closes the connection
+/// without an answer or a `Connection: close`. Counts the connections it accepts.
+async fn ok_once_upstream(read_next: bool) -> (SocketAddr, Arc<AtomicU64>) {
+    let accepted = Arc::new(AtomicU64::new(0));
+    let counted = accepted.clone();
+    let up = raw_upstream(move |mut stream| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if read_head(&mut stream).await.is_some() {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                if read_next {
+                    let _ = read_head(&mut stream).await;
+                }
+            }
+        }
+    })
+    .await;
+    (up, accepted)
+}
+
+/// A gateway with one worker in front of the one address `up`, every path routed to it;
+/// `upstream` holds more lines of the upstream's table (`timeout = "3s"`), one per line.
+async fn one_worker_gateway(up: impl std::fmt::Display, upstream: &str) -> Running {
+    gateway(&format!(
+        "[gateway]\nworkers = 1\n[gateway.upstreams.app]\naddresses = [\"{up}\"]\n{upstream}\n\
+         [gateway.routes.rest]\nprefix = \"/\"\nupstream = \"app\"\n"
+    ))
+    .await
 }
 
 /// One request head read from `stream`, a byte at a time so that nothing after it is taken;
