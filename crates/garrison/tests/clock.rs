@@ -11,8 +11,10 @@ use garrison::garrison_breaker::BreakerRegistry;
 use garrison::garrison_core::{ManualClock, SharedClock};
 use garrison::{Garrison, GarrisonConfig};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use tower::{Layer, Service, ServiceExt};
+use http_body_util::Full;
+use tower::{Layer, Service};
+
+mod common;
 
 const CONFIG: &str = r#"
 [service]
@@ -59,16 +61,8 @@ where
     B: http_body::Body,
     B::Error: std::fmt::Debug,
 {
-    let req = Request::get("/slow")
-        .extension(garrison::garrison_core::PeerAddr(
-            "192.0.2.7:4000".parse().unwrap(),
-        ))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let resp = svc.ready().await.unwrap().call(req).await.unwrap();
-    let status = resp.status();
-    resp.into_body().collect().await.unwrap();
-    status
+    let req = common::get("/slow").body(Full::new(Bytes::new())).unwrap();
+    common::status_of(svc, req).await
 }
 
 /// The seconds recorded for the `200`s, to the nanosecond.

@@ -7,8 +7,10 @@ use bytes::Bytes;
 use garrison::garrison_metrics::Format;
 use garrison::{Garrison, GarrisonConfig};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use tower::{Layer, Service, ServiceExt};
+use http_body_util::Full;
+use tower::{Layer, Service};
+
+mod common;
 
 const CONFIG: &str = r#"
 [service]
@@ -30,20 +32,14 @@ where
     S: Service<Request<Full<Bytes>>, Response = Response<garrison::GarrisonBody<Full<Bytes>>>>,
     S::Error: std::fmt::Debug,
 {
-    let req = Request::get("/items")
+    let req = common::get("/items")
         .header(
             "traceparent",
             format!("00-{trace_id}-00f067aa0ba902b7-{flags}"),
         )
-        .extension(garrison::garrison_core::PeerAddr(
-            "192.0.2.7:4000".parse().unwrap(),
-        ))
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let resp = svc.ready().await.unwrap().call(req).await.unwrap();
-    let status = resp.status();
-    resp.into_body().collect().await.unwrap();
-    status
+    common::status_of(svc, req).await
 }
 
 #[tokio::test]
