@@ -223,7 +223,7 @@ impl AdmissionBuilder {
         };
         let wait = || DurationHistogram::new(WAIT_BUCKETS).expect("valid buckets");
         let inner = Arc::new(Inner {
-            in_flight: Padded(AtomicUsize::new(0)),
+            in_flight: garrison_core::CachePadded(AtomicUsize::new(0)),
             limit: AtomicUsize::new(limit),
             queued: AtomicUsize::new(0),
             queue: Mutex::new(Queue::default()),
@@ -281,7 +281,7 @@ impl fmt::Debug for Admission {
 pub(crate) struct Inner {
     /// Written by every admission and release: alone on its cache line, so that the
     /// read-mostly fields below are not invalidated with it.
-    in_flight: Padded<AtomicUsize>,
+    in_flight: garrison_core::CachePadded<AtomicUsize>,
     limit: AtomicUsize,
     /// The queue's length, readable without its lock (the fast path's test).
     queued: AtomicUsize,
@@ -299,19 +299,6 @@ pub(crate) struct Inner {
     admitted: Admitted,
     shed: [[AtomicU64; 3]; 5],
     wait: [DurationHistogram; 5],
-}
-
-/// A value alone on its cache line (128 bytes: adjacent-line prefetch pairs lines).
-#[derive(Default)]
-#[repr(align(128))]
-struct Padded<T>(T);
-
-impl<T> std::ops::Deref for Padded<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        &self.0
-    }
 }
 
 /// Admissions by class, counted in one of a few shards per thread so that threads

@@ -36,10 +36,26 @@ pub fn thread_shard() -> usize {
 /// How many shards a [`ShardedCounters`] spreads its counts over.
 const SHARDS: usize = 16;
 
-/// A value alone on its cache line (128 bytes: adjacent-line prefetch pairs lines).
+/// A value alone on its cache line (128 bytes: adjacent-line prefetch pairs lines), so that
+/// threads writing it do not slow down readers and writers of its neighbours.
+///
+/// ```
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// let in_flight = garrison_core::CachePadded(AtomicUsize::new(0));
+/// in_flight.fetch_add(1, Ordering::Relaxed);
+/// assert_eq!(std::mem::align_of_val(&in_flight), 128);
+/// ```
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Padded<T>(T);
+pub struct CachePadded<T>(pub T);
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
 
 /// `N` counters (say, one per outcome of a decision) that every request thread adds to:
 /// each thread adds to its own shard of 16 ([`thread_shard`]), and reading sums them. A
@@ -58,7 +74,7 @@ struct Padded<T>(T);
 /// ```
 #[derive(Debug)]
 pub struct ShardedCounters<const N: usize> {
-    shards: Box<[Padded<[AtomicU64; N]>]>,
+    shards: Box<[CachePadded<[AtomicU64; N]>]>,
 }
 
 impl<const N: usize> ShardedCounters<N> {
@@ -66,7 +82,7 @@ impl<const N: usize> ShardedCounters<N> {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS)
-                .map(|_| Padded(std::array::from_fn(|_| AtomicU64::new(0))))
+                .map(|_| CachePadded(std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
         }
     }
