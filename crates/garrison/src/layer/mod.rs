@@ -388,11 +388,8 @@ where
                 if let Some(a) = this.held.allowance.take() {
                     // the trace part's headers, and the `content-length` axum's router
                     // sets after every layer
-                    let room = this
-                        .traced
-                        .as_ref()
-                        .map_or(0, TracedRequest::response_headers);
-                    let room = room + 1;
+                    let trace = this.traced.as_ref();
+                    let room = 1 + trace.map_or(0, TracedRequest::response_headers);
                     a.apply_with_room(&mut head.headers, room);
                 }
                 let body = match this.measure.take() {
