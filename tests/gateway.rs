@@ -295,7 +295,13 @@ async fn upstream_connections_are_reused_given_up_on_close_and_closed_when_idle(
 /// answer, as if its idle close had crossed the request on the wire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_idempotent_request_lost_to_a_closing_reused_connection_goes_again_once() {
-    let (up, accepted) = ok_once_upstream(true).await;
+    for then in [Then::ReadNextAndClose, Then::ResetNext] {
+        lost_to_a_closing_reused_connection(then).await;
+    }
+}
+
+async fn lost_to_a_closing_reused_connection(then: Then) {
+    let (up, accepted) = ok_once_upstream(then).await;
     let gw = one_worker_gateway(up, "").await;
     let status = |r: TestResponse| (r.status, r.body);
     assert_eq!(
@@ -327,7 +333,7 @@ async fn an_idempotent_request_lost_to_a_closing_reused_connection_goes_again_on
 async fn an_upstream_that_closes_after_each_answer_costs_no_request() {
     // keep-alive by the protocol, but the upstream closes every connection after its
     // answer without saying so: the pooled connection is dead when the next request comes
-    let (up, accepted) = ok_once_upstream(false).await;
+    let (up, accepted) = ok_once_upstream(Then::Close).await;
     let gw = one_worker_gateway(up, "").await;
     for i in 0..20 {
         let r = get(gw.addr, "/x", &[]).await;
@@ -582,10 +588,21 @@ where
     addr
 }
 
-/// An upstream that answers the first request of each connection with `200 ok` and then,
-/// with `read_next`, reads one more request head; either way it then closes the connection
-/// without an answer or a `Connection: close`. Counts the connections it accepts.
-async fn ok_once_upstream(read_next: bool) -> (SocketAddr, Arc<AtomicU64>) {
+/// What [`ok_once_upstream`] does after its answer, before it closes the connection.
+#[derive(Clone, Copy)]
+enum Then {
+    /// Nothing.
+    Close,
+    /// Reads the next request head (the close is an end of stream to the gateway).
+    ReadNextAndClose,
+    /// Waits for the next request and leaves it unread (the close is a reset).
+    ResetNext,
+}
+
+/// An upstream that answers the first request of each connection with `200 ok`, does what
+/// `then` says, and closes the connection without an answer or a `Connection: close`.
+/// Counts the connections it accepts.
+async fn ok_once_upstream(then: Then) -> (SocketAddr, Arc<AtomicU64>) {
     let accepted = Arc::new(AtomicU64::new(0));
     let counted = accepted.clone();
     let up = raw_upstream(move |mut stream| {
@@ -595,8 +612,15 @@ async fn ok_once_upstream(read_next: bool) -> (SocketAddr, Arc<AtomicU64>) {
                 let _ = stream
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await;
-                if read_next {
-                    let _ = read_head(&mut stream).await;
+                match then {
+                    Then::Close => {}
+                    Then::ReadNextAndClose => {
+                        let _ = read_head(&mut stream).await;
+                    }
+                    // closed with the next request unread: the kernel answers it with a reset
+                    Then::ResetNext => {
+                        let _ = stream.peek(&mut [0u8; 1]).await;
+                    }
                 }
             }
         }

@@ -236,7 +236,7 @@ impl Http1Pool {
                     // nothing was sent: as safe to try elsewhere as a refused connection
                     (Some(_), _) => return Err(Failure::Connect(source_chain(e.error()))),
                     // written, and the reused connection closed before any answer
-                    (None, Some(copy)) if e.error().is_incomplete_message() => {
+                    (None, Some(copy)) if lost_before_answer(e.error()) => {
                         req = copy;
                         replayed = true;
                     }
@@ -278,6 +278,17 @@ impl Http1Pool {
             link: Link(Some(conn)),
         }))
     }
+}
+
+/// Whether `e` is a connection lost under a written request before any answer came: its
+/// end (an incomplete message), or the reset that an upstream's socket closed before the
+/// request arrived answers with. A malformed answer is an answer, and is not.
+fn lost_before_answer(e: &hyper::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    let io = std::error::Error::source(e).and_then(|s| s.downcast_ref::<std::io::Error>());
+    e.is_incomplete_message()
+        || io
+            .is_some_and(|io| matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted))
 }
 
 /// A copy of `req` to send again if the keep-alive race takes it: only for an idempotent
