@@ -595,7 +595,7 @@ enum Then {
     Close,
     /// Reads the next request head (the close is an end of stream to the gateway).
     ReadNextAndClose,
-    /// Waits for the next request and leaves it unread (the close is a reset).
+    /// Waits for the next request, leaves it unread and closes abortively (a reset).
     ResetNext,
 }
 
@@ -617,9 +617,11 @@ async fn ok_once_upstream(then: Then) -> (SocketAddr, Arc<AtomicU64>) {
                     Then::ReadNextAndClose => {
                         let _ = read_head(&mut stream).await;
                     }
-                    // closed with the next request unread: the kernel answers it with a reset
+                    // the next request is left unread, and the close is abortive (no
+                    // lingering): the kernel answers it with a reset, never an end of stream
                     Then::ResetNext => {
                         let _ = stream.peek(&mut [0u8; 1]).await;
+                        let _ = stream.set_zero_linger();
                     }
                 }
             }
