@@ -641,6 +641,23 @@ async fn one_worker_gateway(up: impl std::fmt::Display, upstream: &str) -> Runni
     .await
 }
 
+/// Sends `POST path` with `body` to `addr` over a new connection.
+async fn post(addr: SocketAddr, path: &str, body: &'static str) -> TestResponse {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::post(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    TestResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
 /// One request head read from `stream`, a byte at a time so that nothing after it is taken;
 /// `None` when the stream ends or fails first.
 async fn read_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
@@ -692,6 +709,19 @@ async fn h2c_on_both_sides() {
         "the gateway spoke h2c to the upstream"
     );
     assert_eq!(seen["headers"]["x-forwarded-host"], gw.addr.to_string());
+
+    // a request without a body that one h2c address refuses goes to the other
+    let refusing = garrison_workspace::free_port();
+    let gw = gateway(&format!(
+        "[gateway.upstreams.app]\naddresses = [\"{up}\", \"127.0.0.1:{refusing}\"]\nprotocol = \"h2c\"\n\
+         eject_after = 100\n[gateway.routes.all]\nprefix = \"/\"\nupstream = \"app\"\n"
+    ))
+    .await;
+    for i in 0..4 {
+        let r = get(gw.addr, "/y", &[]).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.body);
+        assert_eq!(json(&r)["version"], "HTTP/2.0", "request {i}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -738,13 +768,19 @@ async fn a_refused_upstream_is_502_and_a_hanging_one_504_each_with_json() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn addresses_take_turns_and_a_dead_one_is_ejected_while_requests_still_succeed() {
-    let (a, _ua) = upstream(|_| async { Response::new(full("a")) }).await;
+    // `a` answers with the request body it read after its name
+    let (a, _ua) = upstream(|req: Request<Incoming>| async move {
+        let body = req.into_body().collect().await.map(|b| b.to_bytes());
+        let body = String::from_utf8_lossy(&body.unwrap_or_default()).into_owned();
+        Response::new(full(format!("a{body}")))
+    })
+    .await;
     let (b, ub) = upstream(|_| async { Response::new(full("b")) }).await;
     let gw = gateway(&format!(
         r#"
         [gateway.upstreams.app]
         addresses = ["{a}", "http://{b}"]
-        eject_after = 2
+        eject_after = 4
         eject_for = "1h"
         [gateway.routes.all]
         prefix = "/"
@@ -764,11 +800,18 @@ async fn addresses_take_turns_and_a_dead_one_is_ejected_while_requests_still_suc
     while TcpStream::connect(b).await.is_ok() {
         tokio::task::yield_now().await;
     }
+    // GETs and POSTs with a body in turn: each that b refuses goes to a, the POST's body
+    // with it (none of it was sent), until b's fourth refusal in a row ejects it
     for i in 0..10 {
-        let r = get(gw.addr, "/", &[]).await;
+        let r = if i % 2 == 0 {
+            get(gw.addr, "/", &[]).await
+        } else {
+            post(gw.addr, "/", "-posted").await
+        };
+        let want = if i % 2 == 0 { "a" } else { "a-posted" };
         assert_eq!(
             (r.status, r.body.as_str()),
-            (StatusCode::OK, "a"),
+            (StatusCode::OK, want),
             "request {i}: retried on a"
         );
     }

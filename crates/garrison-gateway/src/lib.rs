@@ -45,7 +45,9 @@
 //!    ejection, hop-by-hop headers removed, `Forwarded` and `X-Forwarded-*` added,
 //!    `traceparent` carried on with a client span, bodies streamed both ways; a refused
 //!    connection is `502`, a connect or response timeout `504`, each with a JSON body.
-//!    A request without a body that finds an address refusing goes to the next address.
+//!    A request that an address refuses, or cannot be connected to in time, goes to the
+//!    next address: with its body, which none of it was sent (HTTP/1.1 upstreams), or
+//!    when it has none (h2c upstreams, whose client keeps a request it could not send).
 //!
 //! # Operating it
 //!

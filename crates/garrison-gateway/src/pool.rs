@@ -30,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use crate::proxy::{source_chain, Failure, UpstreamBody};
+use crate::proxy::{source_chain, Failure, Lost, UpstreamBody};
 
 /// The idle connections of one upstream: `workers` × `addresses` LIFO lists.
 #[derive(Debug)]
@@ -184,13 +184,16 @@ impl Http1Pool {
     /// idempotent request without a body that such a reused connection loses before any
     /// answer is sent once more, over a new connection, as browsers and nginx do; any other
     /// request is never sent twice.
+    ///
+    /// A request that none of went out (the new connection was refused, timed out or closed
+    /// first) comes back in the error's [`Lost::unsent`], body untouched, for another address.
     pub(crate) async fn send(
         &self,
         worker: usize,
         at: usize,
         authority: &Authority,
         mut req: Request<UpstreamBody>,
-    ) -> Result<Response<PooledBody>, Failure> {
+    ) -> Result<Response<PooledBody>, Lost> {
         let workers = self.slots.len() / self.addresses;
         let slot = &self.slots[(worker % workers) * self.addresses + at];
         let mut replayed = false;
@@ -203,11 +206,15 @@ impl Http1Pool {
             };
             let (mut up, fresh) = match popped {
                 Some(idle) => (idle.up, false),
-                None => (self.connect(slot, authority).await?, true),
+                None => match self.connect(slot, authority).await {
+                    Ok(up) => (up, true),
+                    Err(failure) => return Err(unsent(failure, req)),
+                },
             };
             if !poll_fn(|cx| up.poll_ready(cx)).await {
                 if fresh {
-                    return Err(Failure::Connect("the new connection closed".into()));
+                    let failure = Failure::Connect("the new connection closed".into());
+                    return Err(unsent(failure, req));
                 }
                 continue; // closed while idle
             }
@@ -234,13 +241,15 @@ impl Http1Pool {
                     // never written: the connection was closing; the next one takes it
                     (Some(back), _) if !fresh => req = back,
                     // nothing was sent: as safe to try elsewhere as a refused connection
-                    (Some(_), _) => return Err(Failure::Connect(source_chain(e.error()))),
+                    (Some(back), _) => {
+                        return Err(unsent(Failure::Connect(source_chain(e.error())), back));
+                    }
                     // written, and the reused connection closed before any answer
                     (None, Some(copy)) if lost_before_answer(e.error()) => {
                         req = copy;
                         replayed = true;
                     }
-                    (None, _) => return Err(Failure::Broken(source_chain(e.error()))),
+                    (None, _) => return Err(Failure::Broken(source_chain(e.error())).into()),
                 },
             }
         }
@@ -277,6 +286,14 @@ impl Http1Pool {
             tx,
             link: Link(Some(conn)),
         }))
+    }
+}
+
+/// `failure`, with `req` given back: none of it went out.
+fn unsent(failure: Failure, req: Request<UpstreamBody>) -> Lost {
+    Lost {
+        failure,
+        unsent: Some(Box::new(req)),
     }
 }
 
@@ -447,4 +464,4 @@ impl Body for PooledBody {
 
 /// One request's check-out, send and response head, as a tower service's future.
 pub(crate) type SendFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Response<PooledBody>, Failure>> + Send + 'a>>;
+    Pin<Box<dyn Future<Output = Result<Response<PooledBody>, Lost>> + Send + 'a>>;

@@ -156,6 +156,24 @@ pub(crate) enum Failure {
     Broken(String),
 }
 
+/// A [`Failure`], with the request given back when none of it went out.
+pub(crate) struct Lost {
+    pub(crate) failure: Failure,
+    /// The request, body untouched, when nothing of it was sent: another address may take
+    /// it without the risk of doing its work twice.
+    /// Boxed: an error is rare, and a small one keeps every request's future small.
+    pub(crate) unsent: Option<Box<Request<UpstreamBody>>>,
+}
+
+impl From<Failure> for Lost {
+    fn from(failure: Failure) -> Self {
+        Self {
+            failure,
+            unsent: None,
+        }
+    }
+}
+
 impl Inner {
     async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let Ok(found) = self.router.at(req.uri().path()) else {
@@ -190,43 +208,48 @@ impl Inner {
                 parts.headers.insert(header::HOST, h.clone());
             }
         }
-        // a request without a body can go to another address when the first refuses it
-        let retry = (body.is_end_stream() && up.has_alternatives()).then(|| parts.clone());
+        // A request refused by one address goes to another. The pool of an HTTP/1.1
+        // upstream gives back a request it did not send, body and all; hyper-util's client
+        // (h2c) keeps it, so a request without a body is copied for it first.
+        let h2c_copy = (body.is_end_stream()
+            && up.has_alternatives()
+            && matches!(*route.transport, Transport::H2c(_)))
+        .then(|| parts.clone());
 
         let (at, authority) = up.pick(None);
         let first = request(parts, authority, &path, up.host, Either::Left(body));
-        let failure = match self.send(route, at, authority, first).await {
+        let Lost { failure, unsent } = match self.send(route, at, authority, first).await {
             Ok(resp) => {
                 up.succeeded(at);
                 return response(resp);
             }
-            Err(f) => {
+            Err(lost) => {
                 up.failed(at);
-                f
+                lost
             }
         };
-        let failure = match (failure, retry) {
-            (Failure::Connect(_) | Failure::ConnectTimeout, Some(parts)) => {
+        let again = match failure {
+            Failure::Connect(_) | Failure::ConnectTimeout if up.has_alternatives() => unsent
+                .map(|req| req.into_parts())
+                .or_else(|| h2c_copy.map(|parts| (parts, Either::Right(Empty::new())))),
+            _ => None,
+        };
+        let failure = match again {
+            Some((parts, body)) => {
                 let (again, authority) = up.pick(Some(at));
-                let req = request(
-                    parts,
-                    authority,
-                    &path,
-                    up.host,
-                    Either::Right(Empty::new()),
-                );
+                let req = request(parts, authority, &path, up.host, body);
                 match self.send(route, again, authority, req).await {
                     Ok(resp) => {
                         up.succeeded(again);
                         return response(resp);
                     }
-                    Err(f) => {
+                    Err(lost) => {
                         up.failed(again);
-                        f
+                        lost.failure
                     }
                 }
             }
-            (f, _) => f,
+            None => failure,
         };
         let name = Some(up.name());
         match failure {
@@ -253,7 +276,7 @@ impl Inner {
         at: usize,
         authority: &Authority,
         req: Request<UpstreamBody>,
-    ) -> Result<Response<PooledBody>, Failure> {
+    ) -> Result<Response<PooledBody>, Lost> {
         let timeout = route.upstream.timeout;
         let clients = match &*route.transport {
             Transport::Http1(pool) => {
@@ -265,7 +288,7 @@ impl Inner {
                 });
                 // a coarse deadline (within 10 ms after it): see `timer`
                 return match crate::timer::timeout(timeout, client.oneshot(req)).await {
-                    Err(_) => Err(Failure::Timeout),
+                    Err(_) => Err(Failure::Timeout.into()),
                     Ok(r) => r,
                 };
             }
@@ -273,18 +296,19 @@ impl Inner {
         };
         // the worker's client by reference: no clone of its pool handles per request
         let client = self.propagate.layer(&clients[worker() % clients.len()]);
-        match crate::timer::timeout(timeout, client.oneshot(req)).await {
-            Ok(Ok(resp)) => Ok(PooledBody::unpooled(resp)),
-            Err(_) => Err(Failure::Timeout),
+        let failure = match crate::timer::timeout(timeout, client.oneshot(req)).await {
+            Ok(Ok(resp)) => return Ok(PooledBody::unpooled(resp)),
+            Err(_) => Failure::Timeout,
             Ok(Err(e)) if e.is_connect() => {
                 if timed_out(&e) {
-                    Err(Failure::ConnectTimeout)
+                    Failure::ConnectTimeout
                 } else {
-                    Err(Failure::Connect(source_chain(&e)))
+                    Failure::Connect(source_chain(&e))
                 }
             }
-            Ok(Err(e)) => Err(Failure::Broken(source_chain(&e))),
-        }
+            Ok(Err(e)) => Failure::Broken(source_chain(&e)),
+        };
+        Err(failure.into())
     }
 }
 
@@ -300,10 +324,10 @@ struct Http1Client<'a> {
 
 impl<'a> Service<Request<UpstreamBody>> for Http1Client<'a> {
     type Response = Response<PooledBody>;
-    type Error = Failure;
+    type Error = Lost;
     type Future = SendFuture<'a>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Lost>> {
         Poll::Ready(Ok(()))
     }
 
@@ -442,19 +466,22 @@ fn value_of(b: BytesMut) -> Option<HeaderValue> {
     HeaderValue::from_maybe_shared(b.freeze()).ok()
 }
 
-/// An IP address as text, written once (without `core::fmt` for IPv4) for both
-/// forwarding headers.
-struct IpText {
-    buf: [u8; 48],
+/// Text of at most `N` bytes, written in place: an IP address for both forwarding headers,
+/// or a whole `Forwarded` value. Made a header value whole, it costs one allocation, and the
+/// value's clones (the pool's copy of a request it may send again) count references instead
+/// of allocating, as a value copied out of a buffer would on its first clone.
+#[derive(Clone, Copy)]
+struct Text<const N: usize> {
+    buf: [u8; N],
     len: usize,
 }
 
+/// An IP address as text, written once (without `core::fmt` for IPv4).
+type IpText = Text<48>;
+
 impl IpText {
     fn new(ip: std::net::IpAddr) -> Self {
-        let mut t = IpText {
-            buf: [0; 48],
-            len: 0,
-        };
+        let mut t = Text::default();
         match ip {
             std::net::IpAddr::V4(v4) => {
                 for (i, o) in v4.octets().into_iter().enumerate() {
@@ -479,9 +506,21 @@ impl IpText {
         }
         t
     }
+}
 
+impl<const N: usize> Default for Text<N> {
+    fn default() -> Self {
+        Self {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+}
+
+impl<const N: usize> Text<N> {
+    /// Appends `b`, cut at the capacity.
     fn push(&mut self, b: &[u8]) {
-        let end = (self.len + b.len()).min(self.buf.len());
+        let end = (self.len + b.len()).min(N);
         self.buf[self.len..end].copy_from_slice(&b[..end - self.len]);
         self.len = end;
     }
@@ -489,14 +528,29 @@ impl IpText {
     fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
+
+    /// The text as a header value, if it is a valid one.
+    fn value(self) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(Bytes::from_owner(self)).ok()
+    }
 }
 
-impl std::fmt::Write for IpText {
+impl<const N: usize> AsRef<[u8]> for Text<N> {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl<const N: usize> std::fmt::Write for Text<N> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
         self.push(s.as_bytes());
         Ok(())
     }
 }
+
+/// The longest `Forwarded` value written in place ([`Text`]); a longer one (a long host, or
+/// the caller's own `Forwarded` before ours) is written into an allocated buffer.
+const FORWARDED_IN_PLACE: usize = 160;
 
 /// `X-Forwarded-For` (appended), `X-Forwarded-Proto`, `X-Forwarded-Host` and `Forwarded`
 /// (appended, RFC 7239).
@@ -517,7 +571,7 @@ fn add_forwarded(h: &mut HeaderMap, peer: Option<SocketAddr>, host: Option<&Head
                 }
             }
             Entry::Vacant(e) => {
-                if let Some(v) = value_of(BytesMut::from(ip.as_bytes())) {
+                if let Some(v) = ip.value() {
                     e.insert(v);
                 }
             }
@@ -537,46 +591,17 @@ fn add_forwarded(h: &mut HeaderMap, peer: Option<SocketAddr>, host: Option<&Head
         Entry::Occupied(e) => Some(e.get().as_bytes()),
         Entry::Vacant(_) => None,
     };
-    let mut b = BytesMut::with_capacity(
-        prev.map_or(0, |p| p.len() + 2) + 64 + host.map_or(0, |h| h.len() + 8),
-    );
-    if let Some(prev) = prev {
-        b.put_slice(prev);
-        b.put_slice(b", ");
-    }
-    match &ip {
-        Some((false, ip)) => {
-            b.put_slice(b"for=");
-            b.put_slice(ip.as_bytes());
-            b.put_slice(b";");
-        }
-        Some((true, ip)) => {
-            b.put_slice(b"for=\"[");
-            b.put_slice(ip.as_bytes());
-            b.put_slice(b"]\";");
-        }
-        None => {}
-    }
-    if let Some(host) = host {
-        // a token when it can be, else a quoted string (RFC 7239 §4)
-        if host
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b".-_~".contains(b))
-        {
-            b.put_slice(b"host=");
-            b.put_slice(host);
-            b.put_slice(b";");
-        } else if host
-            .iter()
-            .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
-        {
-            b.put_slice(b"host=\"");
-            b.put_slice(host);
-            b.put_slice(b"\";");
-        }
-    }
-    b.put_slice(b"proto=http");
-    if let Some(v) = value_of(b) {
+    let len = prev.map_or(0, |p| p.len() + 2) + 64 + host.map_or(0, |h| h.len() + 8);
+    let value = if len <= FORWARDED_IN_PLACE {
+        let mut t = Text::<FORWARDED_IN_PLACE>::default();
+        forwarded_value(&mut |b| t.push(b), prev, ip.as_ref(), host);
+        t.value()
+    } else {
+        let mut b = BytesMut::with_capacity(len);
+        forwarded_value(&mut |s| b.put_slice(s), prev, ip.as_ref(), host);
+        value_of(b)
+    };
+    if let Some(v) = value {
         match forwarded {
             Entry::Occupied(mut e) => {
                 e.insert(v);
@@ -586,6 +611,52 @@ fn add_forwarded(h: &mut HeaderMap, peer: Option<SocketAddr>, host: Option<&Head
             }
         }
     }
+}
+
+/// Writes the `Forwarded` value through `put`: `prev` (the caller's own, if any), then ours,
+/// for the client `ip` (`true`: IPv6) and `host`.
+fn forwarded_value(
+    put: &mut impl FnMut(&[u8]),
+    prev: Option<&[u8]>,
+    ip: Option<&(bool, IpText)>,
+    host: Option<&[u8]>,
+) {
+    if let Some(prev) = prev {
+        put(prev);
+        put(b", ");
+    }
+    match &ip {
+        Some((false, ip)) => {
+            put(b"for=");
+            put(ip.as_bytes());
+            put(b";");
+        }
+        Some((true, ip)) => {
+            put(b"for=\"[");
+            put(ip.as_bytes());
+            put(b"]\";");
+        }
+        None => {}
+    }
+    if let Some(host) = host {
+        // a token when it can be, else a quoted string (RFC 7239 §4)
+        if host
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b".-_~".contains(b))
+        {
+            put(b"host=");
+            put(host);
+            put(b";");
+        } else if host
+            .iter()
+            .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
+        {
+            put(b"host=\"");
+            put(host);
+            put(b"\";");
+        }
+    }
+    put(b"proto=http");
 }
 
 fn response(resp: Response<PooledBody>) -> Response<ProxyBody> {
@@ -697,6 +768,34 @@ mod tests {
         let mut v6 = HeaderMap::new();
         add_forwarded(&mut v6, Some("[2001:db8::1]:80".parse().unwrap()), None);
         assert_eq!(v6[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
+    }
+
+    #[test]
+    fn forwarded_values_are_whole_in_place_and_past_it() {
+        // the longest address text, and hosts on both sides of what is written in place
+        let ip = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        let peer = SocketAddr::new(ip.parse().unwrap(), 80);
+        for prev in [None, Some("for=192.0.2.1;proto=https")] {
+            for n in [0, 1, 50, 80, 87, 88, 89, 90, 120, 300] {
+                let name = "h".repeat(n);
+                let mut h = HeaderMap::new();
+                if let Some(p) = prev {
+                    h.insert(header::FORWARDED, HeaderValue::from_static(p));
+                }
+                let host = HeaderValue::from_str(&name).unwrap();
+                add_forwarded(&mut h, Some(peer), (n > 0).then_some(&host));
+                let ours = match n {
+                    0 => format!("for=\"[{ip}]\";proto=http"),
+                    _ => format!("for=\"[{ip}]\";host={name};proto=http"),
+                };
+                let want = match prev {
+                    Some(p) => format!("{p}, {ours}"),
+                    None => ours,
+                };
+                assert_eq!(h[header::FORWARDED], want.as_str(), "host of {n}, {prev:?}");
+                assert_eq!(h["x-forwarded-for"], ip);
+            }
+        }
     }
 
     #[test]

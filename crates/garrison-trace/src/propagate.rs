@@ -113,7 +113,9 @@ where
         let span_id = crate::ids::span_id();
         let h = req.headers_mut();
         let tp = format_traceparent(ctx.trace_id, span_id, ctx.sampled);
-        if let Ok(v) = HeaderValue::from_bytes(&tp) {
+        // owned whole by one allocation: a clone of the request (a proxy's copy of one it may
+        // send again) counts a reference, where a copied value would allocate on its first
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(tp)) {
             h.insert(TRACEPARENT.clone(), v);
         }
         match &ctx.tracestate {
