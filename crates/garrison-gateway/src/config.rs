@@ -127,7 +127,9 @@ pub enum Observability {
 #[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamConfig {
     /// `addresses`: `host:port` (or `http://host:port`), taken in turn; or
-    /// [`DEMO_ADDRESS`]. Required, at least one.
+    /// [`DEMO_ADDRESS`]. Required, at least one. A request that one address refuses or does
+    /// not connect in time goes to the next (over HTTP/1.1 with its body, none of which was
+    /// sent; over h2c when it has none).
     pub addresses: Vec<String>,
     /// `protocol`: `"http1"` or `"h2c"` (HTTP/2 over cleartext). Default: `"http1"`.
     pub protocol: UpstreamProtocol,
