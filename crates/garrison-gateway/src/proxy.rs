@@ -613,6 +613,29 @@ fn add_forwarded(h: &mut HeaderMap, peer: Option<SocketAddr>, host: Option<&Head
     }
 }
 
+/// [`HOST_BYTE`]: the byte may stand in a `host=` token as written.
+const TOKEN: u8 = 1;
+/// [`HOST_BYTE`]: the byte may stand in a quoted string without an escape.
+const QUOTABLE: u8 = 2;
+
+/// What each byte of a host may be in `Forwarded`: [`TOKEN`] (letters, digits and `.-_~`),
+/// [`QUOTABLE`] (printable ASCII but `"` and `\`), both, or neither.
+static HOST_BYTE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0usize;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b'~') {
+            t[b] |= TOKEN;
+        }
+        if c >= 0x20 && c < 0x7f && c != b'"' && c != b'\\' {
+            t[b] |= QUOTABLE;
+        }
+        b += 1;
+    }
+    t
+};
+
 /// Writes the `Forwarded` value through `put`: `prev` (the caller's own, if any), then ours,
 /// for the client `ip` (`true`: IPv6) and `host`.
 fn forwarded_value(
@@ -639,18 +662,15 @@ fn forwarded_value(
         None => {}
     }
     if let Some(host) = host {
-        // a token when it can be, else a quoted string (RFC 7239 §4)
-        if host
+        // a token when it can be, else a quoted string (RFC 7239 §4): both told in one pass
+        let class = host
             .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b".-_~".contains(b))
-        {
+            .fold(TOKEN | QUOTABLE, |c, &b| c & HOST_BYTE[b as usize]);
+        if class & TOKEN != 0 {
             put(b"host=");
             put(host);
             put(b";");
-        } else if host
-            .iter()
-            .all(|&c| (0x20..0x7f).contains(&c) && c != b'"' && c != b'\\')
-        {
+        } else if class & QUOTABLE != 0 {
             put(b"host=\"");
             put(host);
             put(b"\";");
@@ -768,6 +788,20 @@ mod tests {
         let mut v6 = HeaderMap::new();
         add_forwarded(&mut v6, Some("[2001:db8::1]:80".parse().unwrap()), None);
         assert_eq!(v6[header::FORWARDED], "for=\"[2001:db8::1]\";proto=http");
+        // a host as a token, as a quoted string, or left out when it would need escapes
+        for (host, want) in [
+            ("shop.example", "for=10.1.2.3;host=shop.example;proto=http"),
+            ("a_b-c~d.e", "for=10.1.2.3;host=a_b-c~d.e;proto=http"),
+            ("[::1]:80", "for=10.1.2.3;host=\"[::1]:80\";proto=http"),
+            ("a b", "for=10.1.2.3;host=\"a b\";proto=http"),
+            ("a\"b", "for=10.1.2.3;proto=http"),
+            ("a\\b", "for=10.1.2.3;proto=http"),
+        ] {
+            let mut h = HeaderMap::new();
+            let v = HeaderValue::from_str(host).unwrap();
+            add_forwarded(&mut h, Some("10.1.2.3:1".parse().unwrap()), Some(&v));
+            assert_eq!(h[header::FORWARDED], want, "host {host}");
+        }
     }
 
     #[test]
