@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use garrison_gateway::{Gateway, GatewayConfig};
-use garrison_workspace::{get, send, TestResponse};
+use garrison_workspace::{get, post, send, TestResponse};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -639,23 +639,6 @@ async fn one_worker_gateway(up: impl std::fmt::Display, upstream: &str) -> Runni
          [gateway.routes.rest]\nprefix = \"/\"\nupstream = \"app\"\n"
     ))
     .await
-}
-
-/// Sends `POST path` with `body` to `addr` over a new connection.
-async fn post(addr: SocketAddr, path: &str, body: &'static str) -> TestResponse {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let req = Request::post(format!("http://{addr}{path}"))
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
-        .unwrap();
-    let resp = client.request(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.unwrap().to_bytes();
-    TestResponse {
-        status,
-        headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
 }
 
 /// One request head read from `stream`, a byte at a time so that nothing after it is taken;

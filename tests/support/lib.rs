@@ -9,7 +9,7 @@ use std::process::{Child, Command};
 use axum::Router;
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
@@ -92,6 +92,24 @@ pub async fn send(
         .request(req.body(Empty::new()).expect("request"))
         .await
         .unwrap_or_else(|e| panic!("{path} on {addr}: {e}"));
+    read(resp).await
+}
+
+/// Sends `POST path` with `body` to `addr` over a real connection.
+pub async fn post(addr: SocketAddr, path: &str, body: &'static str) -> TestResponse {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let req = Request::post(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .expect("request");
+    let resp = client
+        .request(req)
+        .await
+        .unwrap_or_else(|e| panic!("POST {path} on {addr}: {e}"));
+    read(resp).await
+}
+
+/// `resp` as a test sees it, its body read whole.
+async fn read(resp: http::Response<hyper::body::Incoming>) -> TestResponse {
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();

@@ -161,6 +161,7 @@ pub(crate) struct Lost {
     pub(crate) failure: Failure,
     /// The request, body untouched, when nothing of it was sent: another address may take
     /// it without the risk of doing its work twice.
+    ///
     /// Boxed: an error is rare, and a small one keeps every request's future small.
     pub(crate) unsent: Option<Box<Request<UpstreamBody>>>,
 }
