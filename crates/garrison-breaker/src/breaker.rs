@@ -4,7 +4,9 @@ use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use garrison_core::Tick;
 
 use garrison_core::SharedClock;
 use parking_lot::RwLock;
@@ -129,7 +131,7 @@ pub(crate) struct Inner {
     pub(crate) name: Box<str>,
     pub(crate) config: BreakerConfig,
     clock: SharedClock,
-    base: Instant,
+    base: Tick,
     state: AtomicU64,
     open_until_ms: AtomicU64,
     trips: AtomicU32,
@@ -169,7 +171,7 @@ pub struct Permit {
     kind: PermitKind,
     /// When the call becomes a slow call: its start plus the slow-call duration (`None`:
     /// never, past the clock's range). Compared at the end instead of subtracting instants.
-    slow_at: Option<Instant>,
+    slow_at: Option<Tick>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -238,7 +240,7 @@ impl Breaker {
         clock: SharedClock,
         listeners: Arc<RwLock<Vec<Listener>>>,
     ) -> Self {
-        let base = clock.now();
+        let base = clock.tick();
         Self {
             inner: Arc::new(Inner {
                 name: name.into(),
@@ -280,10 +282,10 @@ impl Breaker {
         self.inner.try_acquire(&self.inner, None)
     }
 
-    /// [`try_acquire`](Self::try_acquire) at `now`, an instant the caller has just read from
+    /// [`try_acquire`](Self::try_acquire) at `now`, a tick the caller has just read from
     /// this breaker's clock (a stack that asks several parts reads the clock once).
     #[inline]
-    pub fn try_acquire_at(&self, now: Instant) -> Result<Permit, Rejected> {
+    pub fn try_acquire_at(&self, now: Tick) -> Result<Permit, Rejected> {
         self.inner.try_acquire(&self.inner, Some(now))
     }
 
@@ -344,17 +346,17 @@ impl Breaker {
 impl Inner {
     #[inline]
     fn now_ms(&self) -> u64 {
-        self.ms_at(self.clock.now())
+        self.ms_at(self.clock.tick())
     }
 
-    /// `t`, an instant of the breaker's clock, in the milliseconds of [`now_ms`](Self::now_ms).
+    /// `t`, a tick of the breaker's clock, in the milliseconds of [`now_ms`](Self::now_ms).
     #[inline]
-    fn ms_at(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.base).as_millis() as u64
+    fn ms_at(&self, t: Tick) -> u64 {
+        t.nanos_since(self.base) / 1_000_000
     }
 
     #[inline]
-    fn try_acquire(&self, this: &Arc<Inner>, at: Option<Instant>) -> Result<Permit, Rejected> {
+    fn try_acquire(&self, this: &Arc<Inner>, at: Option<Tick>) -> Result<Permit, Rejected> {
         loop {
             let word = self.state.load(Ordering::Acquire);
             let (gen, state) = unpack(word);
@@ -389,9 +391,10 @@ impl Inner {
                 inner: this.clone(),
                 gen,
                 kind,
-                slow_at: at
-                    .unwrap_or_else(|| self.clock.now())
-                    .checked_add(self.config.slow_call_duration),
+                slow_at: Some(
+                    at.unwrap_or_else(|| self.clock.tick())
+                        .saturating_add(self.config.slow_call_duration),
+                ),
             });
         }
     }
@@ -410,11 +413,11 @@ impl Inner {
         }
     }
 
-    fn record(&self, gen: u64, kind: PermitKind, slow_at: Option<Instant>, outcome: CallOutcome) {
+    fn record(&self, gen: u64, kind: PermitKind, slow_at: Option<Tick>, outcome: CallOutcome) {
         if kind == PermitKind::Disabled {
             return;
         }
-        let now = self.clock.now();
+        let now = self.clock.tick();
         let slow = slow_at.is_some_and(|t| now >= t);
         let failed = outcome == CallOutcome::Failure;
         let k = if failed {

@@ -56,7 +56,7 @@ pub use client::{
     normalize as normalize_ip, peer_addr, ForwardedHeader, IpNet, IpNetError, PeerAddr,
     TrustedProxies, MAX_FORWARDED_HOPS,
 };
-pub use clock::{Clock, ManualClock, SharedClock, SystemClock, TokioClock};
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Tick, TokioClock};
 pub use future::LayerFuture;
 pub use method::MethodLabel;
 pub use refusal::refusal;

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use garrison_core::{ErrorType, FailureClassifier, MethodLabel, SharedClock, TraceId};
 use parking_lot::{Mutex, RwLock};
@@ -353,7 +353,8 @@ pub(crate) struct Observation {
     pub(crate) method: MethodLabel,
     pub(crate) status: u16,
     pub(crate) error: ErrorType,
-    pub(crate) duration: Duration,
+    /// nanoseconds
+    pub(crate) duration: u64,
     pub(crate) request_size: Option<u64>,
     pub(crate) response_size: u64,
     pub(crate) trace: Option<TraceId>,
@@ -468,7 +469,7 @@ impl Shared {
         let Some(s) = self.series.get(id as usize) else {
             return;
         };
-        let nanos = u64::try_from(obs.duration.as_nanos()).unwrap_or(u64::MAX);
+        let nanos = obs.duration;
         let bucket = s.duration.observe(&self.duration.raw, shard, nanos);
         if let Some(size) = obs.request_size {
             s.req_size.observe(&self.req.raw, shard, size);

@@ -2,9 +2,9 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use garrison_core::SharedClock;
+use garrison_core::{SharedClock, Tick};
 use garrison_metrics::{Collector, MetricType, MetricWriter};
 
 use crate::gcra::Decision;
@@ -63,7 +63,7 @@ pub(crate) struct PolicyState {
 pub struct RateLimiter {
     pub(crate) policies: Box<[PolicyState]>,
     clock: SharedClock,
-    epoch: Instant,
+    epoch: Tick,
     pub(crate) hasher: KeyHasher,
     #[cfg(feature = "redis")]
     pub(crate) redis: Option<Arc<crate::RedisStore>>,
@@ -100,7 +100,7 @@ impl RateLimiter {
                     policy: p,
                 })
                 .collect(),
-            epoch: clock.now(),
+            epoch: clock.tick(),
             clock,
             hasher,
             #[cfg(feature = "redis")]
@@ -111,14 +111,13 @@ impl RateLimiter {
     /// Nanoseconds on the limiter's clock (never 0, so that 0 can mean "no state").
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        self.nanos_at(self.clock.now())
+        self.nanos_at(self.clock.tick())
     }
 
-    /// `t`, an instant of the limiter's clock, in the nanoseconds of [`now`](Self::now).
+    /// `t`, a tick of the limiter's clock, in the nanoseconds of [`now`](Self::now).
     #[inline]
-    pub(crate) fn nanos_at(&self, t: Instant) -> u64 {
-        let d = t.saturating_duration_since(self.epoch);
-        u64::try_from(d.as_nanos()).unwrap_or(u64::MAX) + 1
+    pub(crate) fn nanos_at(&self, t: Tick) -> u64 {
+        t.nanos_since(self.epoch).saturating_add(1)
     }
 
     /// The clock the limiter reads.

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use garrison_core::{RouteResolver, TraceContext};
 use http::header::{HeaderName, HeaderValue, HOST, USER_AGENT};
@@ -277,7 +277,7 @@ fn start<B>(sh: &Shared, req: &mut Request<B>) -> TracedRequest {
     // the clock is only kept (an `Arc` clone) by requests that time themselves
     let started = (local.is_some() || sh.access_log).then(|| {
         let clock = sh.tracer.inner.clock.clone();
-        (clock.now(), clock)
+        (clock.tick(), clock)
     });
     let ctx = Arc::new(RequestContext {
         trace_id,
@@ -440,7 +440,7 @@ struct Finisher {
     ctx: Arc<RequestContext>,
     span: Option<Box<tracing::Span>>,
     /// When the request started, by the clock that will time its end.
-    started: Option<(Instant, garrison_core::SharedClock)>,
+    started: Option<(garrison_core::Tick, garrison_core::SharedClock)>,
     status: u16,
     access: Option<Box<Access>>,
     done: bool,
@@ -455,7 +455,7 @@ impl Finisher {
             .started
             .as_ref()
             .map_or(std::time::Duration::ZERO, |(t, clock)| {
-                clock.now().saturating_duration_since(*t)
+                clock.tick().saturating_since(*t)
             });
         if let Some(a) = &self.access {
             let _e = self.span.as_ref().map(|s| s.enter());

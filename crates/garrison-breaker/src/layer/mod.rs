@@ -208,7 +208,7 @@ impl CircuitBreakerLayer {
         self.shared.admit(req, Some(route), None)
     }
 
-    /// [`admit_route`](Self::admit_route) at `now`, an instant the caller has just read from
+    /// [`admit_route`](Self::admit_route) at `now`, a tick the caller has just read from
     /// the clock of the layer's [`BreakerRegistry`](crate::BreakerRegistry): a stack that
     /// asks several parts reads the clock once.
     #[allow(clippy::result_large_err)]
@@ -217,7 +217,7 @@ impl CircuitBreakerLayer {
         &self,
         req: &http::Request<B>,
         route: &str,
-        now: std::time::Instant,
+        now: garrison_core::Tick,
     ) -> Result<crate::Permit, http::Response<Bytes>> {
         self.shared.admit(req, Some(route), Some(now))
     }
@@ -261,7 +261,7 @@ impl Shared {
         &self,
         req: &http::Request<B>,
         route: Option<&str>,
-        at: Option<std::time::Instant>,
+        at: Option<garrison_core::Tick>,
     ) -> Result<crate::Permit, http::Response<Bytes>> {
         let acquire = |b: &Breaker| match at {
             Some(now) => b.try_acquire_at(now),

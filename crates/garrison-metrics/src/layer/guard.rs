@@ -1,5 +1,5 @@
+use garrison_core::Tick;
 use std::sync::Arc;
-use std::time::Instant;
 
 use garrison_core::{ErrorType, MethodLabel, TraceId};
 
@@ -12,7 +12,7 @@ use crate::registry::{Observation, Shared};
 /// by value several times per request.
 pub(crate) struct RequestGuard {
     shared: Arc<Shared>,
-    start: Instant,
+    start: Tick,
     trace: Option<TraceId>,
     /// `UNKNOWN_SIZE` when the request body size is not known.
     request_size: u64,
@@ -35,10 +35,10 @@ impl RequestGuard {
         method: MethodLabel,
         request_size: Option<u64>,
         trace: Option<TraceId>,
-        at: Option<std::time::Instant>,
+        at: Option<Tick>,
     ) -> Self {
         shared.request_started(method);
-        let start = at.unwrap_or_else(|| shared.clock.now());
+        let start = at.unwrap_or_else(|| shared.clock.tick());
         Self {
             shared,
             start,
@@ -113,13 +113,13 @@ impl RequestGuard {
             return;
         }
         self.done = true;
-        let end = self.shared.clock.now();
+        let end = self.shared.clock.tick();
         self.shared.record(&Observation {
             route: (self.route != NO_ROUTE).then_some(self.route),
             method: self.method,
             status: self.status,
             error,
-            duration: end.saturating_duration_since(self.start),
+            duration: end.nanos_since(self.start),
             request_size: (self.request_size != UNKNOWN_SIZE).then_some(self.request_size),
             response_size: self.response_size,
             trace: self.trace,

@@ -98,15 +98,15 @@ impl MetricsLayer {
         ))
     }
 
-    /// [`start_route`](Self::start_route) at `now`, an instant the caller has just read
-    /// from the registry's [`clock`](crate::MetricsRegistry::clock): a stack that asks
+    /// [`start_route`](Self::start_route) at `now`, a tick the caller has just read from
+    /// the registry's [`clock`](crate::MetricsRegistry::clock): a stack that asks
     /// several parts reads the clock once.
     #[inline]
     pub fn start_route_at<B>(
         &self,
         req: &http::Request<B>,
         route: &str,
-        now: std::time::Instant,
+        now: garrison_core::Tick,
     ) -> Measurement {
         Measurement(service::start(
             &self.registry.shared,
@@ -126,7 +126,7 @@ impl MetricsLayer {
         &self,
         req: &http::Request<B>,
         route: &str,
-        now: Option<std::time::Instant>,
+        now: Option<garrison_core::Tick>,
         trace: Option<garrison_core::TraceId>,
     ) -> Measurement {
         Measurement(service::start(

@@ -83,7 +83,7 @@ pub(crate) fn start<B>(
     shared: &Arc<Shared>,
     route: &str,
     req: &Request<B>,
-    at: Option<std::time::Instant>,
+    at: Option<garrison_core::Tick>,
     trace: Option<Option<TraceId>>,
 ) -> RequestGuard {
     let method = MethodLabel::from_method(req.method());

@@ -411,7 +411,7 @@ impl RateLimitLayer {
         self.shared.decide(req, Some(route), None)
     }
 
-    /// [`check_route`](Self::check_route) at `now`, an instant the caller has just read from
+    /// [`check_route`](Self::check_route) at `now`, a tick the caller has just read from
     /// the [limiter's clock](RateLimiter::clock): a stack that asks several parts reads the
     /// clock once. (A shared Redis store keeps its own time.)
     #[inline]
@@ -419,7 +419,7 @@ impl RateLimitLayer {
         &self,
         req: &Request<B>,
         route: &str,
-        now: std::time::Instant,
+        now: garrison_core::Tick,
     ) -> Verdict {
         self.shared.decide(req, Some(route), Some(now))
     }
@@ -552,7 +552,7 @@ impl Shared {
         self: &Arc<Self>,
         req: &Request<B>,
         route: Option<&str>,
-        at: Option<std::time::Instant>,
+        at: Option<garrison_core::Tick>,
     ) -> Verdict {
         self.start_sweeper();
         let rule = if self.routes.is_empty() {

@@ -141,7 +141,7 @@ where
         let traced = parts.trace.as_ref().map(|t| t.start(&mut req));
         let entered = traced.as_ref().map(TracedRequest::enter);
         let route = parts.resolver.resolve(&req);
-        let now = parts.clock.as_ref().map(SharedClock::now);
+        let now = parts.clock.as_ref().map(SharedClock::tick);
         let measure = parts.metrics.as_ref().map(|m| match &traced {
             // the exemplar's trace id from the trace part, not from the request's extensions
             Some(t) => m.start_route_traced(&req, route.as_str(), now, t.recorded_trace_id()),
@@ -197,7 +197,7 @@ fn gate<B>(
     route: &str,
     from: Stage,
     held: &mut Held,
-    now: Option<std::time::Instant>,
+    now: Option<garrison_core::Tick>,
 ) -> Gate {
     if from <= Stage::RateLimit {
         if let Some(limits) = &parts.ratelimit {
