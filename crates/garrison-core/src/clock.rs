@@ -220,7 +220,8 @@ pub struct SharedClock(Inner);
 
 #[derive(Clone)]
 enum Inner {
-    System,
+    /// The system clock, with its tick source (read without a check of its `OnceLock`).
+    System(&'static SystemTicks),
     Custom(Arc<dyn Clock>),
 }
 
@@ -235,8 +236,7 @@ impl SharedClock {
     /// The system clock (the default). The first call in a process calibrates the clock's
     /// tick source (see [`tick`](Self::tick)).
     pub fn system() -> Self {
-        SystemTicks::get();
-        Self(Inner::System)
+        Self(Inner::System(SystemTicks::get()))
     }
 
     /// Any clock.
@@ -264,7 +264,7 @@ impl SharedClock {
     /// ```
     pub fn same_as(&self, other: &SharedClock) -> bool {
         match (&self.0, &other.0) {
-            (Inner::System, Inner::System) => true,
+            (Inner::System(_), Inner::System(_)) => true,
             (Inner::Custom(a), Inner::Custom(b)) => {
                 std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
             }
@@ -276,7 +276,7 @@ impl SharedClock {
     #[inline]
     pub fn now(&self) -> Instant {
         match &self.0 {
-            Inner::System => Instant::now(),
+            Inner::System(_) => Instant::now(),
             Inner::Custom(c) => c.now(),
         }
     }
@@ -289,7 +289,7 @@ impl SharedClock {
     #[inline]
     pub fn tick(&self) -> Tick {
         match &self.0 {
-            Inner::System => SystemTicks::get().now(),
+            Inner::System(ticks) => ticks.now(),
             Inner::Custom(c) => {
                 let since = c.now().saturating_duration_since(custom_epoch());
                 Tick(u64::try_from(since.as_nanos()).unwrap_or(u64::MAX))
@@ -301,7 +301,7 @@ impl SharedClock {
 impl fmt::Debug for SharedClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Inner::System => f.write_str("SharedClock(System)"),
+            Inner::System(_) => f.write_str("SharedClock(System)"),
             Inner::Custom(_) => f.write_str("SharedClock(Custom)"),
         }
     }
