@@ -136,6 +136,125 @@ fn hex_digit(c: u8) -> Option<u8> {
     }
 }
 
+/// An IP address as text, written in place, as its `Display` writes it (IPv4 without
+/// `core::fmt`): for the client address that layers write on every request they trace or
+/// forward.
+///
+/// ```
+/// use garrison_core::IpText;
+/// use std::net::IpAddr;
+///
+/// let ip: IpAddr = "192.0.2.10".parse().unwrap();
+/// assert_eq!(IpText::new(ip).as_str(), "192.0.2.10");
+/// let ip: IpAddr = "2001:db8::1".parse().unwrap();
+/// assert_eq!(IpText::new(ip).as_bytes(), b"2001:db8::1");
+/// ```
+#[derive(Clone, Copy)]
+pub struct IpText {
+    buf: [u8; IpText::MAX],
+    len: u8,
+}
+
+impl IpText {
+    /// Room for the longest text of an IP address (an IPv6 address with an IPv4 tail, 45
+    /// bytes, where `Display` writes at most 39).
+    pub const MAX: usize = 45;
+
+    /// `ip` as text.
+    #[inline]
+    pub fn new(ip: std::net::IpAddr) -> Self {
+        let mut t = IpText {
+            buf: [0; IpText::MAX],
+            len: 0,
+        };
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                // at most 15 bytes: no check of the room is needed
+                let mut at = 0;
+                for (i, o) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        t.buf[at] = b'.';
+                        at += 1;
+                    }
+                    if o >= 100 {
+                        t.buf[at] = b'0' + o / 100;
+                        at += 1;
+                    }
+                    if o >= 10 {
+                        t.buf[at] = b'0' + o / 10 % 10;
+                        at += 1;
+                    }
+                    t.buf[at] = b'0' + o % 10;
+                    at += 1;
+                }
+                t.len = at as u8;
+            }
+            std::net::IpAddr::V6(v6) => {
+                let _ = write!(t, "{v6}");
+            }
+        }
+        t
+    }
+
+    /// Appends `b`, cut at the capacity (which no address reaches).
+    fn push(&mut self, b: &[u8]) {
+        let at = usize::from(self.len);
+        let end = (at + b.len()).min(IpText::MAX);
+        self.buf[at..end].copy_from_slice(&b[..end - at]);
+        self.len = end as u8;
+    }
+
+    /// The text.
+    #[inline]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..usize::from(self.len)]
+    }
+
+    /// The text, as a `str`.
+    #[inline]
+    pub fn as_str(&self) -> &str {
+        // only ASCII is ever written
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+
+    /// Its length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    /// Whether it is empty (never, for an address).
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push(s.as_bytes());
+        Ok(())
+    }
+}
+
+impl AsRef<[u8]> for IpText {
+    fn as_ref(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
+impl std::fmt::Display for IpText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for IpText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};
@@ -150,5 +269,36 @@ mod tests {
         assert_eq!(rfc3339(t, 6), "2026-11-22T09:00:00.123000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap, 3), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn addresses_are_written_as_their_display_has_them() {
+        use std::net::{IpAddr, Ipv4Addr};
+
+        use super::IpText;
+
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "192.0.2.1",
+            "::1",
+            "::",
+            "2001:db8::ff00:42:8329",
+            "::ffff:192.0.2.1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            let text = IpText::new(addr);
+            assert_eq!(text.as_str(), addr.to_string());
+            assert_eq!(text.len(), text.as_bytes().len());
+        }
+        // every octet value in every place
+        for o in 0..=255u8 {
+            for addr in [[o, 0, 0, 0], [1, o, 2, 3], [10, 0, o, 99], [250, 9, 100, o]] {
+                let addr = IpAddr::V4(Ipv4Addr::from(addr));
+                assert_eq!(IpText::new(addr).as_str(), addr.to_string());
+            }
+        }
     }
 }

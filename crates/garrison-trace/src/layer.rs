@@ -378,7 +378,9 @@ fn root_span<B>(
     if let Some(peer) = garrison_core::peer_addr(req) {
         attributes.push((
             "client.address",
-            Value::Str(Cow::Owned(peer.ip().to_string())),
+            Value::Str(Cow::Owned(
+                garrison_core::IpText::new(peer.ip()).as_str().to_owned(),
+            )),
         ));
     }
     if let Some(ua) = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()) {
