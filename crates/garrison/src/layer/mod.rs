@@ -139,38 +139,45 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let parts = &*self.parts;
         let traced = parts.trace.as_ref().map(|t| t.start(&mut req));
-        let entered = traced.as_ref().map(TracedRequest::enter);
-        let route = parts.resolver.resolve(&req);
-        let now = parts.clock.as_ref().map(SharedClock::tick);
-        let measure = parts.metrics.as_ref().map(|m| match &traced {
-            // the exemplar's trace id from the trace part, not from the request's extensions
-            Some(t) => m.start_route_traced(&req, route.as_str(), now, t.recorded_trace_id()),
-            None => match now {
-                Some(t) => m.start_route_at(&req, route.as_str(), t),
-                None => m.start_route(&req, route.as_str()),
-            },
-        });
+        let measure;
         let mut held = Held::default();
-        let local = parts
-            .health
-            .as_ref()
-            .and_then(|h| h.answer(&req))
-            .or_else(|| parts.scrape.as_ref().and_then(|s| s.answer(&req)));
-        let gate = match local {
-            Some(resp) => Gate::Answer(resp),
-            None => gate(
-                parts,
-                &req,
-                route.as_str(),
-                Stage::RateLimit,
-                &mut held,
-                now,
-            ),
-        };
-        let step = Step::after(gate, &self.parts, &mut self.inner, req);
-        drop(entered);
+        // one expression, so that the future is built in place: the request is current (its
+        // trace entered) for the parts and the inner call, the first field, and the trace
+        // part moves in after
         GarrisonFuture {
-            step,
+            step: {
+                let _entered = traced.as_ref().map(TracedRequest::enter);
+                let route = parts.resolver.resolve(&req);
+                let now = parts.clock.as_ref().map(SharedClock::tick);
+                measure = parts.metrics.as_ref().map(|m| match &traced {
+                    // the exemplar's trace id from the trace part, not from the request's
+                    // extensions
+                    Some(t) => {
+                        m.start_route_traced(&req, route.as_str(), now, t.recorded_trace_id())
+                    }
+                    None => match now {
+                        Some(t) => m.start_route_at(&req, route.as_str(), t),
+                        None => m.start_route(&req, route.as_str()),
+                    },
+                });
+                let local = parts
+                    .health
+                    .as_ref()
+                    .and_then(|h| h.answer(&req))
+                    .or_else(|| parts.scrape.as_ref().and_then(|s| s.answer(&req)));
+                let gate = match local {
+                    Some(resp) => Gate::Answer(resp),
+                    None => gate(
+                        parts,
+                        &req,
+                        route.as_str(),
+                        Stage::RateLimit,
+                        &mut held,
+                        now,
+                    ),
+                };
+                Step::after(gate, &self.parts, &mut self.inner, req)
+            },
             traced,
             measure,
             held,
