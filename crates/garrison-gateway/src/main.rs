@@ -153,6 +153,9 @@ fn logs(format: LogFormat) {
 }
 
 async fn run(path: Option<PathBuf>, config: GatewayConfig) -> ExitCode {
+    // the system clock's counter is calibrated (up to 200 ms, once per process) before the
+    // gateway listens, so that no connection waits on it
+    let _ = garrison::garrison_core::SharedClock::system();
     let (main, admin) = match garrison_gateway::bind(&config.gateway).await {
         Ok(l) => l,
         Err(e) => {
