@@ -6,9 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use garrison_core::Tick;
-
-use garrison_core::SharedClock;
+use garrison_core::{SharedClock, Tick};
 use parking_lot::RwLock;
 
 use crate::config::BreakerConfig;
@@ -169,9 +167,10 @@ pub struct Permit {
     inner: Arc<Inner>,
     gen: u64,
     kind: PermitKind,
-    /// When the call becomes a slow call: its start plus the slow-call duration (`None`:
-    /// never, past the clock's range). Compared at the end instead of subtracting instants.
-    slow_at: Option<Tick>,
+    /// When the call becomes a slow call: its start plus the slow-call duration (the last
+    /// tick there is, past the clock's range). Compared at the end instead of subtracting
+    /// ticks.
+    slow_at: Tick,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -391,10 +390,9 @@ impl Inner {
                 inner: this.clone(),
                 gen,
                 kind,
-                slow_at: Some(
-                    at.unwrap_or_else(|| self.clock.tick())
-                        .saturating_add(self.config.slow_call_duration),
-                ),
+                slow_at: at
+                    .unwrap_or_else(|| self.clock.tick())
+                    .saturating_add(self.config.slow_call_duration),
             });
         }
     }
@@ -413,12 +411,12 @@ impl Inner {
         }
     }
 
-    fn record(&self, gen: u64, kind: PermitKind, slow_at: Option<Tick>, outcome: CallOutcome) {
+    fn record(&self, gen: u64, kind: PermitKind, slow_at: Tick, outcome: CallOutcome) {
         if kind == PermitKind::Disabled {
             return;
         }
         let now = self.clock.tick();
-        let slow = slow_at.is_some_and(|t| now >= t);
+        let slow = now >= slow_at;
         let failed = outcome == CallOutcome::Failure;
         let k = if failed {
             1
