@@ -353,8 +353,7 @@ pub(crate) struct Observation {
     pub(crate) method: MethodLabel,
     pub(crate) status: u16,
     pub(crate) error: ErrorType,
-    /// nanoseconds
-    pub(crate) duration: u64,
+    pub(crate) duration_nanos: u64,
     pub(crate) request_size: Option<u64>,
     pub(crate) response_size: u64,
     pub(crate) trace: Option<TraceId>,
@@ -469,7 +468,7 @@ impl Shared {
         let Some(s) = self.series.get(id as usize) else {
             return;
         };
-        let nanos = obs.duration;
+        let nanos = obs.duration_nanos;
         let bucket = s.duration.observe(&self.duration.raw, shard, nanos);
         if let Some(size) = obs.request_size {
             s.req_size.observe(&self.req.raw, shard, size);

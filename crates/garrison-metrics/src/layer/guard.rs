@@ -1,7 +1,6 @@
-use garrison_core::Tick;
 use std::sync::Arc;
 
-use garrison_core::{ErrorType, MethodLabel, TraceId};
+use garrison_core::{ErrorType, MethodLabel, Tick, TraceId};
 
 use crate::registry::{Observation, Shared};
 
@@ -119,7 +118,7 @@ impl RequestGuard {
             method: self.method,
             status: self.status,
             error,
-            duration: end.nanos_since(self.start),
+            duration_nanos: end.nanos_since(self.start),
             request_size: (self.request_size != UNKNOWN_SIZE).then_some(self.request_size),
             response_size: self.response_size,
             trace: self.trace,
