@@ -48,8 +48,8 @@ count() { # signal, command...: instructions per request
         valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" "$@" >"$work/vg.log" 2>&1 &
         local vg=$!
         wait_port "$PROXY_PORT"
-        # start counting once the server is up: start-up work whose cost varies from run to
-        # run (the gateway's calibration of the time-stamp counter) stays out of the counts
+        # start counting once the server is up, so that start-up work whose cost varies
+        # from run to run stays out of the counts
         callgrind_control -z "$vg" >/dev/null
         client "$n"
         kill "-$signal" "$vg"

@@ -141,9 +141,9 @@ where
         let traced = parts.trace.as_ref().map(|t| t.start(&mut req));
         let measure;
         let mut held = Held::default();
-        // one expression, so that the future is built in place: the request is current (its
-        // trace entered) for the parts and the inner call, the first field, and the trace
-        // part moves in after
+        // The future is one expression, so that it is built in place rather than moved into
+        // its place. The parts' work and the inner call make its first field, while the
+        // request's trace is entered; the trace part moves into the next field after.
         GarrisonFuture {
             step: {
                 let _entered = traced.as_ref().map(TracedRequest::enter);
