@@ -260,21 +260,7 @@ impl Http1Pool {
         slot: &Arc<Slot>,
         authority: &Authority,
     ) -> Result<Box<Upstream>, Failure> {
-        // `[::1]` names an IPv6 address: without its brackets
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let addr = (host, authority.port_u16().unwrap_or(80));
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Err(_) => return Err(Failure::ConnectTimeout),
-                Ok(Err(e)) => {
-                    return Err(Failure::Connect(format!("tcp connect error: {e}")));
-                }
-                Ok(Ok(s)) => s,
-            };
-        let _ = stream.set_nodelay(true);
+        let stream = connect_tcp(authority, self.connect_timeout).await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -289,8 +275,28 @@ impl Http1Pool {
     }
 }
 
+/// A TCP connection to `authority` (without Nagle's delay), made within `timeout`.
+pub(crate) async fn connect_tcp(
+    authority: &Authority,
+    timeout: Duration,
+) -> Result<TcpStream, Failure> {
+    // `[::1]` names an IPv6 address: without its brackets
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let addr = (host, authority.port_u16().unwrap_or(80));
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(Failure::ConnectTimeout),
+        Ok(Err(e)) => return Err(Failure::Connect(format!("tcp connect error: {e}"))),
+        Ok(Ok(s)) => s,
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
 /// `failure`, with `req` given back: none of it went out.
-fn unsent(failure: Failure, req: Request<UpstreamBody>) -> Lost {
+pub(crate) fn unsent(failure: Failure, req: Request<UpstreamBody>) -> Lost {
     Lost {
         failure,
         unsent: Some(Box::new(req)),
