@@ -96,15 +96,16 @@ ensure_prometheus_tools() {
     fi
 }
 
-# The foreign trace peer (tests/trace_peer.rs): the official OpenTelemetry Python SDK.
-ensure_python_otel() {
-    local probe="import opentelemetry.sdk, opentelemetry.instrumentation.requests, requests"
+# The foreign peers: the official OpenTelemetry Python SDK (tests/trace_peer.rs) and the
+# websockets library (tests/gateway.rs).
+ensure_python_peers() {
+    local probe="import opentelemetry.sdk, opentelemetry.instrumentation.requests, requests, websockets.asyncio.client"
     python3 -c "$probe" 2>/dev/null && return 0
-    log "installing the OpenTelemetry Python SDK (tests/peers/requirements.txt)"
+    log "installing the Python peers (tests/peers/requirements.txt)"
     python3 -m pip install --quiet -r "$(dirname "$0")/../tests/peers/requirements.txt" \
         || python3 -m pip install --quiet --user -r "$(dirname "$0")/../tests/peers/requirements.txt"
     python3 -c "$probe" || {
-        echo "services: the OpenTelemetry Python SDK did not install; run: python3 -m pip install -r tests/peers/requirements.txt" >&2
+        echo "services: the Python peers did not install; run: python3 -m pip install -r tests/peers/requirements.txt" >&2
         exit 1
     }
 }
@@ -113,5 +114,5 @@ ensure_postgres
 ensure_mariadb
 ensure_redis
 ensure_prometheus_tools
-ensure_python_otel
-log "PostgreSQL :$PG_PORT, MariaDB :$MYSQL_PORT, Redis :$REDIS_PORT answer; promtool, prometheus and the OpenTelemetry Python SDK are installed"
+ensure_python_peers
+log "PostgreSQL :$PG_PORT, MariaDB :$MYSQL_PORT, Redis :$REDIS_PORT answer; promtool, prometheus and the Python peers are installed"

@@ -207,6 +207,313 @@ async fn requests_are_forwarded_with_forwarded_headers_and_without_hop_by_hop_on
     assert!(r.headers.contains_key("x-request-id"));
 }
 
+/// An upstream that speaks WebSocket's opening handshake (RFC 6455 §4) as far as a proxy
+/// can tell: to `Upgrade: websocket` it answers `101` and then, on the switched connection,
+/// greets, echoes whatever comes, and closes once the client has closed its side. Other
+/// upgrades get `426`; requests without one `200 plain`. Keeps the last request's headers.
+async fn websocket_upstream() -> (SocketAddr, Arc<std::sync::Mutex<http::HeaderMap>>) {
+    let seen = Arc::new(std::sync::Mutex::new(http::HeaderMap::new()));
+    let kept = seen.clone();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = l.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    *seen.lock().unwrap() = req.headers().clone();
+                    async move {
+                        let r = Response::builder();
+                        let Some(upgrade) = req.headers().get("upgrade").cloned() else {
+                            return Ok::<_, Infallible>(r.body(full("plain")).unwrap());
+                        };
+                        if upgrade != "websocket" {
+                            return Ok(r.status(426).body(full("websocket only")).unwrap());
+                        }
+                        let switched = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let mut io = TokioIo::new(switched.await.expect("switched"));
+                            io.write_all(b"hello from upstream").await.unwrap();
+                            let mut buf = [0u8; 1024];
+                            loop {
+                                match io.read(&mut buf).await {
+                                    Ok(0) | Err(_) => break,
+                                    Ok(n) => io.write_all(&buf[..n]).await.unwrap(),
+                                }
+                            }
+                            // the client closed its side: close ours
+                        });
+                        Ok(r.status(StatusCode::SWITCHING_PROTOCOLS)
+                            .header("connection", "upgrade")
+                            .header("upgrade", "websocket")
+                            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+                            .body(full(""))
+                            .unwrap())
+                    }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, kept)
+}
+
+/// A WebSocket opening handshake for `path`, with `upgrade` as the protocol, sent over a
+/// new connection to `gw`; the connection and the answer's head, lower-cased.
+async fn handshake(gw: SocketAddr, path: &str, upgrade: &str) -> (TcpStream, String) {
+    let mut c = TcpStream::connect(gw).await.unwrap();
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: chat.example\r\nconnection: keep-alive, Upgrade\r\n\
+         upgrade: {upgrade}\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         sec-websocket-version: 13\r\n\r\n"
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let head = read_head(&mut c).await.expect("an answer's head");
+    (c, String::from_utf8(head).unwrap().to_ascii_lowercase())
+}
+
+async fn read_exactly(c: &mut TcpStream, n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut buf))
+        .await
+        .expect("bytes within 10 s")
+        .unwrap();
+    String::from_utf8(buf).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_websocket_handshake_through_the_stack_becomes_a_tunnel_both_ways() {
+    let (up, seen) = websocket_upstream().await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        [gateway.routes.rest]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+    let (mut c, head) = handshake(gw.addr, "/chat", "websocket").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    for line in [
+        "connection: upgrade",
+        "upgrade: websocket",
+        "sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=",
+    ] {
+        assert!(head.contains(line), "{line} in {head}");
+    }
+    // the handshake went through the stack: it has a request id and rate-limit headers
+    assert!(head.contains("x-request-id: "), "{head}");
+    assert!(head.contains("x-ratelimit-remaining: "), "{head}");
+    {
+        let h = seen.lock().unwrap();
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        assert!(h.contains_key("traceparent"), "{h:?}");
+    }
+    // the upstream speaks first, then each message comes back, in order
+    assert_eq!(read_exactly(&mut c, 19).await, "hello from upstream");
+    for i in 0..20 {
+        let msg = format!("message {i:02}");
+        c.write_all(msg.as_bytes()).await.unwrap();
+        assert_eq!(read_exactly(&mut c, msg.len()).await, msg);
+    }
+    // a large message crosses whole
+    let big: String = (0..64 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    c.write_all(big.as_bytes()).await.unwrap();
+    assert_eq!(read_exactly(&mut c, big.len()).await, big);
+    // meanwhile other requests are served as before
+    let r = get(gw.addr, "/plain", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "plain"));
+    // the client's close reaches the upstream, whose close comes back
+    c.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut rest))
+        .await
+        .expect("the tunnel closes")
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+/// A real WebSocket peer on both ends: the Python `websockets` library's echo server as
+/// the upstream and its client through the gateway (`tests/peers/websocket_peer.py`):
+/// framing, a 1 MiB binary message, ping and pong, and the closing handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_python_websockets_library_talks_to_itself_through_the_gateway() {
+    use std::io::{BufRead, Write};
+    use std::process::{Command, Stdio};
+    let probe = Command::new("python3")
+        .args(["-c", "import websockets.asyncio.client"])
+        .status();
+    assert!(
+        probe.is_ok_and(|s| s.success()),
+        "python3 with the websockets package is needed: run `just services` or \
+         `python3 -m pip install -r tests/peers/requirements.txt`"
+    );
+    let mut peer = Command::new("python3")
+        .arg("tests/peers/websocket_peer.py")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the WebSocket peer");
+    let mut lines = std::io::BufReader::new(peer.stdout.take().unwrap()).lines();
+    let port: u16 = tokio::task::block_in_place(|| lines.next())
+        .expect("the peer's server port")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let gw = gateway(&format!(
+        r#"
+        [gateway.upstreams.app]
+        addresses = ["127.0.0.1:{port}"]
+        [gateway.routes.ws]
+        prefix = "/ws"
+        upstream = "app"
+        strip_prefix = true
+        "#
+    ))
+    .await;
+    writeln!(peer.stdin.take().unwrap(), "{}", gw.addr).unwrap();
+    let line = tokio::task::block_in_place(|| lines.next());
+    let status = tokio::task::block_in_place(|| peer.wait_with_output()).unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    let line = match line {
+        Some(Ok(l)) if status.status.success() => l,
+        other => panic!("the peer failed ({:?}): {other:?}\n{stderr}", status.status),
+    };
+    let seen: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(seen["text"], "hello through the gateway", "{seen}");
+    assert_eq!(seen["binary_echoed"], true, "{seen}");
+    assert_eq!(seen["pong"], true, "{seen}");
+    assert_eq!(seen["close_code"], 1000, "{seen}");
+    let up = &seen["upstream_saw"];
+    assert_eq!(up["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert!(
+        up["traceparent"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("00-")),
+        "{seen}"
+    );
+    let resp = &seen["response_headers"];
+    assert_eq!(resp["upgrade"], "websocket", "{seen}");
+    assert_eq!(
+        resp["x-request-id"], up["x-request-id"],
+        "the handshake's request id is the one the upstream got: {seen}"
+    );
+    assert!(resp["x-ratelimit-remaining"].is_string(), "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upgrades_a_route_does_not_allow_or_an_upstream_refuses_stay_plain_http() {
+    let (up, seen) = websocket_upstream().await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        [gateway.routes.closed]
+        prefix = "/closed"
+        upstream = "app"
+        upgrades = []
+        [gateway.routes.rest]
+        prefix = "/"
+        upstream = "app"
+        upgrades = ["websocket", "x-other"]
+        "#
+    ))
+    .await;
+    // not allowed on this route: the upgrade is removed, and the request is an ordinary one
+    let (_c, head) = handshake(gw.addr, "/closed/chat", "websocket").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!seen.lock().unwrap().contains_key("upgrade"));
+    // a protocol no route allows: the same
+    let (_c, head) = handshake(gw.addr, "/chat", "h2c").await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!seen.lock().unwrap().contains_key("upgrade"));
+    // allowed here, and refused by the upstream: its answer comes back as it is
+    let (_c, head) = handshake(gw.addr, "/chat", "x-other").await;
+    assert!(head.starts_with("http/1.1 426"), "{head}");
+    assert_eq!(seen.lock().unwrap()["upgrade"], "x-other");
+    // an invalid protocol name is a configuration error, with its path
+    let bad = GatewayConfig::from_toml(
+        "[gateway.upstreams.a]\naddresses = [\"127.0.0.1:1\"]\n\
+         [gateway.routes.r]\nprefix = \"/\"\nupstream = \"a\"\nupgrades = [\"web socket\"]\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad.contains("gateway.routes.r.upgrades[0]"), "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tunnel_that_moves_nothing_is_closed_after_its_idle_timeout() {
+    let (up, _seen) = websocket_upstream().await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        tunnel_idle_timeout = "200ms"
+        [gateway.routes.rest]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+    let (mut c, head) = handshake(gw.addr, "/chat", "websocket").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert_eq!(read_exactly(&mut c, 19).await, "hello from upstream");
+    // nothing more is sent either way: the gateway closes the tunnel (no client close)
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut rest))
+        .await
+        .expect("the idle tunnel is closed")
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shutdown_closes_the_open_tunnels_once_requests_in_flight_are_done() {
+    let (up, _seen) = websocket_upstream().await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway]
+        shutdown_grace = "10s"
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        [gateway.routes.rest]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+    let (mut c, head) = handshake(gw.addr, "/chat", "websocket").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert_eq!(read_exactly(&mut c, 19).await, "hello from upstream");
+    c.write_all(b"still here").await.unwrap();
+    assert_eq!(read_exactly(&mut c, 10).await, "still here");
+    gw.gateway.shutdown();
+    tokio::time::timeout(Duration::from_secs(20), gw.served)
+        .await
+        .expect("the shutdown ends: an open tunnel does not hold it up")
+        .unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut rest))
+        .await
+        .expect("the tunnel is closed")
+        .unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
 /// An upstream that counts the connections it accepted and those that closed; its answers
 /// carry `Connection: close` while `close` is set.
 struct Counted {

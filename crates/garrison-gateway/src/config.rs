@@ -150,6 +150,9 @@ pub struct UpstreamConfig {
     /// between 1× and 1.25× this, checked four times per timeout).
     /// Default: `"90s"`.
     pub pool_idle_timeout: Duration,
+    /// `tunnel_idle_timeout`: an upgraded connection (a WebSocket) that moves no byte either
+    /// way for this long is closed (after between 1× and 2× this). Default: `"5m"`.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl UpstreamConfig {
@@ -164,6 +167,7 @@ impl UpstreamConfig {
             eject_for: Duration::from_secs(10),
             host: HostMode::Preserve,
             pool_idle_timeout: Duration::from_secs(90),
+            tunnel_idle_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -187,7 +191,7 @@ pub enum HostMode {
 }
 
 /// `[gateway.routes.<name>]`: one of `prefix` or `path`, and an upstream.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RouteConfig {
     /// `prefix`: `/api` matches `/api` and everything under `/api/`.
     pub prefix: Option<String>,
@@ -207,6 +211,29 @@ pub struct RouteConfig {
     /// `batch`; with `[admission] enabled = true`). Default: unset
     /// (`[admission] default_priority`).
     pub priority: Option<String>,
+    /// `upgrades`: the protocols an HTTP/1.1 client may switch this route's connections to
+    /// (`Connection: upgrade` and `Upgrade: <protocol>`, compared without case): such a
+    /// request goes to the upstream over a connection of its own, and when the upstream
+    /// answers `101 Switching Protocols` the two connections are joined into a tunnel that
+    /// carries bytes both ways until either side closes, or until the upstream's
+    /// `tunnel_idle_timeout`. Any other `Upgrade` is removed, as a hop-by-hop header.
+    /// `[]`: none. Default: `["websocket"]`.
+    pub upgrades: Vec<String>,
+}
+
+impl Default for RouteConfig {
+    fn default() -> Self {
+        Self {
+            prefix: None,
+            path: None,
+            upstream: String::new(),
+            strip_prefix: false,
+            ratelimit: None,
+            breaker: None,
+            priority: None,
+            upgrades: vec!["websocket".to_owned()],
+        }
+    }
 }
 
 impl RouteConfig {
@@ -367,6 +394,7 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
             &mut c.host,
         );
         u.set_duration("pool_idle_timeout", &mut c.pool_idle_timeout);
+        u.set_duration("tunnel_idle_timeout", &mut c.tunnel_idle_timeout);
         u.finish();
         g.upstreams.insert(name.to_owned(), c);
     }
@@ -411,6 +439,16 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
                 r.err("priority", e.to_string());
             }
             c.priority = Some(priority);
+        }
+        r.strings("upgrades", &mut c.upgrades);
+        for (i, p) in c.upgrades.iter_mut().enumerate() {
+            if p.is_empty() || !p.bytes().all(is_token_byte) {
+                r.err(
+                    &format!("upgrades[{i}]"),
+                    format!("`{p}` is not a protocol name such as websocket"),
+                );
+            }
+            p.make_ascii_lowercase();
         }
         r.finish();
         g.routes.insert(name.to_owned(), c);
@@ -466,6 +504,11 @@ pub(crate) fn authority(address: &str) -> Option<http::uri::Authority> {
     a.port_u16().is_some().then_some(a)
 }
 
+/// Whether `b` may stand in an HTTP token (RFC 9110 §5.6.2), such as a protocol name.
+pub(crate) fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,6 +519,30 @@ mod tests {
         assert_eq!(c.gateway.upstreams["demo"].addresses, [DEMO_ADDRESS]);
         assert!(c.gateway.routes.len() >= 3);
         c.stack_config().validate().unwrap();
+    }
+
+    #[test]
+    fn the_embedded_file_states_the_upgrade_defaults_of_the_code() {
+        let c = GatewayConfig::default();
+        let up = &c.gateway.upstreams["demo"];
+        let code = UpstreamConfig::new([DEMO_ADDRESS]);
+        assert_eq!(up.tunnel_idle_timeout, code.tunnel_idle_timeout);
+        assert_eq!(
+            *up, code,
+            "every upstream key of the file is the code's default"
+        );
+        let route = &c.gateway.routes["everything"];
+        assert_eq!(route.upgrades, RouteConfig::default().upgrades);
+        assert_eq!(route.upgrades, ["websocket"]);
+        // unset, the same; and names are compared in lower case
+        let c = GatewayConfig::from_toml(
+            "[gateway.upstreams.a]\naddresses = [\"127.0.0.1:1\"]\n\
+             [gateway.routes.r]\nprefix = \"/\"\nupstream = \"a\"\n\
+             [gateway.routes.s]\nprefix = \"/s\"\nupstream = \"a\"\nupgrades = [\"WebSocket\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.gateway.routes["r"].upgrades, ["websocket"]);
+        assert_eq!(c.gateway.routes["s"].upgrades, ["websocket"]);
     }
 
     #[test]

@@ -59,8 +59,16 @@
 //! - [`Gateway::shutdown`] (SIGTERM, SIGINT): readiness fails, listeners close, requests
 //!   in flight finish within `shutdown_grace`, spans are flushed.
 //!
-//! Not proxied: protocol upgrades (WebSocket); `Upgrade` is a hop-by-hop header and is
-//! removed.
+//! Protocol upgrades: an HTTP/1.1 request that asks to switch to a protocol its route's
+//! `upgrades` names (default: `websocket`) goes upstream over a new connection of its own
+//! (HTTP/1.1, whatever the upstream's `protocol`), and once the upstream answers `101
+//! Switching Protocols` the client's connection and that one are joined into a tunnel until
+//! either side closes it, or until it moves no byte for the upstream's
+//! `tunnel_idle_timeout`. The request and its `101` pass through the whole stack (traced,
+//! measured, rate limited, counted by the breaker); the tunnel's bytes do not. A tunnel no
+//! longer counts against `max_connections`, and a shutdown closes the tunnels still open once
+//! the requests in flight are done. Any other `Upgrade` is removed, as a hop-by-hop header;
+//! HTTP/2's extended `CONNECT` (RFC 8441) is not proxied.
 
 #![deny(missing_docs)]
 
@@ -71,6 +79,7 @@ mod pool;
 mod proxy;
 mod server;
 mod timer;
+mod tunnel;
 mod upstream;
 
 pub use config::{GatewayConfig, GatewaySection, RouteConfig, UpstreamConfig, DEFAULT_CONFIG};

@@ -54,6 +54,8 @@ struct Route {
     upstream: Arc<Upstream>,
     transport: Arc<Transport>,
     strip: Option<String>,
+    /// The protocols a client may switch to (lower case; empty: none).
+    upgrades: Box<[String]>,
 }
 
 /// How requests reach an upstream. Either way each worker thread has connections of its
@@ -113,6 +115,7 @@ impl Proxy {
                     .strip_prefix
                     .then(|| r.prefix.clone().unwrap_or_default())
                     .map(|p| p.trim_end_matches('/').to_owned()),
+                upgrades: r.upgrades.clone().into_boxed_slice(),
             });
             for p in r.patterns() {
                 // validated: the patterns do not collide
@@ -197,7 +200,14 @@ impl Inner {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        remove_hop_by_hop(&mut parts.headers);
+        // most requests have no hop-by-hop header: one look at each name, and no more
+        let mut switch = None;
+        if parts.headers.keys().any(is_hop_by_hop) {
+            if !route.upgrades.is_empty() {
+                switch = crate::tunnel::requested(&mut parts, &route.upgrades);
+            }
+            strip_hop_by_hop(&mut parts.headers);
+        }
         add_forwarded(&mut parts.headers, peer, host.as_ref());
         parts.version = match up.protocol {
             UpstreamProtocol::Http1 => Version::HTTP_11,
@@ -208,6 +218,10 @@ impl Inner {
             if !parts.headers.contains_key(header::HOST) {
                 parts.headers.insert(header::HOST, h.clone());
             }
+        }
+        if let Some(switch) = switch {
+            parts.version = Version::HTTP_11;
+            return self.tunnel(route, parts, body, &path, switch).await;
         }
         // A request refused by one address goes to another. The pool of an HTTP/1.1
         // upstream gives back a request it did not send, body and all; hyper-util's client
@@ -252,22 +266,97 @@ impl Inner {
             }
             None => failure,
         };
-        let name = Some(up.name());
-        match failure {
-            Failure::Connect(e) => {
-                tracing::warn!(upstream = up.name(), error = %e, "upstream unreachable");
-                error(StatusCode::BAD_GATEWAY, "upstream unreachable", name)
+        failed(up, failure)
+    }
+
+    /// [`forward`](Self::forward) for a request that asks to switch protocols: sent over a
+    /// new connection of its own (to the next address when one refuses it or does not
+    /// connect in time), and, when the upstream switches, the two connections joined.
+    async fn tunnel(
+        &self,
+        route: &Route,
+        mut parts: http::request::Parts,
+        body: Incoming,
+        path: &PathAndQuery,
+        switch: crate::tunnel::Requested,
+    ) -> Response<ProxyBody> {
+        let up = &route.upstream;
+        crate::tunnel::mark_upgrade(&mut parts.headers, switch.upgrade);
+        let (at, authority) = up.pick(None);
+        let first = request(parts, authority, path, up.host, Either::Left(body));
+        let answer = match self.open(route, authority, first).await {
+            Ok(resp) => {
+                up.succeeded(at);
+                Ok(resp)
             }
-            Failure::Broken(e) => {
-                tracing::warn!(upstream = up.name(), error = %e, "upstream connection failed");
-                error(StatusCode::BAD_GATEWAY, "upstream connection failed", name)
+            Err(Lost {
+                failure: Failure::Connect(_) | Failure::ConnectTimeout,
+                unsent: Some(req),
+            }) if up.has_alternatives() => {
+                up.failed(at);
+                let (again, authority) = up.pick(Some(at));
+                let (parts, body) = req.into_parts();
+                let req = request(parts, authority, path, up.host, body);
+                match self.open(route, authority, req).await {
+                    Ok(resp) => {
+                        up.succeeded(again);
+                        Ok(resp)
+                    }
+                    Err(lost) => {
+                        up.failed(again);
+                        Err(lost.failure)
+                    }
+                }
             }
-            Failure::ConnectTimeout => error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "upstream connect timed out",
-                name,
-            ),
-            Failure::Timeout => error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out", name),
+            Err(lost) => {
+                up.failed(at);
+                Err(lost.failure)
+            }
+        };
+        let mut resp = match answer {
+            Ok(resp) => resp,
+            Err(failure) => return failed(up, failure),
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // the upstream would not switch: its answer goes back as any other
+            return response(PooledBody::unpooled(resp));
+        }
+        let Some(theirs) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                "upstream upgrade failed",
+                Some(up.name()),
+            );
+        };
+        let upgrade = resp.headers().get(header::UPGRADE).cloned();
+        tokio::spawn(crate::tunnel::splice(
+            switch.client,
+            theirs,
+            up.tunnel_idle_timeout,
+        ));
+        let mut resp = response(PooledBody::unpooled(resp));
+        if let Some(u) = upgrade {
+            crate::tunnel::mark_upgrade(resp.headers_mut(), u);
+        }
+        resp
+    }
+
+    /// Sends a request that asks to switch protocols to `authority`, within the upstream's
+    /// timeout for the answer's head.
+    async fn open(
+        &self,
+        route: &Route,
+        authority: &Authority,
+        req: Request<UpstreamBody>,
+    ) -> Result<Response<Incoming>, Lost> {
+        let up = &route.upstream;
+        let client = self.propagate.layer(crate::tunnel::TunnelClient {
+            authority,
+            connect_timeout: up.connect_timeout,
+        });
+        match crate::timer::timeout(up.timeout, client.oneshot(req)).await {
+            Err(_) => Err(Failure::Timeout.into()),
+            Ok(r) => r,
         }
     }
 
@@ -310,6 +399,27 @@ impl Inner {
             Ok(Err(e)) => Failure::Broken(source_chain(&e)),
         };
         Err(failure.into())
+    }
+}
+
+/// The gateway's answer when `up` gave none.
+fn failed(up: &Upstream, failure: Failure) -> Response<ProxyBody> {
+    let name = Some(up.name());
+    match failure {
+        Failure::Connect(e) => {
+            tracing::warn!(upstream = up.name(), error = %e, "upstream unreachable");
+            error(StatusCode::BAD_GATEWAY, "upstream unreachable", name)
+        }
+        Failure::Broken(e) => {
+            tracing::warn!(upstream = up.name(), error = %e, "upstream connection failed");
+            error(StatusCode::BAD_GATEWAY, "upstream connection failed", name)
+        }
+        Failure::ConnectTimeout => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream connect timed out",
+            name,
+        ),
+        Failure::Timeout => error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out", name),
     }
 }
 
@@ -429,9 +539,13 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
 /// header names: never forwarded.
 fn remove_hop_by_hop(h: &mut HeaderMap) {
     // most messages have none: one look at each name instead of a removal of each kind
-    if !h.keys().any(is_hop_by_hop) {
-        return;
+    if h.keys().any(is_hop_by_hop) {
+        strip_hop_by_hop(h);
     }
+}
+
+/// [`remove_hop_by_hop`] for a map known to hold one.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
     if h.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = h
             .get_all(header::CONNECTION)

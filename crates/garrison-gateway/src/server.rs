@@ -471,7 +471,8 @@ impl Worker {
                     if !first_byte(&stream, wait).await {
                         return;
                     }
-                    let c = builder.serve_connection(TokioIo::new(stream), conn);
+                    // with upgrades: a request may switch protocols (see `tunnel`)
+                    let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), conn);
                     tokio::pin!(c);
                     tokio::select! {
                         _ = c.as_mut() => {}

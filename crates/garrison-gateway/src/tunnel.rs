@@ -1,0 +1,301 @@
+//! Protocol upgrades (WebSocket): a request that asks to switch protocols goes upstream over
+//! a connection of its own, and once the upstream answers `101 Switching Protocols` the
+//! client's connection and that one are joined into a tunnel that carries bytes both ways.
+//!
+//! The request and the `101` pass through the whole stack like any other exchange: they are
+//! traced, measured, rate limited and counted by the breaker. The bytes of the tunnel are
+//! not: they are the switched protocol's, no longer HTTP. A tunnel ends when either side
+//! closes it (a half-close is passed on), or when no byte has moved either way for the
+//! upstream's `tunnel_idle_timeout`.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::Authority;
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tower::Service;
+
+use crate::pool::{connect_tcp, unsent};
+use crate::proxy::{source_chain, Failure, Lost, UpstreamBody};
+
+/// What a request that may be tunnelled asks for: the `Upgrade` value to send on (the
+/// offered protocols that `allowed` names) and the client connection's half of the switch.
+pub(crate) struct Requested {
+    pub(crate) upgrade: HeaderValue,
+    pub(crate) client: OnUpgrade,
+}
+
+/// Whether the request of `parts` asks to switch to a protocol of `allowed` (lower case):
+/// HTTP/1.1, `Connection: upgrade`, an `Upgrade` that offers one, and a server connection
+/// that can hand itself over. Takes the connection's half of the switch out of the
+/// extensions when it does.
+pub(crate) fn requested(parts: &mut http::request::Parts, allowed: &[String]) -> Option<Requested> {
+    if parts.version != Version::HTTP_11 || !has_token(&parts.headers, "upgrade") {
+        return None;
+    }
+    let mut offered = BytesMut::new();
+    for v in parts.headers.get_all(header::UPGRADE) {
+        let Ok(v) = v.to_str() else { continue };
+        for p in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            // `websocket`, `h2c`, `foo/2`: the name is what comes before any version
+            let name = p.split('/').next().unwrap_or_default().trim();
+            if allowed.iter().any(|a| a.eq_ignore_ascii_case(name)) {
+                if !offered.is_empty() {
+                    offered.put_slice(b", ");
+                }
+                offered.put_slice(p.as_bytes());
+            }
+        }
+    }
+    if offered.is_empty() {
+        return None;
+    }
+    let upgrade = HeaderValue::from_maybe_shared(offered.freeze()).ok()?;
+    let client = parts.extensions.remove::<OnUpgrade>()?;
+    Some(Requested { upgrade, client })
+}
+
+/// Whether a `Connection` header of `h` names `token` (without case).
+fn has_token(h: &HeaderMap, token: &str) -> bool {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Marks `h` as the request or answer of a protocol switch to `upgrade`, after its
+/// hop-by-hop headers were removed.
+pub(crate) fn mark_upgrade(h: &mut HeaderMap, upgrade: HeaderValue) {
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, upgrade);
+}
+
+/// A request that asks to switch protocols, sent to one address over a new HTTP/1.1
+/// connection (never a pooled one: after a switch the connection is no longer HTTP), as a
+/// tower service for [`PropagateLayer`](garrison::garrison_trace::PropagateLayer).
+pub(crate) struct TunnelClient<'a> {
+    pub(crate) authority: &'a Authority,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl<'a> Service<Request<UpstreamBody>> for TunnelClient<'a> {
+    type Response = Response<Incoming>;
+    type Error = Lost;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Incoming>, Lost>> + Send + 'a>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Lost>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<UpstreamBody>) -> Self::Future {
+        if let Some(pq) = req.uri().path_and_query().cloned() {
+            *req.uri_mut() = Uri::from(pq);
+        }
+        let (authority, timeout) = (self.authority, self.connect_timeout);
+        Box::pin(async move {
+            let stream = match connect_tcp(authority, timeout).await {
+                Ok(s) => s,
+                Err(failure) => return Err(unsent(failure, req)),
+            };
+            let (mut tx, conn) = match http1::Builder::new().handshake(TokioIo::new(stream)).await {
+                Ok(pair) => pair,
+                Err(e) => return Err(unsent(Failure::Connect(source_chain(&e)), req)),
+            };
+            // the connection hands itself over to the answer's upgrade once a `101` came,
+            // and otherwise serves this one exchange and closes when `tx` is dropped
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+            tx.send_request(req)
+                .await
+                .map_err(|e| Failure::Broken(source_chain(&e)).into())
+        })
+    }
+}
+
+/// Joins the client's connection and the upstream's once both have switched, and carries
+/// bytes between them until either side closes, or until none has moved for `idle` (the
+/// tunnel is closed after between 1× and 2× `idle` without a byte).
+pub(crate) async fn splice(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
+    let (client, upstream) = tokio::join!(client, upstream);
+    let (client, upstream) = match (client, upstream) {
+        (Ok(c), Ok(u)) => (c, u),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "a protocol switch did not complete");
+            return;
+        }
+    };
+    let moved = Arc::new(AtomicU64::new(0));
+    let mut client = Counted::new(TokioIo::new(client), &moved);
+    let mut upstream = Counted::new(TokioIo::new(upstream), &moved);
+    tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "a tunnel ended with an error");
+            }
+        }
+        () = idle_out(&moved, idle) => {
+            tracing::debug!(idle_for = ?idle, "a tunnel was closed after moving nothing");
+        }
+    }
+}
+
+/// Returns once a check, every `idle`, finds that no byte moved since the previous one.
+async fn idle_out(moved: &AtomicU64, idle: Duration) {
+    let mut seen = moved.load(Ordering::Relaxed);
+    loop {
+        tokio::time::sleep(idle).await;
+        let now = moved.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+    }
+}
+
+/// One side of a tunnel, counting the bytes read from it into a counter both sides share.
+struct Counted<T> {
+    io: T,
+    moved: Arc<AtomicU64>,
+}
+
+impl<T> Counted<T> {
+    fn new(io: T, moved: &Arc<AtomicU64>) -> Self {
+        Self {
+            io,
+            moved: moved.clone(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.moved.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)], version: Version) -> http::request::Parts {
+        let mut b = Request::get("/chat").version(version);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let (mut parts, ()) = b.body(()).unwrap().into_parts();
+        // stands for the one hyper's server connection puts in a request that may switch
+        // (hyper makes a live one no other way); only its presence matters here
+        parts
+            .extensions
+            .insert(hyper::upgrade::on(Request::new(())));
+        parts
+    }
+
+    fn allowed() -> Vec<String> {
+        vec!["websocket".to_owned()]
+    }
+
+    #[test]
+    fn a_websocket_handshake_is_requested_whatever_the_case_and_list() {
+        let mut p = parts(
+            &[
+                ("connection", "keep-alive, Upgrade"),
+                ("upgrade", "WebSocket"),
+            ],
+            Version::HTTP_11,
+        );
+        let r = requested(&mut p, &allowed()).expect("a switch to websocket");
+        assert_eq!(r.upgrade, "WebSocket");
+        assert!(p.extensions.get::<OnUpgrade>().is_none(), "taken out");
+    }
+
+    #[test]
+    fn only_the_allowed_protocols_of_an_offer_go_on() {
+        let mut p = parts(
+            &[
+                ("connection", "upgrade"),
+                ("upgrade", "h2c, websocket/13, foo"),
+            ],
+            Version::HTTP_11,
+        );
+        assert_eq!(
+            requested(&mut p, &allowed()).unwrap().upgrade,
+            "websocket/13"
+        );
+    }
+
+    #[test]
+    fn no_switch_without_connection_upgrade_http_1_1_or_an_allowed_protocol() {
+        let cases: [(&[(&str, &str)], Version); 5] = [
+            (&[("upgrade", "websocket")], Version::HTTP_11),
+            (
+                &[("connection", "close"), ("upgrade", "websocket")],
+                Version::HTTP_11,
+            ),
+            (
+                &[("connection", "upgrade"), ("upgrade", "h2c")],
+                Version::HTTP_11,
+            ),
+            (&[("connection", "upgrade")], Version::HTTP_11),
+            (
+                &[("connection", "upgrade"), ("upgrade", "websocket")],
+                Version::HTTP_10,
+            ),
+        ];
+        for (headers, version) in cases {
+            let mut p = parts(headers, version);
+            assert!(
+                requested(&mut p, &allowed()).is_none(),
+                "{headers:?} {version:?}"
+            );
+            assert!(p.extensions.get::<OnUpgrade>().is_some(), "left in place");
+        }
+        let mut p = parts(
+            &[("connection", "upgrade"), ("upgrade", "websocket")],
+            Version::HTTP_11,
+        );
+        assert!(requested(&mut p, &[]).is_none(), "upgrades = []");
+    }
+}
