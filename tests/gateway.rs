@@ -514,6 +514,99 @@ async fn a_shutdown_closes_the_open_tunnels_once_requests_in_flight_are_done() {
     assert!(rest.is_empty(), "{rest:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn request_bodies_over_their_routes_limit_get_413_and_spare_the_upstream() {
+    // counts the requests that reach it, and the bodies it read whole
+    let reached = Arc::new(AtomicU64::new(0));
+    let whole = Arc::new(AtomicU64::new(0));
+    let (r, w) = (reached.clone(), whole.clone());
+    let (up, _u) = upstream(move |req: Request<Incoming>| {
+        let (r, w) = (r.clone(), w.clone());
+        async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            match req.into_body().collect().await {
+                Ok(b) => {
+                    w.fetch_add(1, Ordering::SeqCst);
+                    Response::new(full(b.to_bytes().len().to_string()))
+                }
+                Err(_) => Response::new(full("cut")),
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway]
+        max_body_bytes = 1024
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        eject_after = 1
+        [gateway.routes.big]
+        prefix = "/big"
+        upstream = "app"
+        max_body_bytes = 0
+        [gateway.routes.rest]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let send = |path: &str, n: usize| {
+        let req = Request::post(format!("http://{}{path}", gw.addr))
+            .body(Full::new(Bytes::from(vec![b'x'; n])))
+            .unwrap();
+        let c = client.clone();
+        async move {
+            let resp = c.request(req).await.unwrap();
+            let status = resp.status();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8(body.to_vec()).unwrap())
+        }
+    };
+    // at the limit: forwarded
+    assert_eq!(send("/small", 1024).await, (StatusCode::OK, "1024".into()));
+    // its Content-Length says more: 413 at once, and the upstream is not asked
+    let before = reached.load(Ordering::SeqCst);
+    let (status, body) = send("/small", 1025).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["error"], "the request body is larger than 1024 bytes");
+    assert_eq!(e["status"], 413);
+    assert_eq!(reached.load(Ordering::SeqCst), before);
+    // streamed without a length, it is cut off on the way: 413, and the upstream never
+    // gets the whole of it
+    let whole_before = whole.load(Ordering::SeqCst);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(8);
+    tokio::spawn(async move {
+        for _ in 0..8 {
+            let _ = tx.send(Ok(Frame::data(Bytes::from(vec![b'y'; 512])))).await;
+        }
+    });
+    let resp = Client::builder(TokioExecutor::new())
+        .build_http()
+        .request(
+            Request::post(format!("http://{}/small", gw.addr))
+                .body(StreamBody::new(tokio_stream(rx)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(whole.load(Ordering::SeqCst), whole_before);
+    // the client's oversized bodies are not the upstream's fault: its address stays in
+    // (one failure would eject it), and a route without a limit takes a large body
+    assert_eq!(
+        send("/big", 256 * 1024).await,
+        (StatusCode::OK, (256 * 1024).to_string())
+    );
+    let auth = bearer();
+    let ups = json(&get(gw.admin, "/admin/upstreams", &[("authorization", &auth)]).await);
+    let address = &ups["upstreams"]["app"]["addresses"][0];
+    assert_eq!(address["ejections"], 0, "{ups}");
+    assert_eq!(address["failures_in_a_row"], 0, "{ups}");
+}
+
 /// An upstream that counts the connections it accepted and those that closed; its answers
 /// carry `Connection: close` while `close` is set.
 struct Counted {

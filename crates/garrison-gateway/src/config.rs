@@ -77,6 +77,11 @@ pub struct GatewaySection {
     pub max_header_bytes: usize,
     /// `max_headers`: more header fields than this get `431`. Default: `100`.
     pub max_headers: usize,
+    /// `max_body_bytes`: the largest request body the proxy forwards, for routes that set
+    /// none of their own. A request whose `Content-Length` says more gets `413` before any
+    /// upstream is asked; a streamed body that grows past it is cut off, and the request
+    /// gets `413` unless the upstream has answered already. `0`: no limit. Default: `0`.
+    pub max_body_bytes: u64,
     /// `max_connections`: connections at once; further ones wait in the kernel's backlog.
     /// Default: `10000`.
     pub max_connections: usize,
@@ -105,6 +110,7 @@ impl Default for GatewaySection {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             max_headers: 100,
+            max_body_bytes: 0,
             max_connections: 10_000,
             shutdown_grace: Duration::from_secs(30),
             workers: 0,
@@ -219,6 +225,9 @@ pub struct RouteConfig {
     /// `tunnel_idle_timeout`. Any other `Upgrade` is removed, as a hop-by-hop header.
     /// `[]`: none. Default: `["websocket"]`.
     pub upgrades: Vec<String>,
+    /// `max_body_bytes`: this route's limit on request bodies (see
+    /// [`GatewaySection::max_body_bytes`]; `0`: no limit). Default: unset (the gateway's).
+    pub max_body_bytes: Option<u64>,
 }
 
 impl Default for RouteConfig {
@@ -232,6 +241,7 @@ impl Default for RouteConfig {
             breaker: None,
             priority: None,
             upgrades: vec!["websocket".to_owned()],
+            max_body_bytes: None,
         }
     }
 }
@@ -348,6 +358,9 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
     s.set_duration("header_read_timeout", &mut g.header_read_timeout);
     s.usize("max_header_bytes", 8192, &mut g.max_header_bytes);
     s.usize("max_headers", 1, &mut g.max_headers);
+    if let Some(n) = s.integer("max_body_bytes", 0, i64::MAX) {
+        g.max_body_bytes = n as u64;
+    }
     s.usize("max_connections", 1, &mut g.max_connections);
     s.set_duration("shutdown_grace", &mut g.shutdown_grace);
     s.usize("workers", 0, &mut g.workers);
@@ -440,6 +453,9 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
             }
             c.priority = Some(priority);
         }
+        if let Some(n) = r.integer("max_body_bytes", 0, i64::MAX) {
+            c.max_body_bytes = Some(n as u64);
+        }
         r.strings("upgrades", &mut c.upgrades);
         for (i, p) in c.upgrades.iter_mut().enumerate() {
             if p.is_empty() || !p.bytes().all(is_token_byte) {
@@ -522,7 +538,7 @@ mod tests {
     }
 
     #[test]
-    fn the_embedded_file_states_the_upgrade_defaults_of_the_code() {
+    fn the_embedded_file_states_the_upgrade_and_body_defaults_of_the_code() {
         let c = GatewayConfig::default();
         let up = &c.gateway.upstreams["demo"];
         let code = UpstreamConfig::new([DEMO_ADDRESS]);
@@ -534,6 +550,12 @@ mod tests {
         let route = &c.gateway.routes["everything"];
         assert_eq!(route.upgrades, RouteConfig::default().upgrades);
         assert_eq!(route.upgrades, ["websocket"]);
+        assert_eq!(route.max_body_bytes, None, "the gateway's limit");
+        assert_eq!(
+            c.gateway.max_body_bytes,
+            GatewaySection::default().max_body_bytes
+        );
+        assert_eq!(c.gateway.routes["upload"].max_body_bytes, Some(10 << 20));
         // unset, the same; and names are compared in lower case
         let c = GatewayConfig::from_toml(
             "[gateway.upstreams.a]\naddresses = [\"127.0.0.1:1\"]\n\
@@ -552,6 +574,7 @@ mod tests {
             [gateway]
             listen = "nowhere"
             speed = 11
+            max_body_bytes = -1
             [gateway.upstreams.a]
             addresses = ["no port", "127.0.0.1:1"]
             protocol = "h3"
@@ -574,6 +597,7 @@ mod tests {
         for want in [
             "gateway.listen",
             "gateway.speed",
+            "gateway.max_body_bytes",
             "gateway.upstreams.a.addresses[0]",
             "gateway.upstreams.a.protocol",
             "gateway.routes.r.prefix",

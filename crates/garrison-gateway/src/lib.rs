@@ -41,7 +41,9 @@
 //!    `/metrics`, rate limit, breaker — configured by the same sections as
 //!    `garrison-config.example.toml`, with each route's `ratelimit` policy and `breaker`
 //!    profile applied to its patterns;
-//! 3. the [`Proxy`]: the most specific route's upstream, addresses in turn with passive
+//! 3. the [`Proxy`]: a request body over its route's `max_body_bytes` is `413` (at once
+//!    when its `Content-Length` says so, else once it grows past the limit on its way); the
+//!    most specific route's upstream, addresses in turn with passive
 //!    ejection, hop-by-hop headers removed, `Forwarded` and `X-Forwarded-*` added,
 //!    `traceparent` carried on with a client span, bodies streamed both ways; a refused
 //!    connection is `502`, a connect or response timeout `504`, each with a JSON body.

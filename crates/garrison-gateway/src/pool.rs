@@ -30,7 +30,7 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use crate::proxy::{source_chain, Failure, Lost, UpstreamBody};
+use crate::proxy::{broken, source_chain, Failure, Lost, UpstreamBody};
 
 /// The idle connections of one upstream: `workers` × `addresses` LIFO lists.
 #[derive(Debug)]
@@ -249,7 +249,7 @@ impl Http1Pool {
                         req = copy;
                         replayed = true;
                     }
-                    (None, _) => return Err(Failure::Broken(source_chain(e.error())).into()),
+                    (None, _) => return Err(broken(e.error()).into()),
                 },
             }
         }

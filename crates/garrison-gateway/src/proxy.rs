@@ -16,7 +16,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use http_body_util::{Either, Empty};
+use http_body_util::{Either, Empty, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -27,9 +27,9 @@ use crate::config::{GatewayConfig, HostMode, UpstreamProtocol};
 use crate::pool::{Http1Pool, PooledBody, SendFuture};
 use crate::upstream::Upstream;
 
-/// What the gateway sends upstream: the client's body, streamed, or nothing (a retry of a
-/// request without one).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// What the gateway sends upstream: the client's body, streamed and held to its route's
+/// `max_body_bytes`, or nothing (a retry of a request without one).
+pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
 
 /// The proxy's response body: the upstream's, streamed, or the gateway's own error.
 pub type ProxyBody = LayerBody<PooledBody>;
@@ -56,6 +56,8 @@ struct Route {
     strip: Option<String>,
     /// The protocols a client may switch to (lower case; empty: none).
     upgrades: Box<[String]>,
+    /// The largest request body forwarded (`usize::MAX`: no limit).
+    max_body: usize,
 }
 
 /// How requests reach an upstream. Either way each worker thread has connections of its
@@ -116,6 +118,10 @@ impl Proxy {
                     .then(|| r.prefix.clone().unwrap_or_default())
                     .map(|p| p.trim_end_matches('/').to_owned()),
                 upgrades: r.upgrades.clone().into_boxed_slice(),
+                max_body: match r.max_body_bytes.unwrap_or(config.gateway.max_body_bytes) {
+                    0 => usize::MAX,
+                    n => usize::try_from(n).unwrap_or(usize::MAX),
+                },
             });
             for p in r.patterns() {
                 // validated: the patterns do not collide
@@ -157,6 +163,8 @@ pub(crate) enum Failure {
     Timeout,
     /// The connection broke after the request went out.
     Broken(String),
+    /// The request's body grew past its route's limit on its way.
+    TooLarge,
 }
 
 /// A [`Failure`], with the request given back when none of it went out.
@@ -194,6 +202,10 @@ impl Inner {
                 None,
             );
         };
+        if route.max_body != usize::MAX && declared_over(&parts.headers, route.max_body) {
+            return too_large(route.max_body);
+        }
+        let body = Limited::new(body, route.max_body);
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri
@@ -221,7 +233,8 @@ impl Inner {
         }
         if let Some(switch) = switch {
             parts.version = Version::HTTP_11;
-            return self.tunnel(route, parts, body, &path, switch).await;
+            // boxed: a rare path, and its state would make every request's future larger
+            return Box::pin(self.tunnel(route, parts, body, &path, switch)).await;
         }
         // A request refused by one address goes to another. The pool of an HTTP/1.1
         // upstream gives back a request it did not send, body and all; hyper-util's client
@@ -239,7 +252,7 @@ impl Inner {
                 return response(resp);
             }
             Err(lost) => {
-                up.failed(at);
+                charge(up, at, &lost.failure);
                 lost
             }
         };
@@ -259,14 +272,14 @@ impl Inner {
                         return response(resp);
                     }
                     Err(lost) => {
-                        up.failed(again);
+                        charge(up, again, &lost.failure);
                         lost.failure
                     }
                 }
             }
             None => failure,
         };
-        failed(up, failure)
+        failed(route, failure)
     }
 
     /// [`forward`](Self::forward) for a request that asks to switch protocols: sent over a
@@ -276,7 +289,7 @@ impl Inner {
         &self,
         route: &Route,
         mut parts: http::request::Parts,
-        body: Incoming,
+        body: Limited<Incoming>,
         path: &PathAndQuery,
         switch: crate::tunnel::Requested,
     ) -> Response<ProxyBody> {
@@ -303,19 +316,19 @@ impl Inner {
                         Ok(resp)
                     }
                     Err(lost) => {
-                        up.failed(again);
+                        charge(up, again, &lost.failure);
                         Err(lost.failure)
                     }
                 }
             }
             Err(lost) => {
-                up.failed(at);
+                charge(up, at, &lost.failure);
                 Err(lost.failure)
             }
         };
         let mut resp = match answer {
             Ok(resp) => resp,
-            Err(failure) => return failed(up, failure),
+            Err(failure) => return failed(route, failure),
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // the upstream would not switch: its answer goes back as any other
@@ -396,20 +409,30 @@ impl Inner {
                     Failure::Connect(source_chain(&e))
                 }
             }
-            Ok(Err(e)) => Failure::Broken(source_chain(&e)),
+            Ok(Err(e)) => broken(&e),
         };
         Err(failure.into())
     }
 }
 
-/// The gateway's answer when `up` gave none.
-fn failed(up: &Upstream, failure: Failure) -> Response<ProxyBody> {
+/// Counts `failure` against address `at` of `up`, unless the request is to blame (a body
+/// over its limit).
+fn charge(up: &Upstream, at: usize, failure: &Failure) {
+    if !matches!(failure, Failure::TooLarge) {
+        up.failed(at);
+    }
+}
+
+/// The gateway's answer when the upstream of `route` gave none.
+fn failed(route: &Route, failure: Failure) -> Response<ProxyBody> {
+    let up = &route.upstream;
     let name = Some(up.name());
     match failure {
         Failure::Connect(e) => {
             tracing::warn!(upstream = up.name(), error = %e, "upstream unreachable");
             error(StatusCode::BAD_GATEWAY, "upstream unreachable", name)
         }
+        Failure::TooLarge => too_large(route.max_body),
         Failure::Broken(e) => {
             tracing::warn!(upstream = up.name(), error = %e, "upstream connection failed");
             error(StatusCode::BAD_GATEWAY, "upstream connection failed", name)
@@ -791,6 +814,37 @@ pub(crate) fn error(
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// Whether `h`'s `Content-Length` says more than `limit` bytes.
+fn declared_over(h: &HeaderMap, limit: usize) -> bool {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > limit as u64)
+}
+
+/// `413` for a request body over `limit` bytes.
+fn too_large(limit: usize) -> Response<ProxyBody> {
+    tracing::debug!(limit, "a request body over its route's limit");
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        &format!("the request body is larger than {limit} bytes"),
+        None,
+    )
+}
+
+/// The failure of a request whose connection broke after it went out: its own body's
+/// limit, when that is what ended it.
+pub(crate) fn broken(e: &(dyn std::error::Error + 'static)) -> Failure {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<LengthLimitError>() {
+            return Failure::TooLarge;
+        }
+        cur = err.source();
+    }
+    Failure::Broken(source_chain(e))
 }
 
 pub(crate) fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::Service;
 
 use crate::pool::{connect_tcp, unsent};
-use crate::proxy::{source_chain, Failure, Lost, UpstreamBody};
+use crate::proxy::{broken, source_chain, Failure, Lost, UpstreamBody};
 
 /// What a request that may be tunnelled asks for: the `Upgrade` value to send on (the
 /// offered protocols that `allowed` names) and the client connection's half of the switch.
@@ -119,9 +119,7 @@ impl<'a> Service<Request<UpstreamBody>> for TunnelClient<'a> {
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
             });
-            tx.send_request(req)
-                .await
-                .map_err(|e| Failure::Broken(source_chain(&e)).into())
+            tx.send_request(req).await.map_err(|e| broken(&e).into())
         })
     }
 }
