@@ -482,12 +482,49 @@ async fn a_tunnel_that_moves_nothing_is_closed_after_its_idle_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_shutdown_closes_the_open_tunnels_once_requests_in_flight_are_done() {
+async fn a_tunnel_keeps_its_place_among_max_connections() {
     let (up, _seen) = websocket_upstream().await;
     let gw = gateway(&format!(
         r#"
         [gateway]
-        shutdown_grace = "10s"
+        max_connections = 1
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        [gateway.routes.rest]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+    let (mut c, head) = handshake(gw.addr, "/chat", "websocket").await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert_eq!(read_exactly(&mut c, 19).await, "hello from upstream");
+    // the one place is the tunnel's: another connection waits in the backlog
+    let gw_addr = gw.addr;
+    let mut waiting = tokio::spawn(async move { get(gw_addr, "/plain", &[]).await });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "served while the tunnel held the only place"
+    );
+    // the tunnel ends: its place goes to the waiting connection
+    c.shutdown().await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("served once the tunnel closed")
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "plain"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shutdown_closes_the_open_tunnels_at_once() {
+    let (up, _seen) = websocket_upstream().await;
+    // a grace longer than the test waits: the shutdown must not wait for the tunnel
+    let gw = gateway(&format!(
+        r#"
+        [gateway]
+        shutdown_grace = "120s"
         [gateway.upstreams.app]
         addresses = ["{up}"]
         [gateway.routes.rest]

@@ -67,9 +67,9 @@
 //! Switching Protocols` the client's connection and that one are joined into a tunnel until
 //! either side closes it, or until it moves no byte for the upstream's
 //! `tunnel_idle_timeout`. The request and its `101` pass through the whole stack (traced,
-//! measured, rate limited, counted by the breaker); the tunnel's bytes do not. A tunnel no
-//! longer counts against `max_connections`, and a shutdown closes the tunnels still open once
-//! the requests in flight are done. Any other `Upgrade` is removed, as a hop-by-hop header;
+//! measured, rate limited, counted by the breaker); the tunnel's bytes do not. A tunnel keeps
+//! its client connection's place among `max_connections`, and a shutdown closes the open
+//! tunnels at once. Any other `Upgrade` is removed, as a hop-by-hop header;
 //! HTTP/2's extended `CONNECT` (RFC 8441) is not proxied.
 
 #![deny(missing_docs)]

@@ -346,6 +346,7 @@ impl Inner {
             switch.client,
             theirs,
             up.tunnel_idle_timeout,
+            switch.slot,
         ));
         let mut resp = response(PooledBody::unpooled(resp));
         if let Some(u) = upgrade {

@@ -23,6 +23,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::config::{GatewayConfig, GatewaySection, DEMO_ADDRESS};
 use crate::proxy::Proxy;
+use crate::tunnel::ConnectionSlot;
 use crate::upstream::Upstream;
 
 /// The proxy behind the whole garrison stack.
@@ -463,7 +464,10 @@ impl Worker {
                 let limits = &gen.config.gateway;
                 let builder = connection_builder(limits);
                 let wait = limits.header_read_timeout;
-                let conn = Conn::new(shared.clone(), gen.clone(), peer);
+                // shared with the tunnel a request of the connection may become
+                let slot = Arc::new(slot);
+                let tunnel = ConnectionSlot::new(slot.clone(), stop.clone());
+                let conn = Conn::new(shared.clone(), gen.clone(), peer, tunnel);
                 let mut stop = stop.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
@@ -497,15 +501,23 @@ impl Worker {
 struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
+    /// Handed to a request that may switch protocols (see `tunnel`).
+    slot: ConnectionSlot,
     /// Only this connection's task calls it: no lock.
     cached: std::cell::RefCell<(u64, GatewayService)>,
 }
 
 impl Conn {
-    fn new(shared: Arc<Shared>, gen: Arc<Generation>, peer: SocketAddr) -> Self {
+    fn new(
+        shared: Arc<Shared>,
+        gen: Arc<Generation>,
+        peer: SocketAddr,
+        slot: ConnectionSlot,
+    ) -> Self {
         Self {
             shared,
             peer,
+            slot,
             cached: std::cell::RefCell::new((gen.number, gen.service.clone())),
         }
     }
@@ -522,7 +534,16 @@ impl hyper::service::Service<Request<Incoming>> for Conn {
     >;
 
     fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        // hyper hands a request that may switch protocols its half of the switch, and
+        // leaves the extensions of any other one empty: this look costs next to nothing
+        let may_switch = req
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .is_some();
         req.extensions_mut().insert(PeerAddr(self.peer));
+        if may_switch {
+            req.extensions_mut().insert(self.slot.clone());
+        }
         let mut cached = self.cached.borrow_mut();
         let now = self.shared.factory.number.load(Ordering::Acquire);
         if cached.0 != now {

@@ -5,8 +5,9 @@
 //! The request and the `101` pass through the whole stack like any other exchange: they are
 //! traced, measured, rate limited and counted by the breaker. The bytes of the tunnel are
 //! not: they are the switched protocol's, no longer HTTP. A tunnel ends when either side
-//! closes it (a half-close is passed on), or when no byte has moved either way for the
-//! upstream's `tunnel_idle_timeout`.
+//! closes it (a half-close is passed on), when no byte has moved either way for the
+//! upstream's `tunnel_idle_timeout`, or when the gateway shuts down; until then it holds its
+//! client connection's place among `max_connections`.
 
 use std::future::Future;
 use std::io;
@@ -31,10 +32,31 @@ use crate::pool::{connect_tcp, unsent};
 use crate::proxy::{broken, source_chain, Failure, Lost, UpstreamBody};
 
 /// What a request that may be tunnelled asks for: the `Upgrade` value to send on (the
-/// offered protocols that `allowed` names) and the client connection's half of the switch.
+/// offered protocols that `allowed` names), the client connection's half of the switch, and
+/// the connection's slot.
 pub(crate) struct Requested {
     pub(crate) upgrade: HeaderValue,
     pub(crate) client: OnUpgrade,
+    pub(crate) slot: Option<ConnectionSlot>,
+}
+
+/// The client connection's place among `max_connections`, and the gateway's shutdown signal:
+/// put in the extensions of a request that may switch protocols by the connection that
+/// serves it, so that a tunnel goes on holding the place after the HTTP connection has
+/// handed itself over, and ends when the gateway shuts down.
+#[derive(Clone)]
+pub(crate) struct ConnectionSlot {
+    _held: Arc<tokio::sync::OwnedSemaphorePermit>,
+    stop: tokio::sync::watch::Receiver<bool>,
+}
+
+impl ConnectionSlot {
+    pub(crate) fn new(
+        held: Arc<tokio::sync::OwnedSemaphorePermit>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Self { _held: held, stop }
+    }
 }
 
 /// Whether the request of `parts` asks to switch to a protocol of `allowed` (lower case):
@@ -64,7 +86,12 @@ pub(crate) fn requested(parts: &mut http::request::Parts, allowed: &[String]) ->
     }
     let upgrade = HeaderValue::from_maybe_shared(offered.freeze()).ok()?;
     let client = parts.extensions.remove::<OnUpgrade>()?;
-    Some(Requested { upgrade, client })
+    let slot = parts.extensions.remove::<ConnectionSlot>();
+    Some(Requested {
+        upgrade,
+        client,
+        slot,
+    })
 }
 
 /// Whether a `Connection` header of `h` names `token` (without case).
@@ -125,9 +152,22 @@ impl<'a> Service<Request<UpstreamBody>> for TunnelClient<'a> {
 }
 
 /// Joins the client's connection and the upstream's once both have switched, and carries
-/// bytes between them until either side closes, or until none has moved for `idle` (the
-/// tunnel is closed after between 1× and 2× `idle` without a byte).
-pub(crate) async fn splice(client: OnUpgrade, upstream: OnUpgrade, idle: Duration) {
+/// bytes between them until either side closes, until none has moved for `idle` (the
+/// tunnel is closed after between 1× and 2× `idle` without a byte), or until the gateway
+/// shuts down. The client connection's `slot` is held until then.
+pub(crate) async fn splice(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    slot: Option<ConnectionSlot>,
+) {
+    let mut stop = slot.as_ref().map(|s| s.stop.clone());
+    let shutdown = async {
+        match &mut stop {
+            Some(s) => drop(s.wait_for(|stop| *stop).await),
+            None => std::future::pending().await,
+        }
+    };
     let (client, upstream) = tokio::join!(client, upstream);
     let (client, upstream) = match (client, upstream) {
         (Ok(c), Ok(u)) => (c, u),
@@ -148,7 +188,9 @@ pub(crate) async fn splice(client: OnUpgrade, upstream: OnUpgrade, idle: Duratio
         () = idle_out(&moved, idle) => {
             tracing::debug!(idle_for = ?idle, "a tunnel was closed after moving nothing");
         }
+        () = shutdown => tracing::debug!("a tunnel was closed by the shutdown"),
     }
+    drop(slot);
 }
 
 /// Returns once a check, every `idle`, finds that no byte moved since the previous one.
