@@ -261,12 +261,12 @@ where
 /// Opens `req`'s trace: its ids, sampling, span and request id.
 #[inline]
 fn start<B>(sh: &Shared, req: &mut Request<B>) -> TracedRequest {
-    let incoming = Incoming::extract(req.headers());
+    let (incoming, given_id) = Incoming::extract_with(req.headers(), Some(sh.request_id));
     let trace_id = incoming.parent.map_or_else(ids::trace_id, |p| p.trace_id);
     let span_id = ids::span_id();
     let sampler = &sh.tracer.inner.sampler;
     let start = sampler.start(trace_id, incoming.parent.as_ref());
-    let request_id = match req.headers().get(sh.request_id) {
+    let request_id = match given_id {
         Some(v) if valid_request_id(v) => RequestId::given(v.clone()),
         _ => RequestId::made(ids::request_id()),
     };

@@ -212,9 +212,86 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderVal
     all.next().is_none().then_some(first)
 }
 
+/// Maps of at most this many names are read in one pass over their headers; larger ones
+/// by a lookup of each name.
+const SCAN_AT_MOST: usize = 24;
+
+/// The values a request has of one header name: none, one, or more than one.
+#[derive(Clone, Copy)]
+enum Seen<'a> {
+    None,
+    One(&'a HeaderValue),
+    Many,
+}
+
+impl<'a> Seen<'a> {
+    fn add(&mut self, v: &'a HeaderValue) {
+        *self = match self {
+            Seen::None => Seen::One(v),
+            _ => Seen::Many,
+        };
+    }
+
+    fn single(self) -> Option<&'a HeaderValue> {
+        match self {
+            Seen::One(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
 impl Incoming {
     /// Reads the three headers.
     pub fn extract(headers: &HeaderMap) -> Self {
+        Self::extract_with(headers, None).0
+    }
+
+    /// [`extract`](Self::extract), and the first value of `also` (the request id).
+    ///
+    /// A request has few headers: one pass over them, comparing lengths first, costs less
+    /// than hashing four names to look each up (each name of its own is hashed byte by
+    /// byte). A map of many names is looked up instead.
+    pub(crate) fn extract_with<'a>(
+        headers: &'a HeaderMap,
+        also: Option<&HeaderName>,
+    ) -> (Self, Option<&'a HeaderValue>) {
+        if headers.keys_len() > SCAN_AT_MOST {
+            let also = also.and_then(|n| headers.get(n));
+            return (Self::looked_up(headers), also);
+        }
+        let (mut tp, mut ts, mut bg) = (Seen::None, Seen::None, Seen::None);
+        let mut first_also = None;
+        let also_len = also.map_or(0, |n| n.as_str().len());
+        for (name, value) in headers {
+            let n = name.as_str();
+            match n.len() {
+                11 if n == "traceparent" => tp.add(value),
+                10 if n == "tracestate" => ts.add(value),
+                7 if n == "baggage" => bg.add(value),
+                _ => {}
+            }
+            if let Some(a) = also {
+                if n.len() == also_len && first_also.is_none() && name == a {
+                    first_also = Some(value);
+                }
+            }
+        }
+        let parent = tp.single().and_then(|v| parse_traceparent(v.as_bytes()));
+        let tracestate = parent
+            .and(ts.single())
+            .filter(|v| valid_tracestate(v.as_bytes()))
+            .cloned();
+        let baggage = bg.single().filter(|v| valid_baggage(v.as_bytes())).cloned();
+        let incoming = Self {
+            parent,
+            tracestate,
+            baggage,
+        };
+        (incoming, first_also)
+    }
+
+    /// [`extract`](Self::extract) by a lookup of each name.
+    fn looked_up(headers: &HeaderMap) -> Self {
         let Some(tp) = single(headers, &TRACEPARENT) else {
             return Self {
                 parent: None,
@@ -246,6 +323,64 @@ mod tests {
     use super::*;
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn one_pass_and_lookups_read_the_same_headers() {
+        let tp = ("traceparent", TP);
+        let bad_tp = ("traceparent", "00-zz");
+        let ts = ("tracestate", "congo=t61rcWkgMzE");
+        let bad_ts = ("tracestate", "=x");
+        let bg = ("baggage", "userId=alice");
+        let rid = ("x-correlation-id", "req-7");
+        let rid2 = ("x-correlation-id", "req-8");
+        let others = [("host", "a.example"), ("accept", "*/*"), ("x-trace", "1")];
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![],
+            vec![tp],
+            vec![tp, tp],
+            vec![bad_tp, ts],
+            vec![tp, ts, bg, rid],
+            vec![tp, bad_ts, bg, bg],
+            vec![ts, bg],
+            vec![rid, rid2, tp, ts, ts],
+        ];
+        let id = HeaderName::from_static("x-correlation-id");
+        for case in cases {
+            // with few other headers (read in one pass), and with many (looked up)
+            for extra in [0, SCAN_AT_MOST + 1] {
+                let mut h = HeaderMap::new();
+                for (k, v) in others.iter().chain(&case) {
+                    h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+                }
+                for i in 0..extra {
+                    h.insert(
+                        HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
+                        HeaderValue::from_static("f"),
+                    );
+                }
+                let (got, given) = Incoming::extract_with(&h, Some(&id));
+                assert_eq!(got, Incoming::looked_up(&h), "{case:?} + {extra}");
+                assert_eq!(given, h.get(&id), "{case:?} + {extra}");
+                assert_eq!(Incoming::extract(&h), got);
+            }
+        }
+        // and what they read is what the spec says
+        let mut h = HeaderMap::new();
+        for (k, v) in [tp, ts, bg] {
+            h.append(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        let got = Incoming::extract(&h);
+        assert_eq!(got.parent, parse_traceparent(TP.as_bytes()));
+        assert_eq!(got.tracestate.unwrap(), ts.1);
+        assert_eq!(got.baggage.unwrap(), bg.1);
+        h.append(TRACEPARENT, HeaderValue::from_static(TP));
+        let got = Incoming::extract(&h);
+        assert_eq!(
+            (got.parent, got.tracestate),
+            (None, None),
+            "two traceparents"
+        );
+    }
 
     #[test]
     fn traceparent_round_trips() {
