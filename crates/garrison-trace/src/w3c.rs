@@ -216,6 +216,17 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderVal
 /// by a lookup of each name.
 const SCAN_AT_MOST: usize = 24;
 
+/// Whether `h` may hold a header named `name`: `false` only when it surely does not, told
+/// by a pass over a small map's names (lengths first) rather than a hash of `name`.
+pub(crate) fn may_hold(h: &HeaderMap, name: &HeaderName) -> bool {
+    if h.keys_len() > SCAN_AT_MOST {
+        return true;
+    }
+    let n = name.as_str();
+    h.keys()
+        .any(|k| k.as_str().len() == n.len() && k.as_str() == n)
+}
+
 /// The values a request has of one header name: none, one, or more than one.
 #[derive(Clone, Copy)]
 enum Seen<'a> {
@@ -323,6 +334,25 @@ mod tests {
     use super::*;
 
     const TP: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn may_hold_is_false_only_for_a_small_map_without_the_name() {
+        let mut h = HeaderMap::new();
+        assert!(!may_hold(&h, &TRACESTATE));
+        h.insert("host", HeaderValue::from_static("a"));
+        h.insert("x-tracestat", HeaderValue::from_static("a"));
+        assert!(!may_hold(&h, &TRACESTATE));
+        h.append("tracestate", HeaderValue::from_static("k=v"));
+        assert!(may_hold(&h, &TRACESTATE));
+        let mut big = HeaderMap::new();
+        for i in 0..=SCAN_AT_MOST {
+            big.insert(
+                HeaderName::try_from(format!("x-filler-{i}")).unwrap(),
+                HeaderValue::from_static("f"),
+            );
+        }
+        assert!(may_hold(&big, &TRACESTATE), "a large map is not scanned");
+    }
 
     #[test]
     fn one_pass_and_lookups_read_the_same_headers() {
