@@ -335,6 +335,7 @@ async fn a_websocket_handshake_through_the_stack_becomes_a_tunnel_both_ways() {
     // meanwhile other requests are served as before
     let r = get(gw.addr, "/plain", &[]).await;
     assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "plain"));
+    assert!(metric(&gw, "garrison_gateway_tunnels_open 1").await);
     // the client's close reaches the upstream, whose close comes back
     c.shutdown().await.unwrap();
     let mut rest = Vec::new();
@@ -343,6 +344,21 @@ async fn a_websocket_handshake_through_the_stack_becomes_a_tunnel_both_ways() {
         .expect("the tunnel closes")
         .unwrap();
     assert!(rest.is_empty(), "{rest:?}");
+    eventually("the tunnel counted as closed", async || {
+        metric(
+            &gw,
+            "garrison_gateway_tunnels_ended_total{end=\"closed\"} 1",
+        )
+        .await
+            && metric(&gw, "garrison_gateway_tunnels_open 0").await
+    })
+    .await;
+}
+
+/// Whether the gateway's `/metrics` has the line `line`.
+async fn metric(gw: &Running, line: &str) -> bool {
+    let scrape = get(gw.addr, "/metrics", &[]).await;
+    scrape.body.lines().any(|l| l == line)
 }
 
 /// A real WebSocket peer on both ends: the Python `websockets` library's echo server as
@@ -479,6 +495,10 @@ async fn a_tunnel_that_moves_nothing_is_closed_after_its_idle_timeout() {
         .expect("the idle tunnel is closed")
         .unwrap();
     assert!(rest.is_empty(), "{rest:?}");
+    eventually("the tunnel counted as idle", async || {
+        metric(&gw, "garrison_gateway_tunnels_ended_total{end=\"idle\"} 1").await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1246,6 +1266,26 @@ async fn addresses_take_turns_and_a_dead_one_is_ejected_while_requests_still_suc
     assert!(addrs[1]["ejected_for_ms"].as_u64().unwrap() > 0, "{addrs}");
     assert_eq!(addrs[1]["ejections"], 1);
     assert!(addrs[0]["ejected_for_ms"].is_null());
+    // and in the metrics, which the real promtool accepts
+    let scrape = get(gw.addr, "/metrics", &[]).await;
+    for line in [
+        format!("garrison_gateway_upstream_address_up{{upstream=\"app\",address=\"{a}\"}} 1"),
+        format!("garrison_gateway_upstream_address_up{{upstream=\"app\",address=\"{b}\"}} 0"),
+        format!("garrison_gateway_upstream_ejections_total{{upstream=\"app\",address=\"{b}\"}} 1"),
+        // counted afresh once the address is out
+        format!(
+            "garrison_gateway_upstream_failures_in_a_row{{upstream=\"app\",address=\"{b}\"}} 0"
+        ),
+        "garrison_gateway_tunnels_open 0".to_owned(),
+    ] {
+        assert!(
+            scrape.body.lines().any(|l| l == line),
+            "{line} in\n{}",
+            scrape.body
+        );
+    }
+    let promtool = garrison_workspace::require_tool("promtool", "prometheus");
+    garrison_workspace::promtool_check(&promtool, &scrape.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

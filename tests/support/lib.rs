@@ -305,3 +305,36 @@ pub mod bench {
         }
     }
 }
+
+/// Runs `promtool check metrics` on `text` and fails with its report on any problem.
+pub fn promtool_check(promtool: &std::path::Path, text: &str) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool rejected the output:\n{report}\n--- output ---\n{text}"
+    );
+    assert!(
+        report.trim().is_empty(),
+        "promtool found problems:\n{report}"
+    );
+}

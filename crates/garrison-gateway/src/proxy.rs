@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::config::{GatewayConfig, HostMode, UpstreamProtocol};
+use crate::metrics::TunnelStats;
 use crate::pool::{Http1Pool, PooledBody, SendFuture};
 use crate::upstream::Upstream;
 
@@ -47,6 +48,7 @@ struct Inner {
     router: matchit::Router<usize>,
     routes: Vec<Route>,
     propagate: PropagateLayer,
+    tunnels: Arc<TunnelStats>,
 }
 
 #[derive(Debug)]
@@ -90,6 +92,7 @@ impl Proxy {
         config: &GatewayConfig,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
         workers: usize,
+        tunnels: Arc<TunnelStats>,
     ) -> Self {
         let mut transports = BTreeMap::new();
         for (name, u) in &config.gateway.upstreams {
@@ -133,6 +136,7 @@ impl Proxy {
                 router,
                 routes,
                 propagate: PropagateLayer::new(),
+                tunnels,
             }),
         }
     }
@@ -347,6 +351,7 @@ impl Inner {
             theirs,
             up.tunnel_idle_timeout,
             switch.slot,
+            self.tunnels.clone(),
         ));
         let mut resp = response(PooledBody::unpooled(resp));
         if let Some(u) = upgrade {

@@ -22,6 +22,7 @@ use tokio::sync::{watch, OnceCell, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::config::{GatewayConfig, GatewaySection, DEMO_ADDRESS};
+use crate::metrics::{GatewayCollector, TunnelStats};
 use crate::proxy::Proxy;
 use crate::tunnel::ConnectionSlot;
 use crate::upstream::Upstream;
@@ -110,6 +111,8 @@ struct Factory {
     workers: usize,
     demo: OnceCell<SocketAddr>,
     clock: SharedClock,
+    /// Tunnels outlive generations: counted once for the gateway.
+    tunnels: Arc<TunnelStats>,
 }
 
 fn issue(path: &str, message: impl Into<String>) -> ConfigError {
@@ -178,6 +181,7 @@ impl Gateway {
             workers,
             demo: OnceCell::new(),
             clock,
+            tunnels: Arc::default(),
         };
         let first = factory.build(config).await?;
         Ok(Self {
@@ -599,7 +603,13 @@ impl Factory {
             .config(stack)
             .clock(self.clock.clone())
             .build()?;
-        let proxy = Proxy::new(&config, &upstreams, self.workers);
+        garrison
+            .metrics()
+            .register_collector(Arc::new(GatewayCollector {
+                upstreams: upstreams.clone(),
+                tunnels: self.tunnels.clone(),
+            }));
+        let proxy = Proxy::new(&config, &upstreams, self.workers, self.tunnels.clone());
         let number = self.number.fetch_add(1, Ordering::Relaxed) + 1;
         Ok(Generation {
             number,

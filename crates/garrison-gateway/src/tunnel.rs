@@ -28,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::Service;
 
+use crate::metrics::{TunnelEnd, TunnelStats};
 use crate::pool::{connect_tcp, unsent};
 use crate::proxy::{broken, source_chain, Failure, Lost, UpstreamBody};
 
@@ -160,6 +161,7 @@ pub(crate) async fn splice(
     upstream: OnUpgrade,
     idle: Duration,
     slot: Option<ConnectionSlot>,
+    stats: Arc<TunnelStats>,
 ) {
     let mut stop = slot.as_ref().map(|s| s.stop.clone());
     let shutdown = async {
@@ -173,9 +175,11 @@ pub(crate) async fn splice(
         (Ok(c), Ok(u)) => (c, u),
         (Err(e), _) | (_, Err(e)) => {
             tracing::debug!(error = %e, "a protocol switch did not complete");
+            stats.failed();
             return;
         }
     };
+    let mut open = stats.opened();
     let moved = Arc::new(AtomicU64::new(0));
     let mut client = Counted::new(TokioIo::new(client), &moved);
     let mut upstream = Counted::new(TokioIo::new(upstream), &moved);
@@ -183,12 +187,17 @@ pub(crate) async fn splice(
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = r {
                 tracing::debug!(error = %e, "a tunnel ended with an error");
+                open.end(TunnelEnd::Error);
             }
         }
         () = idle_out(&moved, idle) => {
             tracing::debug!(idle_for = ?idle, "a tunnel was closed after moving nothing");
+            open.end(TunnelEnd::Idle);
         }
-        () = shutdown => tracing::debug!("a tunnel was closed by the shutdown"),
+        () = shutdown => {
+            tracing::debug!("a tunnel was closed by the shutdown");
+            open.end(TunnelEnd::Shutdown);
+        }
     }
     drop(slot);
 }

@@ -1,0 +1,169 @@
+//! The gateway's own metric families, beside the stack's on `/metrics`: its upstream
+//! addresses (in rotation or ejected, ejections, failures in a row) and its tunnels (open
+//! now, and ended, by how).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use garrison::garrison_metrics::{Collector, MetricType, MetricWriter};
+
+use crate::upstream::Upstream;
+
+/// How a tunnel ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TunnelEnd {
+    /// Either side closed it.
+    Closed,
+    /// Either side's connection failed (a reset, say).
+    Error,
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// The gateway shut down.
+    Shutdown,
+    /// The switch of protocols did not complete on one side.
+    Failed,
+}
+
+impl TunnelEnd {
+    const ALL: [TunnelEnd; 5] = [
+        TunnelEnd::Closed,
+        TunnelEnd::Error,
+        TunnelEnd::Idle,
+        TunnelEnd::Shutdown,
+        TunnelEnd::Failed,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            TunnelEnd::Closed => "closed",
+            TunnelEnd::Error => "error",
+            TunnelEnd::Idle => "idle",
+            TunnelEnd::Shutdown => "shutdown",
+            TunnelEnd::Failed => "failed",
+        }
+    }
+}
+
+/// The tunnels of one gateway, over every generation of its configuration: tunnels outlive
+/// reloads.
+#[derive(Debug, Default)]
+pub(crate) struct TunnelStats {
+    open: AtomicU64,
+    ended: [AtomicU64; 5],
+}
+
+impl TunnelStats {
+    /// A tunnel opens: counted open until the guard is ended or dropped.
+    pub(crate) fn opened(self: &Arc<Self>) -> OpenTunnel {
+        self.open.fetch_add(1, Ordering::Relaxed);
+        OpenTunnel {
+            stats: self.clone(),
+            end: TunnelEnd::Closed,
+        }
+    }
+
+    /// A tunnel that never opened.
+    pub(crate) fn failed(&self) {
+        self.ended[TunnelEnd::Failed as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One open tunnel, counted in [`TunnelStats`]; it ends, as [`end`](Self::end) last said,
+/// when dropped.
+pub(crate) struct OpenTunnel {
+    stats: Arc<TunnelStats>,
+    end: TunnelEnd,
+}
+
+impl OpenTunnel {
+    /// How the tunnel ends.
+    pub(crate) fn end(&mut self, how: TunnelEnd) {
+        self.end = how;
+    }
+}
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.stats.ended[self.end as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes the gateway's families for one generation's upstreams and the gateway's tunnels.
+pub(crate) struct GatewayCollector {
+    pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
+    pub(crate) tunnels: Arc<TunnelStats>,
+}
+
+impl Collector for GatewayCollector {
+    fn collect(&self, w: &mut MetricWriter<'_>) {
+        let states: Vec<_> = self
+            .upstreams
+            .iter()
+            .map(|(name, u)| (name.as_str(), u.states()))
+            .collect();
+        w.family(
+            "garrison_gateway_upstream_address_up",
+            MetricType::Gauge,
+            "1 while an upstream address takes requests, 0 while it is ejected.",
+        );
+        for (name, addresses) in &states {
+            for a in addresses {
+                let labels = [("upstream", *name), ("address", a.address.as_str())];
+                let up = u64::from(a.ejected_for.is_none());
+                w.sample_u64("garrison_gateway_upstream_address_up", &labels, up);
+            }
+        }
+        w.family(
+            "garrison_gateway_upstream_failures_in_a_row",
+            MetricType::Gauge,
+            "Consecutive failures (refused, connect or response timeouts) of an upstream address.",
+        );
+        for (name, addresses) in &states {
+            for a in addresses {
+                let labels = [("upstream", *name), ("address", a.address.as_str())];
+                w.sample_u64(
+                    "garrison_gateway_upstream_failures_in_a_row",
+                    &labels,
+                    u64::from(a.failures),
+                );
+            }
+        }
+        w.family(
+            "garrison_gateway_upstream_ejections",
+            MetricType::Counter,
+            "Times an upstream address was taken out of the rotation.",
+        );
+        for (name, addresses) in &states {
+            for a in addresses {
+                let labels = [("upstream", *name), ("address", a.address.as_str())];
+                w.sample_u64("garrison_gateway_upstream_ejections", &labels, a.ejections);
+            }
+        }
+        let t = &self.tunnels;
+        w.family(
+            "garrison_gateway_tunnels_open",
+            MetricType::Gauge,
+            "Upgraded connections (WebSockets) open now.",
+        );
+        w.sample_u64(
+            "garrison_gateway_tunnels_open",
+            &[],
+            t.open.load(Ordering::Relaxed),
+        );
+        w.family(
+            "garrison_gateway_tunnels_ended",
+            MetricType::Counter,
+            "Upgraded connections (WebSockets) that ended, by how: closed by either side, \
+             error, idle, shutdown, or failed (the switch did not complete).",
+        );
+        for end in TunnelEnd::ALL {
+            w.sample_u64(
+                "garrison_gateway_tunnels_ended",
+                &[("end", end.as_str())],
+                t.ended[end as usize].load(Ordering::Relaxed),
+            );
+        }
+    }
+}
