@@ -253,7 +253,9 @@ async fn live_scrape() -> (BTreeSet<String>, BTreeSet<String>) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(ready, http::StatusCode::OK, "the example app became ready");
-    let text = get(addr, "/metrics", &[]).await.body;
+    let mut text = get(addr, "/metrics", &[]).await.body;
+    // and the gateway's own families, from a gateway in front of the app
+    text.push_str(&gateway_scrape(addr).await);
 
     let mut names = BTreeSet::new();
     let mut labels: BTreeSet<String> = ["job", "instance", "__name__"]
@@ -282,6 +284,7 @@ async fn live_scrape() -> (BTreeSet<String>, BTreeSet<String>) {
         }
     }
     for family in [
+        "garrison_gateway_upstream_ejections_total",
         "db_client_connection_usage",
         "garrison_ratelimit_store_fallbacks_total",
         "garrison_breaker_state",
@@ -295,6 +298,25 @@ async fn live_scrape() -> (BTreeSet<String>, BTreeSet<String>) {
         );
     }
     (names, labels)
+}
+
+/// The `/metrics` of a gateway in front of `upstream`, after one request through it.
+async fn gateway_scrape(upstream: std::net::SocketAddr) -> String {
+    let config = garrison_gateway::GatewayConfig::from_toml(&format!(
+        "[gateway]\nadmin_listen = \"\"\nadmin_token = \"t\"\n\
+         [gateway.upstreams.app]\naddresses = [\"{upstream}\"]\n\
+         [gateway.routes.all]\nprefix = \"/\"\nupstream = \"app\"\n"
+    ))
+    .unwrap();
+    let gateway = garrison_gateway::Gateway::new(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let g = gateway.clone();
+    tokio::spawn(async move { g.serve(listener, None).await });
+    assert_eq!(get(addr, "/api/products/1", &[]).await.status, 200);
+    let text = get(addr, "/metrics", &[]).await.body;
+    gateway.shutdown();
+    text
 }
 
 /// The metric names and the label names one PromQL expression uses.

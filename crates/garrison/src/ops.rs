@@ -45,6 +45,7 @@ pub const ALERTS: &[&str] = &[
     "GarrisonBreakerOpen",
     "GarrisonHealthCheckFailing",
     "GarrisonRateLimitRejections",
+    "GarrisonUpstreamEjected",
     "GarrisonAvailabilityBurnRateFast",
     "GarrisonAvailabilityBurnRateSlow",
     "GarrisonLatencyBurnRateFast",
@@ -225,6 +226,16 @@ pub fn rules(config: &GarrisonConfig) -> String {
             "The rate limiter has refused more than {} of this policy's requests for 10 minutes.",
             percent(o.ratelimit_rejections)
         ),
+    }, o);
+    g.alert(Alert {
+        name: "GarrisonUpstreamEjected",
+        expr: format!(
+            "sum by (job, instance, upstream, address) (\n  increase(garrison_gateway_upstream_ejections_total{user_sel}[10m])\n) > 0"
+        ),
+        for_: None,
+        severity: "warning",
+        summary: "{{ $labels.instance }}: upstream {{ $labels.upstream }} address {{ $labels.address }} ejected",
+        description: "The gateway took this upstream address out of its rotation in the last 10 minutes, after failures in a row (refused connections, connect or response timeouts); its requests go to the other addresses.".into(),
     }, o);
     burn_alerts(
         &mut g,
