@@ -353,6 +353,18 @@ async fn a_websocket_handshake_through_the_stack_becomes_a_tunnel_both_ways() {
             && metric(&gw, "garrison_gateway_tunnels_open 0").await
     })
     .await;
+    // every byte each way: 20 messages of 10 bytes and the 64 KiB one, both ways, and the
+    // upstream's greeting
+    let sent = 20 * 10 + big.len();
+    for line in [
+        format!("garrison_gateway_tunnel_bytes_total{{direction=\"client_to_upstream\"}} {sent}"),
+        format!(
+            "garrison_gateway_tunnel_bytes_total{{direction=\"upstream_to_client\"}} {}",
+            sent + 19
+        ),
+    ] {
+        assert!(metric(&gw, &line).await, "{line}");
+    }
 }
 
 /// Whether the gateway's `/metrics` has the line `line`.

@@ -57,7 +57,7 @@
 //!   disable), the rate-limit store, upstream addresses, reload. Bearer token required.
 //! - `/metrics` has the gateway's families beside the stack's: each upstream address in the
 //!   rotation or not (`garrison_gateway_upstream_address_up`), its failures in a row and
-//!   ejections, and the tunnels open and ended, by how.
+//!   ejections, the tunnels open and ended, by how, and the bytes they carried each way.
 //! - [`Gateway::reload`] (SIGHUP, or `POST /admin/reload`): a valid file takes over from
 //!   the next request without dropping a connection; an invalid one is refused with every
 //!   problem and the old configuration keeps serving.

@@ -1,6 +1,6 @@
 //! The gateway's own metric families, beside the stack's on `/metrics`: its upstream
 //! addresses (in rotation or ejected, ejections, failures in a row) and its tunnels (open
-//! now, and ended, by how).
+//! now, ended by how, and the bytes they carried each way).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -51,6 +51,8 @@ impl TunnelEnd {
 pub(crate) struct TunnelStats {
     open: AtomicU64,
     ended: [AtomicU64; 5],
+    /// Bytes carried from clients to upstreams, and from upstreams to clients.
+    bytes: [AtomicU64; 2],
 }
 
 impl TunnelStats {
@@ -60,6 +62,13 @@ impl TunnelStats {
         OpenTunnel {
             stats: self.clone(),
             end: TunnelEnd::Closed,
+        }
+    }
+
+    /// `n` more bytes carried from a client to its upstream (`to_upstream`), or back.
+    pub(crate) fn moved(&self, to_upstream: bool, n: u64) {
+        if n > 0 {
+            self.bytes[usize::from(!to_upstream)].fetch_add(n, Ordering::Relaxed);
         }
     }
 
@@ -163,6 +172,22 @@ impl Collector for GatewayCollector {
                 "garrison_gateway_tunnels_ended",
                 &[("end", end.as_str())],
                 t.ended[end as usize].load(Ordering::Relaxed),
+            );
+        }
+        w.family(
+            "garrison_gateway_tunnel_bytes",
+            MetricType::Counter,
+            "Bytes carried by tunnels, by direction; counted when a tunnel ends and at each \
+             of its idle checks.",
+        );
+        for (i, direction) in ["client_to_upstream", "upstream_to_client"]
+            .into_iter()
+            .enumerate()
+        {
+            w.sample_u64(
+                "garrison_gateway_tunnel_bytes",
+                &[("direction", direction)],
+                t.bytes[i].load(Ordering::Relaxed),
             );
         }
     }

@@ -180,9 +180,9 @@ pub(crate) async fn splice(
         }
     };
     let mut open = stats.opened();
-    let moved = Arc::new(AtomicU64::new(0));
-    let mut client = Counted::new(TokioIo::new(client), &moved);
-    let mut upstream = Counted::new(TokioIo::new(upstream), &moved);
+    let moved = Arc::new(Moved::default());
+    let mut client = Counted::new(TokioIo::new(client), &moved, FROM_CLIENT);
+    let mut upstream = Counted::new(TokioIo::new(upstream), &moved, FROM_UPSTREAM);
     tokio::select! {
         r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
             if let Err(e) = r {
@@ -190,7 +190,7 @@ pub(crate) async fn splice(
                 open.end(TunnelEnd::Error);
             }
         }
-        () = idle_out(&moved, idle) => {
+        () = idle_out(&moved, &stats, idle) => {
             tracing::debug!(idle_for = ?idle, "a tunnel was closed after moving nothing");
             open.end(TunnelEnd::Idle);
         }
@@ -199,15 +199,47 @@ pub(crate) async fn splice(
             open.end(TunnelEnd::Shutdown);
         }
     }
+    moved.count(&stats);
     drop(slot);
 }
 
-/// Returns once a check, every `idle`, finds that no byte moved since the previous one.
-async fn idle_out(moved: &AtomicU64, idle: Duration) {
-    let mut seen = moved.load(Ordering::Relaxed);
+/// [`Moved`]'s side of the bytes read from the client (and written to the upstream).
+const FROM_CLIENT: usize = 0;
+/// [`Moved`]'s side of the bytes read from the upstream (and written to the client).
+const FROM_UPSTREAM: usize = 1;
+
+/// The bytes one tunnel has moved each way, and how many of them the gateway's counters
+/// have: they are counted there at each idle check and when the tunnel ends, not per read,
+/// so that tunnels on different workers write no shared counter per read.
+#[derive(Default)]
+struct Moved {
+    read: [AtomicU64; 2],
+    counted: [AtomicU64; 2],
+}
+
+impl Moved {
+    fn total(&self) -> u64 {
+        self.read.iter().map(|r| r.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Adds what was read since the last call to `stats`.
+    fn count(&self, stats: &TunnelStats) {
+        for side in [FROM_CLIENT, FROM_UPSTREAM] {
+            let now = self.read[side].load(Ordering::Relaxed);
+            let before = self.counted[side].swap(now, Ordering::Relaxed);
+            stats.moved(side == FROM_CLIENT, now - before);
+        }
+    }
+}
+
+/// Returns once a check, every `idle`, finds that no byte moved since the previous one;
+/// each check counts the bytes moved into `stats`.
+async fn idle_out(moved: &Moved, stats: &TunnelStats, idle: Duration) {
+    let mut seen = moved.total();
     loop {
         tokio::time::sleep(idle).await;
-        let now = moved.load(Ordering::Relaxed);
+        moved.count(stats);
+        let now = moved.total();
         if now == seen {
             return;
         }
@@ -215,17 +247,19 @@ async fn idle_out(moved: &AtomicU64, idle: Duration) {
     }
 }
 
-/// One side of a tunnel, counting the bytes read from it into a counter both sides share.
+/// One side of a tunnel, counting the bytes read from it into its side of [`Moved`].
 struct Counted<T> {
     io: T,
-    moved: Arc<AtomicU64>,
+    moved: Arc<Moved>,
+    side: usize,
 }
 
 impl<T> Counted<T> {
-    fn new(io: T, moved: &Arc<AtomicU64>) -> Self {
+    fn new(io: T, moved: &Arc<Moved>, side: usize) -> Self {
         Self {
             io,
             moved: moved.clone(),
+            side,
         }
     }
 }
@@ -240,7 +274,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
         let r = Pin::new(&mut self.io).poll_read(cx, buf);
         let n = buf.filled().len() - before;
         if n > 0 {
-            self.moved.fetch_add(n as u64, Ordering::Relaxed);
+            self.moved.read[self.side].fetch_add(n as u64, Ordering::Relaxed);
         }
         r
     }
