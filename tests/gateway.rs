@@ -676,6 +676,61 @@ async fn request_bodies_over_their_routes_limit_get_413_and_spare_the_upstream()
     assert_eq!(address["failures_in_a_row"], 0, "{ups}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_drips_its_body_is_cut_off_by_the_upstream_timeout() {
+    // the upstream reads each body whole before it answers
+    let (up, _u) = upstream(|req: Request<Incoming>| async move {
+        match req.into_body().collect().await {
+            Ok(b) => Response::new(full(b.to_bytes().len().to_string())),
+            Err(_) => Response::new(full("cut")),
+        }
+    })
+    .await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        timeout = "500ms"
+        [gateway.routes.all]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+    // a body of 1000 bytes announced, then sent a byte at a time (a slow POST): it holds
+    // the upstream's connection only until the upstream's timeout
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let gw_addr = gw.addr;
+    let others = tokio::spawn(async move {
+        for _ in 0..10 {
+            assert_eq!(post(gw_addr, "/", "fast").await.body, "4");
+        }
+    });
+    let mut answer = Vec::new();
+    for _ in 0..200 {
+        if c.write_all(b"x").await.is_err() {
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(50), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                answer.extend_from_slice(&buf[..n]);
+                if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 504"), "{answer:?}");
+    others.await.unwrap();
+}
+
 /// An upstream that counts the connections it accepted and those that closed; its answers
 /// carry `Connection: close` while `close` is set.
 struct Counted {

@@ -142,7 +142,8 @@ pub struct UpstreamConfig {
     /// `connect_timeout`: a connection not made in this time is `504`. Default: `"2s"`.
     pub connect_timeout: Duration,
     /// `timeout`: the response head not received in this time is `504` (at most 20 ms after
-    /// it: the gateway's coarse timer). Default: `"30s"`.
+    /// it: the gateway's coarse timer). It runs from the request's start, so it also cuts off
+    /// a client that sends its body too slowly. Default: `"30s"`.
     pub timeout: Duration,
     /// `eject_after`: consecutive failures (refused connections, connect or response
     /// timeouts) that take an address out of the rotation. Default: `3`.
