@@ -228,3 +228,21 @@ async fn health_axum_reports_the_pool_and_redis_on_all_three_routes() {
         );
     }
 }
+
+/// The gateway configuration the README shows is a valid one, with the options it shows.
+#[test]
+fn the_readmes_gateway_configuration_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("```toml\n[gateway.upstreams.shop]")
+        .expect("the README's gateway configuration")
+        + "```toml\n".len();
+    let len = readme[start..].find("```").unwrap();
+    let config = garrison_gateway::GatewayConfig::from_toml(&readme[start..start + len])
+        .unwrap_or_else(|e| panic!("the README's gateway configuration: {e}"));
+    let routes = &config.gateway.routes;
+    assert_eq!(routes["login"].max_body_bytes, Some(65536));
+    assert_eq!(routes["chat"].upgrades, ["websocket"]);
+    assert_eq!(config.gateway.upstreams["shop"].addresses.len(), 2);
+}
