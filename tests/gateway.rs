@@ -1285,6 +1285,8 @@ async fn addresses_take_turns_and_a_dead_one_is_ejected_while_requests_still_suc
     let (b, ub) = upstream(|_| async { Response::new(full("b")) }).await;
     let gw = gateway(&format!(
         r#"
+        [health]
+        details = "always"
         [gateway.upstreams.app]
         addresses = ["{a}", "http://{b}"]
         eject_after = 4
@@ -1353,6 +1355,26 @@ async fn addresses_take_turns_and_a_dead_one_is_ejected_while_requests_still_suc
     }
     let promtool = garrison_workspace::require_tool("promtool", "prometheus");
     garrison_workspace::promtool_check(&promtool, &scrape.body);
+    // and on the deep health route: a warning that names it (the gateway itself stays ready)
+    let want = format!("ejected: {b}");
+    eventually(
+        "the deep health route names the ejected address",
+        async || {
+            let r = get(gw.addr, "/health", &[]).await;
+            let body = json(&r);
+            let m = &body["checks"]["gateway-upstreams:app"][0];
+            r.status == StatusCode::OK
+                && body["status"] == "warn"
+                && m["status"] == "warn"
+                && m["output"] == want.as_str()
+                && m["observedValue"] == 1
+        },
+    )
+    .await;
+    assert_eq!(
+        get(gw.addr, "/health/ready", &[]).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

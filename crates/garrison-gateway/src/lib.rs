@@ -58,6 +58,8 @@
 //! - `/metrics` has the gateway's families beside the stack's: each upstream address in the
 //!   rotation or not (`garrison_gateway_upstream_address_up`), its failures in a row and
 //!   ejections, the tunnels open and ended, by how, and the bytes they carried each way.
+//!   The deep `/health` route has a `gateway-upstreams` check (not critical): `warn` while
+//!   some addresses of an upstream are ejected, `fail` while all are.
 //! - [`Gateway::reload`] (SIGHUP, or `POST /admin/reload`): a valid file takes over from
 //!   the next request without dropping a connection; an invalid one is refused with every
 //!   problem and the old configuration keeps serving.

@@ -1,11 +1,13 @@
 //! The gateway's own metric families, beside the stack's on `/metrics`: its upstream
 //! addresses (in rotation or ejected, ejections, failures in a row) and its tunnels (open
-//! now, ended by how, and the bytes they carried each way).
+//! now, ended by how, and the bytes they carried each way); and its upstreams' check on the
+//! deep health route.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use garrison::garrison_health::{BoxFuture, Check, CheckResult, Measurement};
 use garrison::garrison_metrics::{Collector, MetricType, MetricWriter};
 
 use crate::upstream::Upstream;
@@ -190,5 +192,85 @@ impl Collector for GatewayCollector {
                 t.bytes[i].load(Ordering::Relaxed),
             );
         }
+    }
+}
+
+/// The deep health route's view of the upstreams: one measurement per upstream, the
+/// addresses in its rotation; `warn` while some are ejected, `fail` while all are. Not
+/// critical: a gateway whose upstream is down is not itself to be taken out of rotation.
+pub(crate) struct UpstreamsCheck {
+    pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
+}
+
+impl Check for UpstreamsCheck {
+    fn check(&self) -> BoxFuture<'_, CheckResult> {
+        let mut r = CheckResult::pass();
+        for (name, u) in &self.upstreams {
+            let states = u.states();
+            let out: Vec<&str> = states
+                .iter()
+                .filter(|a| a.ejected_for.is_some())
+                .map(|a| a.address.as_str())
+                .collect();
+            let in_rotation = states.len() - out.len();
+            let mut m = Measurement::new(name.clone())
+                .observed(in_rotation as u64, "addresses")
+                .field("addresses_configured", states.len() as f64);
+            if in_rotation == 0 {
+                m = m.fail(format!("every address is ejected: {}", out.join(", ")));
+            } else if !out.is_empty() {
+                m = m.warn(format!("ejected: {}", out.join(", ")));
+            }
+            r = r.measurement(m);
+        }
+        Box::pin(std::future::ready(r))
+    }
+
+    fn component_type(&self) -> Option<&'static str> {
+        Some("component")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamConfig;
+    use garrison::garrison_core::{ManualClock, SharedClock};
+    use garrison::garrison_health::Status;
+
+    #[tokio::test]
+    async fn the_upstreams_check_warns_while_some_addresses_are_out_and_fails_when_all_are() {
+        let clock = Arc::new(ManualClock::default());
+        let mut c = UpstreamConfig::new(Vec::<String>::new());
+        c.eject_after = 1;
+        let authorities = ["127.0.0.1:9001", "127.0.0.1:9002"]
+            .map(|a| a.parse().unwrap())
+            .to_vec();
+        let u = Arc::new(Upstream::new(
+            "app",
+            &c,
+            authorities,
+            SharedClock::from_arc(clock.clone()),
+        ));
+        let check = UpstreamsCheck {
+            upstreams: BTreeMap::from([("app".to_owned(), u.clone())]),
+        };
+        let app = |r: &CheckResult| r.get("app").unwrap().clone();
+        let r = check.check().await;
+        assert_eq!(r.status(), Status::Pass);
+        u.failed(1);
+        let r = check.check().await;
+        assert_eq!(r.status(), Status::Warn);
+        assert_eq!(app(&r).get_output(), Some("ejected: 127.0.0.1:9002"));
+        u.failed(0);
+        let r = check.check().await;
+        assert_eq!(r.status(), Status::Fail);
+        assert_eq!(
+            app(&r).get_output(),
+            Some("every address is ejected: 127.0.0.1:9001, 127.0.0.1:9002")
+        );
+        // back once their time out is over
+        clock.advance(c.eject_for + std::time::Duration::from_millis(1));
+        assert_eq!(check.check().await.status(), Status::Pass);
     }
 }

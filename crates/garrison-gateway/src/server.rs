@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use garrison::config::{ConfigError, ConfigIssue};
 use garrison::garrison_core::{PeerAddr, SharedClock};
+use garrison::garrison_health::CheckOptions;
 use garrison::{Garrison, GarrisonService};
 use http::Request;
 use hyper::body::Incoming;
@@ -22,7 +23,7 @@ use tokio::sync::{watch, OnceCell, Semaphore};
 use tower::{Layer, Service, ServiceExt};
 
 use crate::config::{GatewayConfig, GatewaySection, DEMO_ADDRESS};
-use crate::metrics::{GatewayCollector, TunnelStats};
+use crate::metrics::{GatewayCollector, TunnelStats, UpstreamsCheck};
 use crate::proxy::Proxy;
 use crate::tunnel::ConnectionSlot;
 use crate::upstream::Upstream;
@@ -609,6 +610,21 @@ impl Factory {
                 upstreams: upstreams.clone(),
                 tunnels: self.tunnels.clone(),
             }));
+        if !upstreams.is_empty() {
+            // read from the addresses' own state: cheap enough to look every second
+            garrison
+                .health()
+                .register(
+                    "gateway-upstreams",
+                    UpstreamsCheck {
+                        upstreams: upstreams.clone(),
+                    },
+                    CheckOptions::deep()
+                        .critical(false)
+                        .interval(Duration::from_secs(1)),
+                )
+                .map_err(|e| issue("health.checks.gateway-upstreams", e.to_string()))?;
+        }
         let proxy = Proxy::new(&config, &upstreams, self.workers, self.tunnels.clone());
         let number = self.number.fetch_add(1, Ordering::Relaxed) + 1;
         Ok(Generation {
