@@ -194,6 +194,10 @@ async fn requests_are_forwarded_with_forwarded_headers_and_without_hop_by_hop_on
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "shop.example");
     assert_eq!(h["forwarded"], "for=127.0.0.1;host=shop.example;proto=http");
+    assert_eq!(
+        h["x-forwarded-prefix"], "/api",
+        "the stripped prefix, for the app's URLs"
+    );
     // the caller's trace goes on, under a new span of the gateway's
     let tp = h["traceparent"].as_str().unwrap();
     assert!(
@@ -205,6 +209,13 @@ async fn requests_are_forwarded_with_forwarded_headers_and_without_hop_by_hop_on
     // the response carries the stack's headers
     assert!(r.headers.contains_key("x-ratelimit-limit"));
     assert!(r.headers.contains_key("x-request-id"));
+    // a route that strips nothing sends no prefix
+    let seen = json(&get(gw.addr, "/users/7", &[]).await);
+    assert_eq!(seen["path"], "/users/7");
+    assert!(
+        seen["headers"].get("x-forwarded-prefix").is_none(),
+        "{seen}"
+    );
 }
 
 /// An upstream that speaks WebSocket's opening handshake (RFC 6455 §4) as far as a proxy
@@ -674,6 +685,42 @@ async fn request_bodies_over_their_routes_limit_get_413_and_spare_the_upstream()
     let address = &ups["upstreams"]["app"]["addresses"][0];
     assert_eq!(address["ejections"], 0, "{ups}");
     assert_eq!(address["failures_in_a_row"], 0, "{ups}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_routes_own_timeout_takes_the_place_of_its_upstreams() {
+    // the upstream answers after 800 ms
+    let (up, _u) = upstream(|_| async {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Response::new(full("late"))
+    })
+    .await;
+    let gw = gateway(&format!(
+        r#"
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        timeout = "300ms"
+        [gateway.routes.longpoll]
+        prefix = "/poll"
+        upstream = "app"
+        timeout = "10s"
+        [gateway.routes.rest]
+        prefix = "/"
+        upstream = "app"
+        "#
+    ))
+    .await;
+    let r = get(gw.addr, "/poll/events", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "late"));
+    let r = get(gw.addr, "/other", &[]).await;
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT, "{}", r.body);
+    let bad = GatewayConfig::from_toml(
+        "[gateway.upstreams.a]\naddresses = [\"127.0.0.1:1\"]\n\
+         [gateway.routes.r]\nprefix = \"/\"\nupstream = \"a\"\ntimeout = \"0s\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(bad.contains("gateway.routes.r.timeout"), "{bad}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -229,6 +229,9 @@ pub struct RouteConfig {
     /// `max_body_bytes`: this route's limit on request bodies (see
     /// [`GatewaySection::max_body_bytes`]; `0`: no limit). Default: unset (the gateway's).
     pub max_body_bytes: Option<u64>,
+    /// `timeout`: this route's wait for a response head, instead of its upstream's
+    /// `timeout` (a long-poll route, a slow report). Default: unset (the upstream's).
+    pub timeout: Option<Duration>,
 }
 
 impl Default for RouteConfig {
@@ -243,6 +246,7 @@ impl Default for RouteConfig {
             priority: None,
             upgrades: vec!["websocket".to_owned()],
             max_body_bytes: None,
+            timeout: None,
         }
     }
 }
@@ -456,6 +460,10 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
         }
         if let Some(n) = r.integer("max_body_bytes", 0, i64::MAX) {
             c.max_body_bytes = Some(n as u64);
+        }
+        c.timeout = r.duration("timeout");
+        if c.timeout.is_some_and(|t| t.is_zero()) {
+            r.err("timeout", "must be > 0");
         }
         r.strings("upgrades", &mut c.upgrades);
         for (i, p) in c.upgrades.iter_mut().enumerate() {

@@ -60,6 +60,10 @@ struct Route {
     upgrades: Box<[String]>,
     /// The largest request body forwarded (`usize::MAX`: no limit).
     max_body: usize,
+    /// The wait for a response head: the route's, else its upstream's.
+    timeout: std::time::Duration,
+    /// `X-Forwarded-Prefix` for the upstream: the prefix this route strips, if it does.
+    forwarded_prefix: Option<HeaderValue>,
 }
 
 /// How requests reach an upstream. Either way each worker thread has connections of its
@@ -113,13 +117,21 @@ impl Proxy {
         let mut routes = Vec::new();
         for r in config.gateway.routes.values() {
             let i = routes.len();
+            let strip = r
+                .strip_prefix
+                .then(|| r.prefix.clone().unwrap_or_default())
+                .map(|p| p.trim_end_matches('/').to_owned());
             routes.push(Route {
                 upstream: upstreams[&r.upstream].clone(),
                 transport: transports[&r.upstream].clone(),
-                strip: r
-                    .strip_prefix
-                    .then(|| r.prefix.clone().unwrap_or_default())
-                    .map(|p| p.trim_end_matches('/').to_owned()),
+                forwarded_prefix: strip
+                    .as_deref()
+                    .filter(|p| !p.is_empty())
+                    .and_then(|p| HeaderValue::from_str(p).ok()),
+                strip,
+                timeout: r
+                    .timeout
+                    .unwrap_or(config.gateway.upstreams[&r.upstream].timeout),
                 upgrades: r.upgrades.clone().into_boxed_slice(),
                 max_body: match r.max_body_bytes.unwrap_or(config.gateway.max_body_bytes) {
                     0 => usize::MAX,
@@ -225,6 +237,11 @@ impl Inner {
             strip_hop_by_hop(&mut parts.headers);
         }
         add_forwarded(&mut parts.headers, peer, host.as_ref());
+        if let Some(prefix) = &route.forwarded_prefix {
+            if let http::header::Entry::Vacant(e) = parts.headers.entry(&X_FORWARDED_PREFIX) {
+                e.insert(prefix.clone());
+            }
+        }
         parts.version = match up.protocol {
             UpstreamProtocol::Http1 => Version::HTTP_11,
             UpstreamProtocol::H2c => Version::HTTP_2,
@@ -373,7 +390,7 @@ impl Inner {
             authority,
             connect_timeout: up.connect_timeout,
         });
-        match crate::timer::timeout(up.timeout, client.oneshot(req)).await {
+        match crate::timer::timeout(route.timeout, client.oneshot(req)).await {
             Err(_) => Err(Failure::Timeout.into()),
             Ok(r) => r,
         }
@@ -386,7 +403,7 @@ impl Inner {
         authority: &Authority,
         req: Request<UpstreamBody>,
     ) -> Result<Response<PooledBody>, Lost> {
-        let timeout = route.upstream.timeout;
+        let timeout = route.timeout;
         let clients = match &*route.transport {
             Transport::Http1(pool) => {
                 let client = self.propagate.layer(Http1Client {
@@ -549,6 +566,7 @@ static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection"
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
 /// The headers that belong to one connection (RFC 9110 §7.6.1), whatever `Connection`
 /// names besides.
