@@ -10,7 +10,7 @@ use std::sync::Arc;
 use garrison::garrison_health::{BoxFuture, Check, CheckResult, Measurement};
 use garrison::garrison_metrics::{Collector, MetricType, MetricWriter};
 
-use crate::upstream::Upstream;
+use crate::upstream::{AddressState, Upstream};
 
 /// How a tunnel ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +101,14 @@ impl Drop for OpenTunnel {
     }
 }
 
+/// A family with a sample per upstream address: name, type, help, and the sample's value.
+type AddressFamily = (
+    &'static str,
+    MetricType,
+    &'static str,
+    fn(&AddressState) -> u64,
+);
+
 /// Writes the gateway's families for one generation's upstreams and the gateway's tunnels.
 pub(crate) struct GatewayCollector {
     pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
@@ -114,42 +122,34 @@ impl Collector for GatewayCollector {
             .iter()
             .map(|(name, u)| (name.as_str(), u.states()))
             .collect();
-        w.family(
-            "garrison_gateway_upstream_address_up",
-            MetricType::Gauge,
-            "1 while an upstream address takes requests, 0 while it is ejected.",
-        );
-        for (name, addresses) in &states {
-            for a in addresses {
-                let labels = [("upstream", *name), ("address", a.address.as_str())];
-                let up = u64::from(a.ejected_for.is_none());
-                w.sample_u64("garrison_gateway_upstream_address_up", &labels, up);
-            }
-        }
-        w.family(
-            "garrison_gateway_upstream_failures_in_a_row",
-            MetricType::Gauge,
-            "Consecutive failures (refused, connect or response timeouts) of an upstream address.",
-        );
-        for (name, addresses) in &states {
-            for a in addresses {
-                let labels = [("upstream", *name), ("address", a.address.as_str())];
-                w.sample_u64(
-                    "garrison_gateway_upstream_failures_in_a_row",
-                    &labels,
-                    u64::from(a.failures),
-                );
-            }
-        }
-        w.family(
-            "garrison_gateway_upstream_ejections",
-            MetricType::Counter,
-            "Times an upstream address was taken out of the rotation.",
-        );
-        for (name, addresses) in &states {
-            for a in addresses {
-                let labels = [("upstream", *name), ("address", a.address.as_str())];
-                w.sample_u64("garrison_gateway_upstream_ejections", &labels, a.ejections);
+        // one family per fact of an address, each with a sample per address
+        let families: [AddressFamily; 3] = [
+            (
+                "garrison_gateway_upstream_address_up",
+                MetricType::Gauge,
+                "1 while an upstream address takes requests, 0 while it is ejected.",
+                |a| u64::from(a.ejected_for.is_none()),
+            ),
+            (
+                "garrison_gateway_upstream_failures_in_a_row",
+                MetricType::Gauge,
+                "Consecutive failures (refused, connect or response timeouts) of an upstream address.",
+                |a| u64::from(a.failures),
+            ),
+            (
+                "garrison_gateway_upstream_ejections",
+                MetricType::Counter,
+                "Times an upstream address was taken out of the rotation.",
+                |a| a.ejections,
+            ),
+        ];
+        for (family, kind, help, value) in families {
+            w.family(family, kind, help);
+            for (name, addresses) in &states {
+                for a in addresses {
+                    let labels = [("upstream", *name), ("address", a.address.as_str())];
+                    w.sample_u64(family, &labels, value(a));
+                }
             }
         }
         let t = &self.tunnels;
