@@ -300,16 +300,7 @@ async fn read_exactly(c: &mut TcpStream, n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_websocket_handshake_through_the_stack_becomes_a_tunnel_both_ways() {
     let (up, seen) = websocket_upstream().await;
-    let gw = gateway(&format!(
-        r#"
-        [gateway.upstreams.app]
-        addresses = ["{up}"]
-        [gateway.routes.rest]
-        prefix = "/"
-        upstream = "app"
-        "#
-    ))
-    .await;
+    let gw = one_route_gateway(up, "", "").await;
     let (mut c, head) = handshake(gw.addr, "/chat", "websocket").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     for line in [
@@ -497,17 +488,7 @@ async fn upgrades_a_route_does_not_allow_or_an_upstream_refuses_stay_plain_http(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tunnel_that_moves_nothing_is_closed_after_its_idle_timeout() {
     let (up, _seen) = websocket_upstream().await;
-    let gw = gateway(&format!(
-        r#"
-        [gateway.upstreams.app]
-        addresses = ["{up}"]
-        tunnel_idle_timeout = "200ms"
-        [gateway.routes.rest]
-        prefix = "/"
-        upstream = "app"
-        "#
-    ))
-    .await;
+    let gw = one_route_gateway(up, "", "tunnel_idle_timeout = \"200ms\"").await;
     let (mut c, head) = handshake(gw.addr, "/chat", "websocket").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert_eq!(read_exactly(&mut c, 19).await, "hello from upstream");
@@ -527,18 +508,7 @@ async fn a_tunnel_that_moves_nothing_is_closed_after_its_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tunnel_keeps_its_place_among_max_connections() {
     let (up, _seen) = websocket_upstream().await;
-    let gw = gateway(&format!(
-        r#"
-        [gateway]
-        max_connections = 1
-        [gateway.upstreams.app]
-        addresses = ["{up}"]
-        [gateway.routes.rest]
-        prefix = "/"
-        upstream = "app"
-        "#
-    ))
-    .await;
+    let gw = one_route_gateway(up, "max_connections = 1", "").await;
     let (mut c, head) = handshake(gw.addr, "/chat", "websocket").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert_eq!(read_exactly(&mut c, 19).await, "hello from upstream");
@@ -564,18 +534,7 @@ async fn a_tunnel_keeps_its_place_among_max_connections() {
 async fn a_shutdown_closes_the_open_tunnels_at_once() {
     let (up, _seen) = websocket_upstream().await;
     // a grace longer than the test waits: the shutdown must not wait for the tunnel
-    let gw = gateway(&format!(
-        r#"
-        [gateway]
-        shutdown_grace = "120s"
-        [gateway.upstreams.app]
-        addresses = ["{up}"]
-        [gateway.routes.rest]
-        prefix = "/"
-        upstream = "app"
-        "#
-    ))
-    .await;
+    let gw = one_route_gateway(up, "shutdown_grace = \"120s\"", "").await;
     let (mut c, head) = handshake(gw.addr, "/chat", "websocket").await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert_eq!(read_exactly(&mut c, 19).await, "hello from upstream");
@@ -733,17 +692,7 @@ async fn a_client_that_drips_its_body_is_cut_off_by_the_upstream_timeout() {
         }
     })
     .await;
-    let gw = gateway(&format!(
-        r#"
-        [gateway.upstreams.app]
-        addresses = ["{up}"]
-        timeout = "500ms"
-        [gateway.routes.all]
-        prefix = "/"
-        upstream = "app"
-        "#
-    ))
-    .await;
+    let gw = one_route_gateway(up, "", "timeout = \"500ms\"").await;
     // a body of 1000 bytes announced, then sent a byte at a time (a slow POST): it holds
     // the upstream's connection only until the upstream's timeout
     let mut c = TcpStream::connect(gw.addr).await.unwrap();
@@ -1205,8 +1154,14 @@ async fn ok_once_upstream(then: Then) -> (SocketAddr, Arc<AtomicU64>) {
 /// A gateway with one worker in front of the one address `up`, every path routed to it;
 /// `upstream` holds more lines of the upstream's table (`timeout = "3s"`), one per line.
 async fn one_worker_gateway(up: impl std::fmt::Display, upstream: &str) -> Running {
+    one_route_gateway(up, "workers = 1", upstream).await
+}
+
+/// A gateway in front of the one address `up`, every path routed to it; `section` and
+/// `upstream` hold more lines of the `[gateway]` table and of the upstream's, one per line.
+async fn one_route_gateway(up: impl std::fmt::Display, section: &str, upstream: &str) -> Running {
     gateway(&format!(
-        "[gateway]\nworkers = 1\n[gateway.upstreams.app]\naddresses = [\"{up}\"]\n{upstream}\n\
+        "[gateway]\n{section}\n[gateway.upstreams.app]\naddresses = [\"{up}\"]\n{upstream}\n\
          [gateway.routes.rest]\nprefix = \"/\"\nupstream = \"app\"\n"
     ))
     .await
