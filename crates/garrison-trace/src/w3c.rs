@@ -217,14 +217,13 @@ fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a HeaderVal
 const SCAN_AT_MOST: usize = 24;
 
 /// Whether `h` may hold a header named `name`: `false` only when it surely does not, told
-/// by a pass over a small map's names (lengths first) rather than a hash of `name`.
+/// by a pass over a small map's names (each comparison looks at the lengths first) rather
+/// than a hash of `name`.
 pub(crate) fn may_hold(h: &HeaderMap, name: &HeaderName) -> bool {
     if h.keys_len() > SCAN_AT_MOST {
         return true;
     }
-    let n = name.as_str();
-    h.keys()
-        .any(|k| k.as_str().len() == n.len() && k.as_str() == n)
+    h.keys().any(|k| k.as_str() == name.as_str())
 }
 
 /// The values a request has of one header name: none, one, or more than one.
@@ -272,19 +271,18 @@ impl Incoming {
         }
         let (mut tp, mut ts, mut bg) = (Seen::None, Seen::None, Seen::None);
         let mut first_also = None;
-        let also_len = also.map_or(0, |n| n.as_str().len());
         for (name, value) in headers {
+            // a comparison of names looks at their lengths first
             let n = name.as_str();
-            match n.len() {
-                11 if n == "traceparent" => tp.add(value),
-                10 if n == "tracestate" => ts.add(value),
-                7 if n == "baggage" => bg.add(value),
-                _ => {}
+            if n == TRACEPARENT.as_str() {
+                tp.add(value);
+            } else if n == TRACESTATE.as_str() {
+                ts.add(value);
+            } else if n == BAGGAGE.as_str() {
+                bg.add(value);
             }
-            if let Some(a) = also {
-                if n.len() == also_len && first_also.is_none() && name == a {
-                    first_also = Some(value);
-                }
+            if first_also.is_none() && also == Some(name) {
+                first_also = Some(value);
             }
         }
         let parent = tp.single().and_then(|v| parse_traceparent(v.as_bytes()));
