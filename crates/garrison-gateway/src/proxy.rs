@@ -591,15 +591,21 @@ fn remove_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// The options that the `Connection` headers of `h` name (header names, `close`,
+/// `upgrade`), trimmed.
+pub(crate) fn connection_tokens(h: &HeaderMap) -> impl Iterator<Item = &str> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 /// [`remove_hop_by_hop`] for a map known to hold one.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     if h.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = h
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        let named: Vec<HeaderName> = connection_tokens(h)
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .collect();
         for n in named {
             h.remove(n);

@@ -30,7 +30,7 @@ use tower::Service;
 
 use crate::metrics::{TunnelEnd, TunnelStats};
 use crate::pool::{connect_tcp, unsent};
-use crate::proxy::{broken, source_chain, Failure, Lost, UpstreamBody};
+use crate::proxy::{broken, connection_tokens, source_chain, Failure, Lost, UpstreamBody};
 
 /// What a request that may be tunnelled asks for: the `Upgrade` value to send on (the
 /// offered protocols that `allowed` names), the client connection's half of the switch, and
@@ -65,7 +65,9 @@ impl ConnectionSlot {
 /// that can hand itself over. Takes the connection's half of the switch out of the
 /// extensions when it does.
 pub(crate) fn requested(parts: &mut http::request::Parts, allowed: &[String]) -> Option<Requested> {
-    if parts.version != Version::HTTP_11 || !has_token(&parts.headers, "upgrade") {
+    if parts.version != Version::HTTP_11
+        || !connection_tokens(&parts.headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    {
         return None;
     }
     let mut offered = BytesMut::new();
@@ -93,15 +95,6 @@ pub(crate) fn requested(parts: &mut http::request::Parts, allowed: &[String]) ->
         client,
         slot,
     })
-}
-
-/// Whether a `Connection` header of `h` names `token` (without case).
-fn has_token(h: &HeaderMap, token: &str) -> bool {
-    h.get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Marks `h` as the request or answer of a protocol switch to `upgrade`, after its
