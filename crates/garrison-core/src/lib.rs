@@ -62,5 +62,7 @@ pub use method::MethodLabel;
 pub use refusal::refusal;
 pub use route::{RouteLabel, RouteResolver, RouteTable, RouteTableError, UNMATCHED};
 pub use shard::{thread_shard, CachePadded, ShardedCounters};
-pub use text::{hex_decode, hex_encode, hex_write, push_json_string, rfc3339, IpText};
+pub use text::{
+    hex_decode, hex_encode, hex_write, is_token_byte, push_json_string, rfc3339, IpText,
+};
 pub use trace_context::{TraceContext, TraceId};

@@ -2,6 +2,17 @@
 
 use std::fmt::Write as _;
 
+/// Whether `b` may stand in an HTTP token (RFC 9110 §5.6.2): a header name, a protocol
+/// name, a baggage key.
+///
+/// ```
+/// assert!(b"websocket".iter().all(|&b| garrison_core::is_token_byte(b)));
+/// assert!(!garrison_core::is_token_byte(b' '));
+/// ```
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Appends `s` to `out` as a JSON string literal, quotes included, escaping quotes,
 /// backslashes and control characters.
 ///

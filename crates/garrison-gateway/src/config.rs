@@ -467,7 +467,7 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
         }
         r.strings("upgrades", &mut c.upgrades);
         for (i, p) in c.upgrades.iter_mut().enumerate() {
-            if p.is_empty() || !p.bytes().all(is_token_byte) {
+            if p.is_empty() || !p.bytes().all(garrison::garrison_core::is_token_byte) {
                 r.err(
                     &format!("upgrades[{i}]"),
                     format!("`{p}` is not a protocol name such as websocket"),
@@ -527,11 +527,6 @@ pub(crate) fn authority(address: &str) -> Option<http::uri::Authority> {
     let bare = address.strip_prefix("http://").unwrap_or(address);
     let a: http::uri::Authority = bare.trim_end_matches('/').parse().ok()?;
     a.port_u16().is_some().then_some(a)
-}
-
-/// Whether `b` may stand in an HTTP token (RFC 9110 §5.6.2), such as a protocol name.
-pub(crate) fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 #[cfg(test)]

@@ -175,8 +175,7 @@ pub fn valid_baggage(v: &[u8]) -> bool {
         };
         let key = kv[..eq].trim_ascii();
         let value = kv[eq + 1..].trim_ascii();
-        let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
-        if key.is_empty() || !key.iter().all(|&c| token(c)) {
+        if key.is_empty() || !key.iter().all(|&c| garrison_core::is_token_byte(c)) {
             return false;
         }
         if !value
