@@ -52,7 +52,7 @@ impl TunnelEnd {
 #[derive(Debug, Default)]
 pub(crate) struct TunnelStats {
     open: AtomicU64,
-    ended: [AtomicU64; 5],
+    ended: [AtomicU64; TunnelEnd::ALL.len()],
     /// Bytes carried from clients to upstreams, and from upstreams to clients.
     bytes: [AtomicU64; 2],
 }
