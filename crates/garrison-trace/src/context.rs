@@ -26,12 +26,26 @@ pub struct RequestContext {
     /// The caller's `baggage`, passed on.
     pub baggage: Option<HeaderValue>,
     pub(crate) local: Option<Arc<LocalTrace>>,
+    /// The request's OpenTelemetry context (and, with a pipeline, its server span).
+    #[cfg(feature = "otel")]
+    pub(crate) otel: Option<crate::otel::OtelRequest>,
 }
 
 impl RequestContext {
     /// Whether this request's spans are being recorded.
     pub fn is_recording(&self) -> bool {
+        #[cfg(feature = "otel")]
+        if self.otel.as_ref().is_some_and(|o| o.is_recording()) {
+            return true;
+        }
         self.local.is_some()
+    }
+
+    /// The request's OpenTelemetry context: its server span (or garrison's ids as a span
+    /// context), the one that is `opentelemetry::Context::current()` while the handler runs.
+    #[cfg(feature = "otel")]
+    pub fn otel_context(&self) -> Option<&opentelemetry::Context> {
+        self.otel.as_ref().map(|o| &o.cx)
     }
 }
 

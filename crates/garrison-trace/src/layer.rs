@@ -262,34 +262,49 @@ where
 #[inline]
 fn start<B>(sh: &Shared, req: &mut Request<B>) -> TracedRequest {
     let (incoming, given_id) = Incoming::extract_with(req.headers(), Some(sh.request_id));
-    let trace_id = incoming.parent.map_or_else(ids::trace_id, |p| p.trace_id);
-    let span_id = ids::span_id();
-    let sampler = &sh.tracer.inner.sampler;
-    let start = sampler.start(trace_id, incoming.parent.as_ref());
     let request_id = match given_id {
         Some(v) if valid_request_id(v) => RequestId::given(v.clone()),
         _ => RequestId::made(ids::request_id()),
     };
-    let local = (start != Start::Drop).then(|| sh.tracer.local(trace_id, start));
-    let root = local
-        .as_ref()
-        .map(|_| Box::new(root_span(req, &sh.resolver, trace_id, span_id, &incoming)));
+    #[cfg(feature = "otel")]
+    let opened = match &sh.tracer.inner.pipeline {
+        Some(p) => open_in_pipeline(sh, req, &incoming, p),
+        None => open(sh, req, &incoming),
+    };
+    #[cfg(not(feature = "otel"))]
+    let opened = open(sh, req, &incoming);
+    let Opened {
+        trace_id,
+        span_id,
+        sampled,
+        local,
+        root,
+        #[cfg(feature = "otel")]
+        otel,
+    } = opened;
+    #[cfg(feature = "otel")]
+    let otel_recording = otel.as_ref().is_some_and(|o| o.is_recording());
+    #[cfg(not(feature = "otel"))]
+    let otel_recording = false;
+    let recorded = local.is_some() || otel_recording;
     // the clock is only kept (an `Arc` clone) by requests that time themselves
-    let started = (local.is_some() || sh.access_log).then(|| {
+    let started = (recorded || sh.access_log).then(|| {
         let clock = sh.tracer.inner.clock.clone();
         (clock.tick(), clock)
     });
     let ctx = Arc::new(RequestContext {
         trace_id,
         span_id,
-        sampled: sampler.head_flag(start, trace_id),
+        sampled,
         request_id,
         tracestate: incoming.tracestate,
         baggage: incoming.baggage,
         local,
+        #[cfg(feature = "otel")]
+        otel,
     });
     let ext = req.extensions_mut();
-    if start != Start::Drop {
+    if recorded {
         // garrison-metrics turns it into an exemplar; unsampled requests have none
         ext.insert(TraceContext {
             trace_id,
@@ -331,13 +346,96 @@ fn start<B>(sh: &Shared, req: &mut Request<B>) -> TracedRequest {
     }
 }
 
-fn root_span<B>(
-    req: &Request<B>,
-    resolver: &RouteResolver,
+/// What opening a request's trace decided: its ids and what records its spans.
+struct Opened {
     trace_id: garrison_core::TraceId,
     span_id: crate::w3c::SpanId,
+    /// The sampled flag sent downstream.
+    sampled: bool,
+    local: Option<Arc<crate::tracer::LocalTrace>>,
+    root: Option<Box<SpanRecord>>,
+    #[cfg(feature = "otel")]
+    otel: Option<crate::otel::OtelRequest>,
+}
+
+/// Garrison's own tracer decides and records.
+#[inline]
+fn open<B>(sh: &Shared, req: &Request<B>, incoming: &Incoming) -> Opened {
+    let trace_id = incoming.parent.map_or_else(ids::trace_id, |p| p.trace_id);
+    let span_id = ids::span_id();
+    let sampler = &sh.tracer.inner.sampler;
+    let start = sampler.start(trace_id, incoming.parent.as_ref());
+    let local = (start != Start::Drop).then(|| sh.tracer.local(trace_id, start));
+    let root = local.as_ref().map(|_| {
+        let (name, attributes) = server_attributes(req, &sh.resolver);
+        let now = SystemTime::now();
+        Box::new(SpanRecord {
+            trace_id,
+            span_id,
+            parent: incoming.parent.map(|p| p.span_id),
+            parent_remote: incoming.parent.is_some(),
+            name: Cow::Owned(name),
+            kind: SpanKind::Server,
+            start: now,
+            end: now,
+            attributes,
+            error: None,
+        })
+    });
+    let sampled = sampler.head_flag(start, trace_id);
+    Opened {
+        trace_id,
+        span_id,
+        sampled,
+        local,
+        root,
+        // the handler's OpenTelemetry spans join this trace, under this span
+        #[cfg(feature = "otel")]
+        otel: Some(crate::otel::garrison_span(
+            trace_id, span_id, sampled, incoming,
+        )),
+    }
+}
+
+/// The OpenTelemetry pipeline decides and records (its sampler, ids and processors).
+#[cfg(feature = "otel")]
+fn open_in_pipeline<B>(
+    sh: &Shared,
+    req: &Request<B>,
     incoming: &Incoming,
-) -> SpanRecord {
+    pipeline: &crate::otel::Pipeline,
+) -> Opened {
+    use crate::otel::{ids as otel_ids, remote_parent, OtelRequest};
+    let parent = remote_parent(incoming);
+    let method = garrison_core::MethodLabel::from_method(req.method());
+    let otel = OtelRequest::start(pipeline, SpanKind::Server, method.as_str(), &parent);
+    let Some((trace_id, span_id, sampled)) = otel_ids(&otel.cx) else {
+        // a provider that is shut down makes invalid spans: the request keeps garrison's ids
+        return Opened {
+            otel: None,
+            ..open(sh, req, incoming)
+        };
+    };
+    if otel.is_recording() {
+        let (name, attributes) = server_attributes(req, &sh.resolver);
+        otel.describe(Cow::Owned(name), attributes);
+    }
+    Opened {
+        trace_id,
+        span_id,
+        sampled,
+        local: None,
+        root: None,
+        otel: Some(otel),
+    }
+}
+
+/// The server span's name (`GET /users/{id}`) and its attributes in the OpenTelemetry HTTP
+/// conventions.
+fn server_attributes<B>(
+    req: &Request<B>,
+    resolver: &RouteResolver,
+) -> (String, Vec<(&'static str, Value)>) {
     let method = req.method().as_str();
     let method_label = garrison_core::MethodLabel::from_method(req.method());
     let route = resolver.resolve(req).as_str();
@@ -396,19 +494,7 @@ fn root_span<B>(
             _ => "1.1",
         })),
     ));
-    let now = SystemTime::now();
-    SpanRecord {
-        trace_id,
-        span_id,
-        parent: incoming.parent.map(|p| p.span_id),
-        parent_remote: incoming.parent.is_some(),
-        name: Cow::Owned(name),
-        kind: SpanKind::Server,
-        start: now,
-        end: now,
-        attributes,
-        error: None,
-    }
+    (name, attributes)
 }
 
 fn strip_port(host: &str) -> &str {
@@ -472,25 +558,51 @@ impl Finisher {
                 "request"
             );
         }
+        #[cfg(feature = "otel")]
+        if let Some(o) = self.ctx.otel.as_ref().filter(|o| o.is_recording()) {
+            let (attributes, error) = self.outcome(error);
+            o.end(took, attributes, error);
+            return;
+        }
         let (Some(mut root), Some(local)) = (self.root.take(), self.ctx.local.clone()) else {
             return;
         };
-        // only a recorded request pays for its error text
+        let (attributes, error) = self.outcome(error);
+        root.end = root.start + took;
+        root.attributes.extend(attributes);
+        root.error.clone_from(&error);
+        local.finish(*root, error.is_some(), took);
+    }
+
+    /// The server span's last attributes and its error, if it failed: only a recorded
+    /// request pays for them.
+    fn outcome(
+        &self,
+        error: Option<&'static str>,
+    ) -> (Vec<(&'static str, Value)>, Option<Cow<'static, str>>) {
         let error = error
             .map(Cow::Borrowed)
             .or_else(|| (self.status >= 500).then(|| Cow::Owned(self.status.to_string())));
-        root.end = root.start + took;
+        let mut attributes = Vec::with_capacity(2);
         if self.status != 0 {
-            root.attributes.push((
+            attributes.push((
                 "http.response.status_code",
                 Value::Int(i64::from(self.status)),
             ));
         }
         if let Some(e) = &error {
-            root.attributes.push(("error.type", Value::Str(e.clone())));
-            root.error = Some(e.clone());
+            attributes.push(("error.type", Value::Str(e.clone())));
         }
-        local.finish(*root, error.is_some(), took);
+        (attributes, error)
+    }
+
+    /// Whether anything waits for the end of the response body.
+    fn needs_end(&self) -> bool {
+        #[cfg(feature = "otel")]
+        if self.ctx.otel.as_ref().is_some_and(|o| o.is_recording()) {
+            return true;
+        }
+        self.root.is_some() || self.access.is_some()
     }
 }
 
@@ -526,6 +638,8 @@ impl std::fmt::Debug for TracedRequest {
 pub struct Entered<'a> {
     _span: Option<tracing::span::Entered<'a>>,
     _current: CurrentGuard,
+    #[cfg(feature = "otel")]
+    _otel: Option<opentelemetry::ContextGuard>,
 }
 
 impl std::fmt::Debug for Entered<'_> {
@@ -540,9 +654,12 @@ impl TracedRequest {
     /// trace.
     #[inline]
     pub fn enter(&self) -> Entered<'_> {
+        let ctx = &self.finisher.ctx;
         Entered {
             _span: self.finisher.span.as_ref().map(|s| s.enter()),
-            _current: CurrentGuard::set(&self.finisher.ctx),
+            _current: CurrentGuard::set(ctx),
+            #[cfg(feature = "otel")]
+            _otel: ctx.otel.as_ref().map(|o| o.cx.clone().attach()),
         }
     }
 
@@ -597,7 +714,7 @@ impl TracedRequest {
                 h.insert(TRACERESPONSE.clone(), v);
             }
         }
-        let needs_end = finisher.root.is_some() || finisher.access.is_some();
+        let needs_end = finisher.needs_end();
         TraceBody {
             inner: body,
             finisher: needs_end.then_some(finisher),

@@ -55,12 +55,16 @@ pub mod ids;
 mod layer;
 #[cfg(feature = "logs")]
 mod logs;
+#[cfg(feature = "otel")]
+mod otel;
 #[cfg(feature = "otlp")]
 mod otlp;
 mod propagate;
 mod redact;
 mod sampler;
 mod span;
+#[cfg(feature = "otel")]
+mod tail;
 mod tracer;
 mod w3c;
 
@@ -70,12 +74,16 @@ pub use layer::{
 };
 #[cfg(feature = "logs")]
 pub use logs::{json_logs, JsonLogs, MAX_FIELD};
+#[cfg(feature = "otel")]
+pub use otel::Pipeline;
 #[cfg(feature = "otlp")]
 pub use otlp::{OtlpConfig, OtlpError, OtlpSink, Protocol};
 pub use propagate::{PropagateFuture, PropagateLayer, PropagateService};
 pub use redact::Redaction;
 pub use sampler::Sampler;
 pub use span::{SpanKind, SpanRecord, Value};
+#[cfg(feature = "otel")]
+pub use tail::{ErrorBiasedProcessor, ErrorBiasedProcessorBuilder, TailDrop};
 pub use tracer::{BoxFuture, DropReason, SpanSink, Tracer, TracerBuilder};
 pub use w3c::{
     format_traceparent, parse_traceparent, valid_baggage, valid_tracestate, Incoming, Parent,

@@ -70,6 +70,37 @@ struct Ids {
     request_id: String,
 }
 
+/// The request a span was opened in.
+struct RequestSpan(std::sync::Arc<crate::RequestContext>);
+
+fn request_ids(out: &mut String, cur: &crate::RequestContext) {
+    let mut t = [0u8; 32];
+    let mut sp = [0u8; 16];
+    out.push_str(",\"trace_id\":\"");
+    out.push_str(cur.trace_id.to_hex(&mut t));
+    out.push_str("\",\"span_id\":\"");
+    out.push_str(cur.span_id.to_hex(&mut sp));
+    out.push_str("\",\"request_id\":");
+    garrison_core::push_json_string(out, cur.request_id.as_str());
+}
+
+/// Outside any request of garrison's, the current OpenTelemetry span (one of the user's) names
+/// the trace.
+#[cfg(feature = "otel")]
+fn otel_ids(out: &mut String) {
+    let cx = opentelemetry::Context::current();
+    let Some((trace, span, _)) = crate::otel::ids(&cx) else {
+        return;
+    };
+    let mut t = [0u8; 32];
+    let mut sp = [0u8; 16];
+    out.push_str(",\"trace_id\":\"");
+    out.push_str(trace.to_hex(&mut t));
+    out.push_str("\",\"span_id\":\"");
+    out.push_str(span.to_hex(&mut sp));
+    out.push('"');
+}
+
 struct IdVisitor<'a>(&'a mut Ids);
 
 impl Visit for IdVisitor<'_> {
@@ -158,14 +189,18 @@ where
     W: for<'a> MakeWriter<'a> + 'static,
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let meta = attrs.metadata();
-        if meta.target() != "garrison_trace" || meta.name() != "request" {
-            return;
-        }
         let Some(span) = ctx.span(id) else { return };
-        let mut ids = Ids::default();
-        attrs.record(&mut IdVisitor(&mut ids));
-        span.extensions_mut().insert(ids);
+        let meta = attrs.metadata();
+        if meta.target() == "garrison_trace" && meta.name() == "request" {
+            let mut ids = Ids::default();
+            attrs.record(&mut IdVisitor(&mut ids));
+            span.extensions_mut().insert(ids);
+        } else if let Some(cur) = crate::context::current() {
+            // a span opened while a request is served (the handler's own, or one that a
+            // spawned task carries with `.in_current_span()`) keeps the request's ids for the
+            // lines logged inside it, on whatever task or thread they are logged
+            span.extensions_mut().insert(RequestSpan(cur));
+        }
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
@@ -188,18 +223,18 @@ where
             out.push_str(",\"message\":");
             garrison_core::push_json_string(&mut out, &m);
         }
+        let mut named = true;
         if let Some(cur) = crate::context::current() {
-            let mut t = [0u8; 32];
-            let mut sp = [0u8; 16];
-            out.push_str(",\"trace_id\":\"");
-            out.push_str(cur.trace_id.to_hex(&mut t));
-            out.push_str("\",\"span_id\":\"");
-            out.push_str(cur.span_id.to_hex(&mut sp));
-            out.push_str("\",\"request_id\":");
-            garrison_core::push_json_string(&mut out, cur.request_id.as_str());
+            request_ids(&mut out, &cur);
         } else if let Some(scope) = ctx.event_scope(event) {
+            named = false;
             for span in scope {
                 let ext = span.extensions();
+                if let Some(RequestSpan(cur)) = ext.get::<RequestSpan>() {
+                    request_ids(&mut out, cur);
+                    named = true;
+                    break;
+                }
                 if let Some(ids) = ext.get::<Ids>() {
                     for (k, val) in [
                         ("trace_id", &ids.trace_id),
@@ -211,10 +246,19 @@ where
                         out.push_str("\":");
                         garrison_core::push_json_string(&mut out, val);
                     }
+                    named = true;
                     break;
                 }
             }
+        } else {
+            named = false;
         }
+        #[cfg(feature = "otel")]
+        if !named {
+            otel_ids(&mut out);
+        }
+        #[cfg(not(feature = "otel"))]
+        let _ = named;
         out.push_str("}\n");
         let _ = self.writer.make_writer().write_all(out.as_bytes());
     }

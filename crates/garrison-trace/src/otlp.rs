@@ -26,9 +26,14 @@ pub enum Protocol {
 }
 
 /// Where and how spans are sent. Unset options fall back to the standard environment
-/// variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
-/// `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_SERVICE_NAME`,
-/// `OTEL_RESOURCE_ATTRIBUTES`), then to the OTLP defaults.
+/// variables (`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_HEADERS`,
+/// `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_EXPORTER_OTLP_CERTIFICATE` and their `_TRACES_` forms,
+/// `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), then to the OTLP defaults.
+///
+/// An `https://` endpoint is reached over TLS (rustls), trusting the webpki roots and the CA
+/// certificates of [`ca_certificate`](Self::ca_certificate) (or
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`): a collector whose certificate is not trusted has its
+/// exports fail, counted as dropped spans; requests never wait on it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OtlpConfig {
     protocol: Protocol,
@@ -36,6 +41,15 @@ pub struct OtlpConfig {
     headers: Vec<(String, String)>,
     timeout: Option<Duration>,
     service_name: Option<String>,
+    ca_certificate: Option<std::path::PathBuf>,
+}
+
+/// The first of `names` that is set in the environment and not blank.
+fn env_first(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .filter_map(|n| std::env::var(n).ok())
+        .find(|v| !v.trim().is_empty())
 }
 
 impl Default for OtlpConfig {
@@ -60,7 +74,54 @@ impl OtlpConfig {
             headers: Vec::new(),
             timeout: None,
             service_name: None,
+            ca_certificate: None,
         }
+    }
+
+    /// PEM CA certificates to trust beside the webpki roots, for an `https://` collector
+    /// with a private CA. Default: `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` or
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`.
+    pub fn ca_certificate(mut self, pem_file: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_certificate = Some(pem_file.into());
+        self
+    }
+
+    /// Whether the collector is reached over TLS: the endpoint given, or else the one in the
+    /// environment, starts with `https://`.
+    fn is_https(&self) -> bool {
+        self.endpoint
+            .clone()
+            .or_else(|| {
+                env_first(&[
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                ])
+            })
+            .is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("https://"))
+    }
+
+    /// The PEM text of the CA certificates to trust, read now: a missing file or one without
+    /// a certificate is an error at start.
+    fn ca_pem(&self) -> Result<Option<Vec<u8>>, OtlpError> {
+        let path = match &self.ca_certificate {
+            Some(p) => p.clone(),
+            None => match env_first(&[
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ]) {
+                Some(p) => p.into(),
+                None => return Ok(None),
+            },
+        };
+        let pem = std::fs::read(&path)
+            .map_err(|e| OtlpError(format!("CA certificate {}: {e}", path.display())))?;
+        if ca_certificates(&pem).is_empty() {
+            return Err(OtlpError(format!(
+                "CA certificate {}: no PEM certificate in it",
+                path.display()
+            )));
+        }
+        Ok(Some(pem))
     }
 
     /// The transport.
@@ -95,6 +156,35 @@ impl OtlpConfig {
     }
 }
 
+fn ca_certificates(pem: &[u8]) -> Vec<rustls_pki_types::CertificateDer<'static>> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .collect()
+}
+
+/// The HTTP client of OTLP/HTTP: rustls with the ring provider, the webpki roots and `ca`.
+fn http_client(ca: Option<&[u8]>, timeout: Option<Duration>) -> Result<reqwest::Client, OtlpError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for cert in ca.map(ca_certificates).unwrap_or_default() {
+        roots
+            .add(cert)
+            .map_err(|e| OtlpError(format!("CA certificate: {e}")))?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| OtlpError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let mut b = reqwest::Client::builder().tls_backend_preconfigured(tls);
+    if let Some(t) = timeout {
+        b = b.timeout(t);
+    }
+    b.build().map_err(|e| OtlpError(e.to_string()))
+}
+
 /// Why the OTLP exporter could not be built.
 #[derive(Debug)]
 pub struct OtlpError(String);
@@ -127,6 +217,7 @@ impl OtlpSink {
     /// opened lazily, so a collector that is down is not an error here).
     pub fn new(config: OtlpConfig) -> Result<Self, OtlpError> {
         let err = |e: &dyn fmt::Display| OtlpError(e.to_string());
+        let ca = config.ca_pem()?;
         let mut exporter = match config.protocol {
             Protocol::Grpc => {
                 let mut b = opentelemetry_otlp::SpanExporter::builder().with_tonic();
@@ -135,6 +226,13 @@ impl OtlpSink {
                 }
                 if let Some(t) = config.timeout {
                     b = b.with_timeout(t);
+                }
+                if config.is_https() {
+                    let mut tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+                    if let Some(pem) = &ca {
+                        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                    }
+                    b = b.with_tls_config(tls);
                 }
                 if !config.headers.is_empty() {
                     let mut map = opentelemetry_otlp::tonic_types::metadata::MetadataMap::new();
@@ -152,7 +250,8 @@ impl OtlpSink {
             Protocol::HttpProtobuf => {
                 let mut b = opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
-                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary);
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .with_http_client(http_client(ca.as_deref(), config.timeout)?);
                 if let Some(e) = &config.endpoint {
                     b = b.with_endpoint(e.clone());
                 }

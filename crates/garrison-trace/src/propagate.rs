@@ -80,10 +80,19 @@ pub struct PropagateService<S> {
     redaction: Arc<Redaction>,
 }
 
-struct ClientSpan {
-    ctx: Arc<RequestContext>,
-    record: SpanRecord,
-    started: Instant,
+/// The client span of an outgoing call, recorded by garrison's tracer or by an OpenTelemetry
+/// pipeline.
+enum ClientSpan {
+    Garrison {
+        ctx: Arc<RequestContext>,
+        record: SpanRecord,
+        started: Instant,
+    },
+    #[cfg(feature = "otel")]
+    Otel {
+        span: crate::otel::OtelRequest,
+        started: Instant,
+    },
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for PropagateService<S>
@@ -105,14 +114,29 @@ where
             .cloned()
             .or_else(current);
         let Some(ctx) = ctx else {
+            #[cfg(feature = "otel")]
+            otel_current(req.headers_mut());
             return PropagateFuture {
                 inner: self.inner.call(req),
                 span: None,
             };
         };
-        let span_id = crate::ids::span_id();
+        let method = garrison_core::MethodLabel::from_method(req.method());
+        #[cfg(feature = "otel")]
+        let otel = ctx
+            .otel
+            .as_ref()
+            .and_then(|o| o.child(SpanKind::Client, method.as_str()));
+        #[cfg(feature = "otel")]
+        let ids = otel
+            .as_ref()
+            .and_then(|o| crate::otel::ids(&o.cx))
+            .map(|(_, span, sampled)| (span, sampled));
+        #[cfg(not(feature = "otel"))]
+        let ids = None;
+        let (span_id, sampled) = ids.unwrap_or_else(|| (crate::ids::span_id(), ctx.sampled));
         let h = req.headers_mut();
-        let tp = format_traceparent(ctx.trace_id, span_id, ctx.sampled);
+        let tp = format_traceparent(ctx.trace_id, span_id, sampled);
         // owned whole by one allocation: a clone of the request (a proxy's copy of one it may
         // send again) counts a reference, where a copied value would allocate on its first
         if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(tp)) {
@@ -135,9 +159,22 @@ where
         if let http::header::Entry::Vacant(e) = h.entry(&X_REQUEST_ID) {
             e.insert(ctx.request_id.to_header_value());
         }
+        #[cfg(feature = "otel")]
+        if let Some(o) = otel.filter(|o| o.is_recording()) {
+            let (_, attributes) = client_attributes(&req, method, &self.redaction);
+            o.describe(Cow::Borrowed(method.as_str()), attributes);
+            return PropagateFuture {
+                inner: self.inner.call(req),
+                span: Some(ClientSpan::Otel {
+                    span: o,
+                    started: Instant::now(),
+                }),
+            };
+        }
         let span = ctx
-            .is_recording()
-            .then(|| client_span(&req, &ctx, span_id, &self.redaction));
+            .local
+            .is_some()
+            .then(|| client_span(&req, &ctx, span_id, method, &self.redaction));
         PropagateFuture {
             inner: self.inner.call(req),
             span,
@@ -145,13 +182,41 @@ where
     }
 }
 
-fn client_span<B>(
+/// No garrison request is current: the current OpenTelemetry span, if any (a span of the
+/// user's own, or a task that carries the request's context), is the caller.
+#[cfg(feature = "otel")]
+fn otel_current(h: &mut http::HeaderMap) {
+    use opentelemetry::trace::TraceContextExt;
+    let cx = opentelemetry::Context::current();
+    let span = cx.span();
+    let sc = span.span_context();
+    let (Some(trace), Some(span_id)) = (
+        garrison_core::TraceId::from_bytes(sc.trace_id().to_bytes()),
+        crate::w3c::SpanId::from_bytes(sc.span_id().to_bytes()),
+    ) else {
+        return;
+    };
+    let tp = format_traceparent(trace, span_id, sc.is_sampled());
+    if let Ok(v) = HeaderValue::from_bytes(&tp) {
+        h.insert(TRACEPARENT.clone(), v);
+    }
+    let ts = sc.trace_state().header();
+    match HeaderValue::from_str(&ts) {
+        Ok(v) if !ts.is_empty() => {
+            h.insert(TRACESTATE.clone(), v);
+        }
+        _ => {
+            h.remove(&TRACESTATE);
+        }
+    }
+}
+
+/// The client span's name and attributes in the OpenTelemetry HTTP client conventions.
+fn client_attributes<B>(
     req: &Request<B>,
-    ctx: &Arc<RequestContext>,
-    span_id: crate::w3c::SpanId,
+    method: garrison_core::MethodLabel,
     redaction: &Redaction,
-) -> ClientSpan {
-    let method = garrison_core::MethodLabel::from_method(req.method());
+) -> (&'static str, Vec<(&'static str, Value)>) {
     let uri = req.uri();
     let mut attributes: Vec<(&'static str, Value)> = Vec::with_capacity(8);
     attributes.push((
@@ -178,14 +243,25 @@ fn client_span<B>(
     }
     full.push_str(&redaction.path_and_query(uri));
     attributes.push(("url.full", Value::Str(Cow::Owned(full))));
-    ClientSpan {
+    (method.as_str(), attributes)
+}
+
+fn client_span<B>(
+    req: &Request<B>,
+    ctx: &Arc<RequestContext>,
+    span_id: crate::w3c::SpanId,
+    method: garrison_core::MethodLabel,
+    redaction: &Redaction,
+) -> ClientSpan {
+    let (name, attributes) = client_attributes(req, method, redaction);
+    ClientSpan::Garrison {
         ctx: ctx.clone(),
         record: SpanRecord {
             trace_id: ctx.trace_id,
             span_id,
             parent: Some(ctx.span_id),
             parent_remote: false,
-            name: Cow::Borrowed(method.as_str()),
+            name: Cow::Borrowed(name),
             kind: SpanKind::Client,
             start: SystemTime::now(),
             end: SystemTime::now(),
@@ -223,26 +299,36 @@ where
             Poll::Pending => return Poll::Pending,
             Poll::Ready(r) => r,
         };
-        if let Some(mut s) = this.span.take() {
-            s.record.end = s.record.start + s.started.elapsed();
+        if let Some(span) = this.span.take() {
+            let mut attributes = Vec::with_capacity(2);
             let error: Option<Cow<'static, str>> = match &r {
                 Ok(resp) => {
                     let code = resp.status().as_u16();
-                    s.record
-                        .attributes
-                        .push(("http.response.status_code", Value::Int(i64::from(code))));
+                    attributes.push(("http.response.status_code", Value::Int(i64::from(code))));
                     (code >= 400).then(|| Cow::Owned(code.to_string()))
                 }
                 Err(_) => Some(Cow::Borrowed("request_error")),
             };
-            if let Some(e) = error {
-                s.record
-                    .attributes
-                    .push(("error.type", Value::Str(e.clone())));
-                s.record.error = Some(e);
+            if let Some(e) = &error {
+                attributes.push(("error.type", Value::Str(e.clone())));
             }
-            if let Some(local) = &s.ctx.local {
-                local.add(s.record);
+            match span {
+                ClientSpan::Garrison {
+                    ctx,
+                    mut record,
+                    started,
+                } => {
+                    record.end = record.start + started.elapsed();
+                    record.attributes.extend(attributes);
+                    record.error = error;
+                    if let Some(local) = &ctx.local {
+                        local.add(record);
+                    }
+                }
+                #[cfg(feature = "otel")]
+                ClientSpan::Otel { span, started } => {
+                    span.end(started.elapsed(), attributes, error)
+                }
             }
         }
         Poll::Ready(r)
@@ -274,6 +360,8 @@ mod tests {
             tracestate: ours.map(HeaderValue::from_static),
             baggage: None,
             local: None,
+            #[cfg(feature = "otel")]
+            otel: None,
         });
         let mut req = Request::get("http://up.example/x").body(()).unwrap();
         req.headers_mut()

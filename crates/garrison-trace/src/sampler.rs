@@ -60,6 +60,34 @@ pub(crate) fn ratio_keeps(ratio: f64, trace: TraceId) -> bool {
 }
 
 impl Sampler {
+    /// The sampler that `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` name, as the
+    /// OpenTelemetry specification defines them; `None` when it is unset or names a sampler
+    /// this crate does not have.
+    ///
+    /// `always_on` is [`Always`](Self::Always), `always_off` [`Never`](Self::Never),
+    /// `parentbased_always_on` `Ratio(1.0)`, `parentbased_always_off` `Ratio(0.0)`, and
+    /// `parentbased_traceidratio` and `traceidratio` `Ratio(arg)` (this crate's ratio always
+    /// follows a caller's decision). A missing or invalid argument is 1.0, as the
+    /// specification says.
+    pub fn from_env() -> Option<Sampler> {
+        let name = std::env::var("OTEL_TRACES_SAMPLER").ok()?;
+        let arg = || {
+            std::env::var("OTEL_TRACES_SAMPLER_ARG")
+                .ok()
+                .and_then(|a| a.trim().parse::<f64>().ok())
+                .filter(|r| (0.0..=1.0).contains(r))
+                .unwrap_or(1.0)
+        };
+        Some(match name.trim() {
+            "always_on" => Sampler::Always,
+            "always_off" => Sampler::Never,
+            "parentbased_always_on" => Sampler::Ratio(1.0),
+            "parentbased_always_off" => Sampler::Ratio(0.0),
+            "traceidratio" | "parentbased_traceidratio" => Sampler::Ratio(arg()),
+            _ => return None,
+        })
+    }
+
     pub(crate) fn start(&self, trace: TraceId, parent: Option<&Parent>) -> Start {
         match *self {
             Sampler::Always => Start::Sample,

@@ -75,6 +75,8 @@ pub(crate) struct TracerInner {
     pending: AtomicUsize,
     max_pending: usize,
     pub(crate) max_spans_per_trace: usize,
+    #[cfg(feature = "otel")]
+    pub(crate) pipeline: Option<crate::otel::Pipeline>,
 }
 
 /// Samples, holds and exports spans; shared by [`TraceLayer`](crate::TraceLayer) and
@@ -117,6 +119,8 @@ pub struct TracerBuilder {
     max_pending: usize,
     max_spans_per_trace: usize,
     clock: SharedClock,
+    #[cfg(feature = "otel")]
+    pipeline: Option<crate::otel::Pipeline>,
 }
 
 impl fmt::Debug for TracerBuilder {
@@ -131,7 +135,7 @@ impl fmt::Debug for TracerBuilder {
 impl Default for TracerBuilder {
     fn default() -> Self {
         Self {
-            sampler: Sampler::default(),
+            sampler: Sampler::from_env().unwrap_or_default(),
             sink: None,
             queue: 2048,
             batch: 512,
@@ -140,12 +144,15 @@ impl Default for TracerBuilder {
             max_pending: 16_384,
             max_spans_per_trace: 128,
             clock: SharedClock::system(),
+            #[cfg(feature = "otel")]
+            pipeline: None,
         }
     }
 }
 
 impl TracerBuilder {
-    /// The sampling policy. Default: parent-based, every new trace.
+    /// The sampling policy. Default: what `OTEL_TRACES_SAMPLER` names
+    /// ([`Sampler::from_env`]), else parent-based, every new trace.
     pub fn sampler(mut self, s: Sampler) -> Self {
         self.sampler = s;
         self
@@ -203,6 +210,16 @@ impl TracerBuilder {
         self
     }
 
+    /// Records server and client spans in an OpenTelemetry SDK pipeline instead (feature
+    /// `otel`): its sampler decides, its processors and exporter get every span, with its
+    /// resource. The [`sampler`](Self::sampler), [`sink`](Self::sink) and queue options are
+    /// then not used.
+    #[cfg(feature = "otel")]
+    pub fn pipeline(mut self, pipeline: crate::otel::Pipeline) -> Self {
+        self.pipeline = Some(pipeline);
+        self
+    }
+
     /// The tracer. With a sink it spawns the exporter task, so it must be called inside a
     /// tokio runtime.
     pub fn build(self) -> Tracer {
@@ -237,6 +254,8 @@ impl TracerBuilder {
                 pending: AtomicUsize::new(0),
                 max_pending: self.max_pending,
                 max_spans_per_trace: self.max_spans_per_trace,
+                #[cfg(feature = "otel")]
+                pipeline: self.pipeline,
             }),
         }
     }

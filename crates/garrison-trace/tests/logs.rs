@@ -130,3 +130,65 @@ async fn hostile_fields_stay_bounded() {
     let line: Value = serde_json::from_str(text.trim_end()).unwrap();
     assert!(line["field"].as_str().unwrap().len() <= garrison_trace::MAX_FIELD);
 }
+
+#[tokio::test]
+async fn tasks_the_handler_spawns_keep_the_requests_ids_in_their_lines() {
+    use tracing::Instrument;
+    let buf = Buffer::default();
+    let subscriber = tracing_subscriber::registry().with(json_logs().with_writer(buf.clone()));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let tracer = Tracer::builder().sampler(Sampler::Never).build();
+    let app: Router = Router::new()
+        .route(
+            "/job",
+            get(|| async {
+                // a span of the handler's, carried into a task with in_current_span
+                let carried = async {
+                    tracing::info!("carried");
+                }
+                .in_current_span();
+                let span = tracing::info_span!("handler");
+                let first = tokio::spawn(carried.instrument(span.clone()));
+                // a task given a span the handler made
+                let second = tokio::spawn(
+                    async {
+                        tokio::task::yield_now().await;
+                        tracing::info!("instrumented");
+                    }
+                    .instrument(tracing::info_span!("job")),
+                );
+                first.await.unwrap();
+                second.await.unwrap();
+                drop(span);
+                "ok"
+            }),
+        )
+        .layer(TraceLayer::new(&tracer));
+    let req = Request::get("/job")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        )
+        .header("x-request-id", "req-88")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    axum::body::to_bytes(resp.into_body(), 64).await.unwrap();
+    // a line outside any request after it names none
+    tokio::spawn(async { tracing::info!("later") })
+        .await
+        .unwrap();
+
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for l in &lines[..2] {
+        assert_eq!(l["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{l}");
+        assert_eq!(l["request_id"], "req-88", "{l}");
+    }
+    assert_eq!(lines[2]["message"], "later");
+    assert!(lines[2].get("trace_id").is_none(), "{text}");
+}
