@@ -32,7 +32,7 @@ fn info_subscriber() {
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let Some(variant) = args.next() else {
-        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects|bare_axum_peer|garrison_ratelimit|garrison_ratelimit_ietf|garrison_ratelimit_legacy|garrison_ratelimit_no_headers|tower_governor|bare_axum_info|garrison_trace_0pct|garrison_trace_100pct|otel_axum_layer|otel_axum_layer_unsampled|tower_http_trace|bare_axum_info_peer|garrison_stack|peer_stack> [requests]");
+        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects|bare_axum_peer|garrison_ratelimit|garrison_ratelimit_ietf|garrison_ratelimit_legacy|garrison_ratelimit_no_headers|tower_governor|bare_axum_info|garrison_trace_0pct|garrison_trace_100pct|garrison_trace_pipeline|garrison_trace_pipeline_unsampled|otel_axum_layer|otel_axum_layer_unsampled|tower_http_trace|bare_axum_info_peer|garrison_stack|peer_stack> [requests]");
         return;
     };
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
@@ -102,6 +102,23 @@ fn main() {
             let _enter = rt.enter();
             let tracer = garrison_trace::Tracer::builder()
                 .sampler(garrison_trace::Sampler::Ratio(ratio))
+                .build();
+            bare.layer(garrison_trace::TraceLayer::new(&tracer))
+        }
+        // The OpenTelemetry bridge: garrison's spans in the user's SDK pipeline (the provider
+        // the peers use, with tracing-opentelemetry on the subscriber as theirs).
+        "garrison_trace_pipeline" | "garrison_trace_pipeline_unsampled" => {
+            let sampler = if variant.ends_with("unsampled") {
+                opentelemetry_sdk::trace::Sampler::AlwaysOff
+            } else {
+                opentelemetry_sdk::trace::Sampler::AlwaysOn
+            };
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_sampler(sampler.clone())
+                .build();
+            tracing::dispatcher::set_global_default(peers::otel_dispatch(sampler)).unwrap();
+            let tracer = garrison_trace::Tracer::builder()
+                .pipeline(garrison_trace::Pipeline::new(&provider))
                 .build();
             bare.layer(garrison_trace::TraceLayer::new(&tracer))
         }

@@ -54,7 +54,10 @@ fn certificates() -> (String, String, String) {
 async fn tls_receiver(
     cert: &str,
     key: &str,
-) -> (SocketAddr, mpsc::UnboundedReceiver<ExportTraceServiceRequest>) {
+) -> (
+    SocketAddr,
+    mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+) {
     let (tx, rx) = mpsc::unbounded_channel();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -87,7 +90,11 @@ async fn serve_one(sink: OtlpSink) -> Tracer {
         .oneshot(http::Request::get("/users/1").body(Body::empty()).unwrap())
         .await
         .unwrap();
-    assert_eq!(resp.status(), 200, "the request is served whatever the collector");
+    assert_eq!(
+        resp.status(),
+        200,
+        "the request is served whatever the collector"
+    );
     axum::body::to_bytes(resp.into_body(), 64).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), tracer.flush())
         .await
