@@ -585,3 +585,39 @@ async fn exporter_negotiates_the_format_and_refuses_writes() {
     assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(resp.headers()["allow"], "GET, HEAD");
 }
+
+/// A service traced by its own OpenTelemetry layer (no `TraceContext` in the request): the
+/// current OpenTelemetry span, when sampled, is the exemplar's trace.
+#[cfg(feature = "otel")]
+#[tokio::test]
+async fn exemplars_come_from_the_current_opentelemetry_span_too() {
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceState};
+    let registry = registry();
+    let app = Router::new()
+        .route("/sleep/{ms}", get(sleep_ms))
+        .layer(MetricsLayer::new(&registry));
+    for (trace, flags) in [
+        ("4bf92f3577b34da6a3ce929d0e0e4736", TraceFlags::SAMPLED),
+        ("0af7651916cd43dd8448eb211c80319c", TraceFlags::default()),
+    ] {
+        let sc = SpanContext::new(
+            opentelemetry::trace::TraceId::from_hex(trace).unwrap(),
+            SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+            flags,
+            false,
+            TraceState::NONE,
+        );
+        let cx = opentelemetry::Context::new().with_remote_span_context(sc);
+        // the user's layer makes its span current whenever the inner service is polled
+        let req = Request::get("/sleep/0").body(Body::empty()).unwrap();
+        let resp = app.clone().oneshot(req).with_context(cx).await.unwrap();
+        resp.into_body().collect().await.unwrap();
+    }
+    let om = registry.render(Format::OpenMetrics);
+    assert!(
+        om.contains(r#"# {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"}"#),
+        "{om}"
+    );
+    assert!(!om.contains("0af7651916cd43dd8448eb211c80319c"), "{om}");
+}

@@ -93,10 +93,14 @@ pub(crate) fn start<B>(
     } else if let Some(given) = trace {
         given
     } else {
-        req.extensions()
-            .get::<TraceContext>()
-            .filter(|t| t.sampled)
-            .map(|t| t.trace_id)
+        let given = req.extensions().get::<TraceContext>();
+        match given {
+            Some(t) => t.sampled.then_some(t.trace_id),
+            #[cfg(feature = "otel")]
+            None => current_otel_trace(),
+            #[cfg(not(feature = "otel"))]
+            None => None,
+        }
     };
     RequestGuard::start(
         shared.clone(),
@@ -106,6 +110,20 @@ pub(crate) fn start<B>(
         trace,
         at,
     )
+}
+
+/// The trace of the current OpenTelemetry span, when it is sampled: a service traced by its own
+/// OpenTelemetry layer (outside this one) gets its exemplars too.
+#[cfg(feature = "otel")]
+fn current_otel_trace() -> Option<TraceId> {
+    use opentelemetry::trace::TraceContextExt;
+    opentelemetry::Context::map_current(|cx| {
+        let span = cx.span();
+        let sc = span.span_context();
+        (sc.is_sampled() && sc.is_valid())
+            .then(|| TraceId::from_bytes(sc.trace_id().to_bytes()))
+            .flatten()
+    })
 }
 
 #[cfg(test)]
