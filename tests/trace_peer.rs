@@ -28,14 +28,9 @@ fn python_with_otel() -> &'static str {
     "python3"
 }
 
-#[tokio::test]
-async fn the_python_sdk_client_finds_its_trace_in_the_server_answer() {
-    let python = python_with_otel();
-    let metrics = MetricsRegistry::new();
-    let tracer = Tracer::builder().sampler(trace_axum::SAMPLER).build();
-    let addr = serve_with_peers(trace_axum::app(&tracer, &metrics)).await;
-
-    let url = format!("http://{addr}/hello/py");
+/// Runs the Python client (`tests/peers/otel_requests_client.py`) against `url`: what it
+/// printed, which it exits 0 only when the server joined its trace.
+async fn python_client(python: &'static str, url: String) -> serde_json::Value {
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python)
             .arg("tests/peers/otel_requests_client.py")
@@ -48,7 +43,17 @@ async fn the_python_sdk_client_finds_its_trace_in_the_server_answer() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "peer failed:\n{stdout}\n{stderr}");
-    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+#[tokio::test]
+async fn the_python_sdk_client_finds_its_trace_in_the_server_answer() {
+    let python = python_with_otel();
+    let metrics = MetricsRegistry::new();
+    let tracer = Tracer::builder().sampler(trace_axum::SAMPLER).build();
+    let addr = serve_with_peers(trace_axum::app(&tracer, &metrics)).await;
+
+    let answer = python_client(python, format!("http://{addr}/hello/py")).await;
     let trace_id = answer["trace_id"].as_str().unwrap();
     assert_eq!(answer["status"], 200);
     assert_eq!(answer["body"], "hello py\n");
@@ -137,20 +142,7 @@ async fn python_client_garrison_service_and_python_downstream_share_one_trace() 
         .layer(garrison_trace::TraceLayer::new(&tracer).trace_response(true));
     let addr = serve_with_peers(app).await;
 
-    let url = format!("http://{addr}/forward");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg("tests/peers/otel_requests_client.py")
-            .arg(url)
-            .output()
-            .expect("run the Python peer")
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "peer failed:\n{stdout}\n{stderr}");
-    let answer: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let answer = python_client(python, format!("http://{addr}/forward")).await;
     let client_trace = answer["trace_id"].as_str().unwrap();
     let tr = answer["traceresponse"].as_str().unwrap();
     let (garrison_trace, garrison_span) = (&tr[3..35], &tr[36..52]);

@@ -245,33 +245,23 @@ impl<P: SpanProcessor> SpanProcessor for ErrorBiasedProcessor<P> {
 
     fn on_end(&self, span: SpanData) {
         let trace = span.span_context.trace_id();
+        let root = is_local_root(&span);
         let mut state = self.state.lock();
-        if let Some(&keep) = state.decided.get(&trace) {
-            let root = is_local_root(&span);
+        let decided = state.decided.get(&trace).copied();
+        if decided.is_some() || root {
+            let keep = decided.unwrap_or_else(|| self.keeps(&span));
             let held = if root { state.take(trace) } else { Vec::new() };
+            if decided.is_none() {
+                state.remember(trace, keep);
+            }
             drop(state);
             if root {
                 self.count(keep);
             }
             if keep {
-                for s in held {
+                for s in held.into_iter().chain(std::iter::once(span)) {
                     self.next.on_end(s);
                 }
-                self.next.on_end(span);
-            }
-            return;
-        }
-        if is_local_root(&span) {
-            let keep = self.keeps(&span);
-            let held = state.take(trace);
-            state.remember(trace, keep);
-            drop(state);
-            self.count(keep);
-            if keep {
-                for s in held {
-                    self.next.on_end(s);
-                }
-                self.next.on_end(span);
             }
             return;
         }

@@ -102,6 +102,15 @@ fn app(tracer: &Tracer, seen: Seen) -> Router {
         .layer(TraceLayer::new(tracer).trace_response(true))
 }
 
+/// A provider whose spans are kept in memory, as they end.
+fn in_memory() -> (InMemorySpanExporter, SdkTracerProvider) {
+    let exporter = InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    (exporter, provider)
+}
+
 fn subscriber(provider: &SdkTracerProvider) -> impl tracing::Subscriber + Send + Sync {
     tracing_subscriber::registry()
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("app")))
@@ -132,10 +141,7 @@ fn by_name<'a>(spans: &'a [SpanData], name: &str) -> &'a SpanData {
 #[tokio::test]
 async fn the_handler_and_its_tasks_are_children_of_the_server_span_in_the_users_pipeline() {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
+    let (exporter, provider) = in_memory();
     let _guard = tracing::subscriber::set_default(subscriber(&provider));
     let tracer = Tracer::builder().pipeline(Pipeline::new(&provider)).build();
     let seen = Seen::default();
@@ -221,10 +227,7 @@ async fn with_garrisons_own_pipeline_the_handlers_spans_still_join_its_server_sp
             Box::pin(async { Ok(()) })
         }
     }
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
+    let (exporter, provider) = in_memory();
     let _guard = tracing::subscriber::set_default(subscriber(&provider));
     let keep = Keep::default();
     let tracer = Tracer::builder()
@@ -426,10 +429,7 @@ impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanP
 
 #[tokio::test]
 async fn outside_garrisons_requests_propagate_layer_carries_the_current_opentelemetry_span() {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .build();
+    let (_exporter, provider) = in_memory();
     let otel = provider.tracer("job");
     let span = otel.start("nightly-job");
     let sc = span.span_context().clone();
