@@ -37,7 +37,13 @@ struct Shared {
     tracing_span: bool,
     resolver: RouteResolver,
     redaction: Arc<Redaction>,
+    #[cfg(feature = "tower-http")]
+    make_request_id: Option<MakeId>,
 }
+
+/// The user's `tower_http::request_id::MakeRequestId`, type-erased.
+#[cfg(feature = "tower-http")]
+type MakeId = Arc<dyn Fn(&Request<()>) -> Option<HeaderValue> + Send + Sync>;
 
 /// Joins each request to its caller's trace (W3C `traceparent`, `tracestate`, `baggage`),
 /// records a server span in the OpenTelemetry HTTP conventions, and gives every request an
@@ -99,6 +105,8 @@ impl TraceLayer {
                 tracing_span: false,
                 resolver: RouteResolver::new(),
                 redaction: Arc::new(Redaction::default()),
+                #[cfg(feature = "tower-http")]
+                make_request_id: None,
             }),
         }
     }
@@ -106,6 +114,22 @@ impl TraceLayer {
     fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
         f(Arc::make_mut(&mut self.shared));
         self
+    }
+
+    /// Makes the request ids of requests that come without one, with tower-http's
+    /// `MakeRequestId` (`MakeRequestUuid`, say) instead of 32 random hex digits (feature
+    /// `tower-http`). The maker sees the request's method, URI, version and headers.
+    #[cfg(feature = "tower-http")]
+    pub fn make_request_id<M>(self, maker: M) -> Self
+    where
+        M: tower_http::request_id::MakeRequestId + Send + 'static,
+    {
+        let maker = Mutex::new(maker);
+        let make: MakeId = Arc::new(move |req: &Request<()>| {
+            let mut m = maker.lock().unwrap_or_else(|e| e.into_inner());
+            m.make_request_id(req).map(|id| id.into_header_value())
+        });
+        self.edit(|s| s.make_request_id = Some(make))
     }
 
     /// The request id header. Default: `x-request-id`.
@@ -262,6 +286,12 @@ where
 #[inline]
 fn start<B>(sh: &Shared, req: &mut Request<B>) -> TracedRequest {
     let (incoming, given_id) = Incoming::extract_with(req.headers(), Some(sh.request_id));
+    #[cfg(feature = "tower-http")]
+    let request_id = {
+        let given = given_id.cloned();
+        tower_http_request_id(sh, req, given.as_ref())
+    };
+    #[cfg(not(feature = "tower-http"))]
     let request_id = match given_id {
         Some(v) if valid_request_id(v) => RequestId::given(v.clone()),
         _ => RequestId::made(ids::request_id()),
@@ -344,6 +374,47 @@ fn start<B>(sh: &Shared, req: &mut Request<B>) -> TracedRequest {
         request_id: sh.request_id,
         trace_response: sh.trace_response,
     }
+}
+
+/// The request id, one whichever of tower-http's request-id layers and this one runs first:
+/// tower-http's `RequestId` already in the extensions (its `SetRequestIdLayer` ran first), else
+/// the request's header, else the user's maker, else ours; each only when it is a sane id. The
+/// id chosen goes into the extensions as tower-http's `RequestId` and into the request's header,
+/// for the handler and for tower-http's layers inside this one.
+#[cfg(feature = "tower-http")]
+fn tower_http_request_id<B>(
+    sh: &Shared,
+    req: &mut Request<B>,
+    given: Option<&HeaderValue>,
+) -> RequestId {
+    use tower_http::request_id::RequestId as TowerId;
+    let theirs = req
+        .extensions()
+        .get::<TowerId>()
+        .map(TowerId::header_value)
+        .filter(|v| valid_request_id(v));
+    let id = match theirs.or(given.filter(|v| valid_request_id(v))) {
+        Some(v) => RequestId::given(v.clone()),
+        None => sh
+            .make_request_id
+            .as_ref()
+            .and_then(|make| {
+                let mut head = Request::new(());
+                *head.method_mut() = req.method().clone();
+                *head.uri_mut() = req.uri().clone();
+                *head.version_mut() = req.version();
+                *head.headers_mut() = req.headers().clone();
+                make(&head)
+            })
+            .filter(valid_request_id)
+            .map_or_else(|| RequestId::made(ids::request_id()), RequestId::given),
+    };
+    let value = id.to_header_value();
+    if req.headers().get(sh.request_id) != Some(&value) {
+        req.headers_mut().insert(sh.request_id, value.clone());
+    }
+    req.extensions_mut().insert(TowerId::new(value));
+    id
 }
 
 /// What opening a request's trace decided: its ids and what records its spans.
