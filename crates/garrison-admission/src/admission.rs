@@ -120,6 +120,7 @@ const WAIT_BUCKETS: &[f64] = &[
 
 /// Builds an [`Admission`].
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct AdmissionBuilder {
     max_in_flight: usize,
     max_queue: usize,

@@ -21,6 +21,7 @@ pub const DEFAULT_PRIORITY_HEADER: &str = "x-priority";
 
 /// Puts an [`Admission`] in front of a service: see the [crate docs](crate).
 #[derive(Clone)]
+#[must_use]
 pub struct AdmissionLayer {
     rules: Arc<Rules>,
 }

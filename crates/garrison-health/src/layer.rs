@@ -30,6 +30,7 @@ use crate::HealthRegistry;
 /// # }
 /// ```
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct HealthLayer {
     health: HealthRegistry,
 }

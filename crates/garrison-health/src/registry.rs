@@ -190,6 +190,7 @@ impl std::error::Error for RegisterError {}
 
 /// Builds a [`HealthRegistry`]: service facts for the report, the token, and the routes.
 #[derive(Debug, Default)]
+#[must_use]
 pub struct HealthRegistryBuilder {
     config: Config,
 }

@@ -89,6 +89,7 @@ impl MetricsExporter {
 
 /// Answers scrapes at one path in front of a service; made by [`MetricsExporter::layer`].
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct ScrapeLayer {
     exporter: MetricsExporter,
     path: Arc<str>,

@@ -72,6 +72,7 @@ impl Default for MetricsRegistry {
 
 /// Builds a [`MetricsRegistry`] with non-default options.
 #[derive(Debug, Clone)]
+#[must_use]
 pub struct MetricsRegistryBuilder {
     duration_buckets: Vec<f64>,
     request_size_buckets: Vec<f64>,

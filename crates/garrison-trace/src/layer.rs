@@ -81,6 +81,7 @@ type MakeId = Arc<dyn Fn(&Request<()>) -> Option<HeaderValue> + Send + Sync>;
 /// # }
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct TraceLayer {
     shared: Arc<Shared>,
 }

@@ -18,6 +18,7 @@ use crate::tracer::{BoxFuture, SpanSink};
 
 /// The OTLP transport.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Protocol {
     /// OTLP/gRPC (default port 4317).
     Grpc,

@@ -45,6 +45,7 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// # let _ = client;
 /// ```
 #[derive(Clone, Debug, Default)]
+#[must_use]
 pub struct PropagateLayer {
     redaction: Arc<Redaction>,
 }

@@ -18,6 +18,7 @@ use crate::sampler::ratio_keeps;
 
 /// Why [`ErrorBiasedProcessor`] dropped spans without a decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TailDrop {
     /// A trace held more spans than [`max_spans_per_trace`](ErrorBiasedProcessorBuilder::max_spans_per_trace).
     TraceTooLarge,

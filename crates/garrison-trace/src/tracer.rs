@@ -28,6 +28,7 @@ pub trait SpanSink: Send + Sync + 'static {
 
 /// Why spans were dropped, as in `garrison_trace_spans_dropped_total{reason}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DropReason {
     /// The export queue was full (the collector is slow, down or hanging).
     QueueFull,
@@ -109,6 +110,7 @@ impl fmt::Debug for Tracer {
 }
 
 /// Builds a [`Tracer`].
+#[must_use]
 pub struct TracerBuilder {
     sampler: Sampler,
     sink: Option<Arc<dyn SpanSink>>,

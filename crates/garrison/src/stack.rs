@@ -127,6 +127,7 @@ impl Garrison {
 /// assert_eq!(garrison.rate_limiter().unwrap().policies().count(), 4);
 /// ```
 #[derive(Default)]
+#[must_use]
 pub struct GarrisonBuilder {
     config: GarrisonConfig,
     clock: Option<SharedClock>,

@@ -46,6 +46,7 @@ pub type Fallback = Arc<dyn Fn(&str, &Rejected) -> http::Response<Bytes> + Send 
 ///     .layer(CircuitBreakerLayer::new(&breakers, "orders-db", BreakerConfig::profile("database").unwrap()));
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct CircuitBreakerLayer {
     pub(crate) shared: Arc<Shared>,
 }
@@ -109,8 +110,31 @@ impl CircuitBreakerLayer {
     ///
     /// When `config` is invalid ([`BreakerConfig::validate`] says why).
     pub fn new(registry: &BreakerRegistry, name: &str, config: BreakerConfig) -> Self {
+        Self::try_new(registry, name, config)
+            .unwrap_or_else(|e| panic!("invalid breaker configuration for {name}: {e}"))
+    }
+
+    /// [`new`](Self::new), with an invalid `config` as an error instead of a panic: for
+    /// configurations that come from a file or a user.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use garrison_breaker::{BreakerConfig, BreakerRegistry, CircuitBreakerLayer};
+    ///
+    /// let breakers = BreakerRegistry::new();
+    /// let bad = BreakerConfig::default().failure_rate_threshold(1.5);
+    /// let err = CircuitBreakerLayer::try_new(&breakers, "db", bad).unwrap_err();
+    /// assert!(err.to_string().contains("failure_rate_threshold"), "{err}");
+    /// assert!(CircuitBreakerLayer::try_new(&breakers, "db", BreakerConfig::default()).is_ok());
+    /// ```
+    pub fn try_new(
+        registry: &BreakerRegistry,
+        name: &str,
+        config: BreakerConfig,
+    ) -> Result<Self, crate::ConfigError> {
+        config.validate()?;
         let breaker = registry.breaker(name, config.clone());
-        Self {
+        Ok(Self {
             shared: Arc::new(Shared {
                 registry: registry.clone(),
                 name: name.to_owned(),
@@ -119,7 +143,7 @@ impl CircuitBreakerLayer {
                 fallback: None,
                 route_configs: HashMap::new(),
             }),
-        }
+        })
     }
 
     /// One breaker per route template (axum's `MatchedPath`, else the resolver's table),

@@ -35,6 +35,7 @@ use crate::MetricsRegistry;
 ///     .route_service("/metrics", registry.exporter());
 /// ```
 #[derive(Clone, Debug)]
+#[must_use]
 pub struct MetricsLayer {
     registry: MetricsRegistry,
     resolver: RouteResolver,

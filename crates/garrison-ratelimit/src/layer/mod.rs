@@ -49,6 +49,7 @@ impl From<PolicyError> for ConfigError {
 
 /// Builds a [`RateLimitLayer`]; start with [`RateLimitLayer::builder`].
 #[derive(Debug)]
+#[must_use]
 pub struct RateLimitBuilder {
     policies: Vec<Policy>,
     default: Option<String>,
@@ -338,6 +339,7 @@ use std::hash::BuildHasher as _;
 ///     .layer(limits);
 /// ```
 #[derive(Clone)]
+#[must_use]
 pub struct RateLimitLayer {
     shared: Arc<Shared>,
 }

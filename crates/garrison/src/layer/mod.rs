@@ -55,6 +55,7 @@ pub(crate) struct Parts {
 /// Parts turned off in the configuration are skipped. The layer makes one service and one
 /// response future for all the parts, not one per part.
 #[derive(Clone)]
+#[must_use]
 pub struct GarrisonLayer {
     pub(crate) parts: Arc<Parts>,
 }
