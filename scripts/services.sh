@@ -96,10 +96,11 @@ ensure_prometheus_tools() {
     fi
 }
 
-# The foreign peers: the official OpenTelemetry Python SDK (tests/trace_peer.rs) and the
-# websockets library (tests/gateway.rs).
+# The foreign peers: the official OpenTelemetry Python SDK (tests/trace_peer.rs), the
+# websockets library (tests/gateway.rs) and the official Prometheus client's OpenMetrics parser
+# (tests/interop.rs).
 ensure_python_peers() {
-    local probe="import opentelemetry.sdk, opentelemetry.instrumentation.requests, requests, websockets.asyncio.client"
+    local probe="import opentelemetry.sdk, opentelemetry.instrumentation.requests, requests, websockets.asyncio.client, prometheus_client.openmetrics.parser"
     python3 -c "$probe" 2>/dev/null && return 0
     log "installing the Python peers (tests/peers/requirements.txt)"
     python3 -m pip install --quiet -r "$(dirname "$0")/../tests/peers/requirements.txt" \

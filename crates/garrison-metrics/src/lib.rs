@@ -80,6 +80,10 @@ mod exposition;
 mod histogram;
 mod layer;
 mod process;
+#[cfg(feature = "prometheus-client")]
+mod prometheus_client;
+#[cfg(feature = "metrics")]
+mod recorder;
 mod registry;
 mod table;
 
@@ -90,6 +94,10 @@ pub use garrison_core::{RouteTable, TraceContext, TraceId};
 pub use histogram::HistogramSnapshot;
 pub use layer::{Measurement, MetricsBody, MetricsLayer, MetricsService, ResponseFuture};
 pub use process::ProcessStats;
+#[cfg(feature = "prometheus-client")]
+pub use prometheus_client::PrometheusClientCollector;
+#[cfg(feature = "metrics")]
+pub use recorder::{GarrisonRecorder, GarrisonRecorderBuilder};
 pub use registry::{
     BuildError, MetricsRegistry, MetricsRegistryBuilder, SeriesSnapshot, DEFAULT_DURATION_BUCKETS,
     DEFAULT_MAX_SERIES, DEFAULT_SIZE_BUCKETS,
