@@ -64,7 +64,17 @@ mod admission;
 mod health;
 mod layer;
 #[cfg(feature = "sqlx")]
-mod pool;
+mod pool {
+    include!("pool_impl.rs");
+}
+
+/// [`acquire_connection`](crate::acquire_connection) for pools of sqlx 0.8 (feature
+/// `sqlx-0_8`), for services that have not moved to sqlx 0.9 yet.
+#[cfg(feature = "sqlx-0_8")]
+pub mod sqlx_0_8 {
+    use ::sqlx_0_8 as sqlx;
+    include!("pool_impl.rs");
+}
 
 use std::fmt;
 use std::str::FromStr;

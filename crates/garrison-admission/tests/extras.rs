@@ -99,3 +99,32 @@ async fn pool_acquires_wait_in_priority_order_and_report_sheds() {
     pool.close().await;
     let _ = std::fs::remove_file(dir);
 }
+
+/// The same admission in front of a sqlx 0.8 pool: at most `limit` connections out, the
+/// rest wait their turn.
+#[cfg(feature = "sqlx-0_8")]
+#[tokio::test]
+async fn sqlx_0_8_pools_take_the_same_admission() {
+    use garrison_admission::sqlx_0_8::acquire_connection as acquire_08;
+    let pool = sqlx_0_8::sqlite::SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let adm = Admission::builder().max_in_flight(1).build().unwrap();
+    let mut first = acquire_08(&adm, &pool, Priority::Normal).await.unwrap();
+    let (one,): (i64,) = sqlx_0_8::query_as("SELECT 1")
+        .fetch_one(&mut **first)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    let waiting = tokio::spawn({
+        let (adm, pool) = (adm.clone(), pool.clone());
+        async move { acquire_08(&adm, &pool, Priority::Normal).await.map(drop) }
+    });
+    settle().await;
+    assert!(!waiting.is_finished(), "the second waits for the admission");
+    assert_eq!(pool.size() - pool.num_idle() as u32, 1);
+    drop(first);
+    waiting.await.unwrap().unwrap();
+}

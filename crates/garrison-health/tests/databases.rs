@@ -355,7 +355,7 @@ async fn a_probe_storm_costs_the_database_nothing() {
             .unwrap()
             .as_nanos()
     );
-    sqlx::raw_sql(&format!("CREATE SEQUENCE {seq}"))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SEQUENCE {seq}")))
         .execute(&pool)
         .await
         .unwrap();
@@ -383,13 +383,14 @@ async fn a_probe_storm_costs_the_database_nothing() {
     for t in tasks {
         t.await.unwrap();
     }
-    let (calls,): (i64,) = sqlx::query_as(&format!("SELECT last_value FROM {seq}"))
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let (calls,): (i64,) =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT last_value FROM {seq}")))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(calls, 1, "2000 probes, one query: the refresh's");
     assert_eq!(health.runs("postgres"), Some(1));
-    sqlx::raw_sql(&format!("DROP SEQUENCE {seq}"))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SEQUENCE {seq}")))
         .execute(&pool)
         .await
         .unwrap();

@@ -1,3 +1,7 @@
+// The sqlx checks and pool metrics, written once for the sqlx of the module that includes this
+// file (`sqlx` 0.9 at the crate root, `sqlx_0_8` in `garrison_health::sqlx_0_8`): that module
+// names its sqlx `sqlx`, and invokes `checked_database!` for the databases it has features for.
+
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -131,8 +135,11 @@ mod sealed {
     pub trait Sealed {}
 }
 
+/// `checked_database!("postgres", sqlx::Postgres, |sql| query)`: `CheckedDatabase` for `$db`
+/// behind the feature, with `query` the executable form of the text `sql` (sqlx 0.9 takes only
+/// text it is told is safe, sqlx 0.8 the text itself).
 macro_rules! checked_database {
-    ($feature:literal, $db:ty) => {
+    ($feature:literal, $db:ty, |$sql:ident| $query:expr) => {
         #[cfg(feature = $feature)]
         impl sealed::Sealed for $db {}
 
@@ -143,7 +150,8 @@ macro_rules! checked_database {
                 sql: &'c str,
             ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
                 let conn: &'c mut <$db as Database>::Connection = &mut **conn;
-                let done = sqlx::Executor::execute(conn, sql);
+                let $sql = sql;
+                let done = sqlx::Executor::execute(conn, $query);
                 Box::pin(async move { done.await.map(drop) })
             }
 
@@ -156,7 +164,8 @@ macro_rules! checked_database {
                 Box::pin(async move {
                     let mut conn = opts.connect().await?;
                     let start = Instant::now();
-                    let done = sqlx::Executor::execute(&mut conn, sql).await;
+                    let $sql = sql;
+                    let done = sqlx::Executor::execute(&mut conn, $query).await;
                     let took = start.elapsed();
                     let _ = conn.close().await;
                     done.map(|_| took)
@@ -165,10 +174,6 @@ macro_rules! checked_database {
         }
     };
 }
-
-checked_database!("postgres", sqlx::Postgres);
-checked_database!("mysql", sqlx::MySql);
-checked_database!("sqlite", sqlx::Sqlite);
 
 impl<DB: CheckedDatabase> PoolCheck<DB> {
     async fn run(&self) -> CheckResult {

@@ -1,4 +1,6 @@
-//! The same admission in front of a sqlx pool's acquires (feature `sqlx`).
+// The same admission in front of a sqlx pool's acquires, written once for the sqlx of the
+// module that includes this file (`sqlx` 0.9 at the crate root, `sqlx_0_8` in
+// `garrison_admission::sqlx_0_8`), which names its sqlx `sqlx`.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
