@@ -70,7 +70,7 @@ where
     let mut i = 0u64;
     let mut callers = Vec::new();
     while start.elapsed() < RUN {
-        let critical = i % 5 == 0;
+        let critical = i.is_multiple_of(5);
         let mut req = Request::new(String::new());
         req.extensions_mut().insert(if critical {
             Priority::Critical

@@ -268,9 +268,9 @@ fn push_number(out: &mut String, v: f64) {
 /// `1.5s`, `250ms`, `2m`: how a timeout reads in an output.
 pub(crate) fn human_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms < 1000 || ms % 1000 != 0 {
+    if ms < 1000 || !ms.is_multiple_of(1000) {
         format!("{ms}ms")
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
     } else {
         format!("{}s", ms / 1000)
