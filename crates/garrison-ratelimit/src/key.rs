@@ -1,8 +1,10 @@
 //! Which bucket a request counts against.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use foldhash::fast::FixedState;
 use garrison_core::{normalize_ip, TrustedProxies};
@@ -20,6 +22,45 @@ impl fmt::Display for ClientKey {
 }
 
 type ExtensionGetter = fn(&Extensions) -> Option<&[u8]>;
+
+/// The parts of a request a [`KeyExtractor`] may read.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct RequestParts<'r> {
+    /// The method.
+    pub method: &'r http::Method,
+    /// The target.
+    pub uri: &'r http::Uri,
+    /// The headers.
+    pub headers: &'r http::HeaderMap,
+    /// The extensions (your authentication layer's identity, say).
+    pub extensions: &'r Extensions,
+}
+
+/// Names the client of a request from anything in it: a JWT's subject, a tenant from two
+/// headers, an API key's owner. What it returns is hashed with the limiter's seed and never
+/// stored; `None` falls back to the client address, as the built-in sources do.
+///
+/// ```
+/// use std::borrow::Cow;
+/// use garrison_ratelimit::{KeyExtractor, KeySource, RequestParts};
+///
+/// /// The tenant, from `x-tenant`, and the region, from `x-region`: one bucket per pair.
+/// struct TenantRegion;
+/// impl KeyExtractor for TenantRegion {
+///     fn extract<'r>(&self, req: RequestParts<'r>) -> Option<Cow<'r, [u8]>> {
+///         let tenant = req.headers.get("x-tenant")?.as_bytes();
+///         let region = req.headers.get("x-region").map_or(&b"-"[..], |v| v.as_bytes());
+///         Some(Cow::Owned([tenant, b"/", region].concat()))
+///     }
+/// }
+/// let source = KeySource::custom(TenantRegion);
+/// # let _ = source;
+/// ```
+pub trait KeyExtractor: Send + Sync + 'static {
+    /// The key material of `req`'s client, or `None` for the client address.
+    fn extract<'r>(&self, req: RequestParts<'r>) -> Option<Cow<'r, [u8]>>;
+}
 
 /// Where the client key of a request comes from.
 ///
@@ -40,6 +81,8 @@ pub enum KeySource {
     Extension(ExtensionGetter),
     /// One bucket for every request.
     Global,
+    /// Your own [`KeyExtractor`] (see [`KeySource::custom`]).
+    Custom(Arc<dyn KeyExtractor>),
 }
 
 impl KeySource {
@@ -67,6 +110,11 @@ impl KeySource {
         KeySource::Extension(get::<T>)
     }
 
+    /// Keys requests by what `extractor` names.
+    pub fn custom(extractor: impl KeyExtractor) -> Self {
+        KeySource::Custom(Arc::new(extractor))
+    }
+
     /// Keys requests by a header, e.g. `KeySource::header("x-api-key")`.
     ///
     /// # Panics
@@ -81,6 +129,7 @@ impl KeySource {
             KeySource::Header(_) => 2,
             KeySource::Extension(_) => 3,
             KeySource::Global => 4,
+            KeySource::Custom(_) => 5,
         }
     }
 }
@@ -92,6 +141,7 @@ impl fmt::Debug for KeySource {
             KeySource::Header(h) => f.debug_tuple("Header").field(h).finish(),
             KeySource::Extension(_) => f.write_str("Extension"),
             KeySource::Global => f.write_str("Global"),
+            KeySource::Custom(_) => f.write_str("Custom"),
         }
     }
 }
@@ -158,6 +208,17 @@ impl KeyHasher {
             KeySource::Extension(get) => {
                 if let Some(v) = get(req.extensions()) {
                     return self.bytes(source.tag(), v);
+                }
+            }
+            KeySource::Custom(extractor) => {
+                let parts = RequestParts {
+                    method: req.method(),
+                    uri: req.uri(),
+                    headers: req.headers(),
+                    extensions: req.extensions(),
+                };
+                if let Some(v) = extractor.extract(parts) {
+                    return self.bytes(source.tag(), &v);
                 }
             }
             KeySource::ClientIp => {}

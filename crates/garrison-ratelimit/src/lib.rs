@@ -70,7 +70,7 @@ pub use headers::{
     HeaderSet, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
     X_RATELIMIT_RESET,
 };
-pub use key::{ClientKey, KeySource};
+pub use key::{ClientKey, KeyExtractor, KeySource, RequestParts};
 pub use layer::{
     Allowance, ConfigError, PendingVerdict, RateLimitBuilder, RateLimitLayer, RateLimitService,
     ResponseFuture, Verdict, DEFAULT_MAX_KEYS, DEFAULT_SWEEP_INTERVAL,

@@ -440,3 +440,50 @@ async fn idle_keys_are_swept_on_schedule() {
     tokio::time::sleep(Duration::from_secs(11)).await;
     assert_eq!(layer.limiter().tracked_keys(), 0);
 }
+
+/// A key extractor of the user's: one bucket per tenant, whatever address it comes from;
+/// without the header, the client address.
+struct Tenant;
+
+impl garrison_ratelimit::KeyExtractor for Tenant {
+    fn extract<'r>(
+        &self,
+        req: garrison_ratelimit::RequestParts<'r>,
+    ) -> Option<std::borrow::Cow<'r, [u8]>> {
+        req.headers
+            .get("x-tenant")
+            .map(|v| std::borrow::Cow::Borrowed(v.as_bytes()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_custom_key_extractor_decides_the_bucket() {
+    let layer = builder()
+        .policy_key("upload", KeySource::custom(Tenant))
+        .build()
+        .unwrap();
+    let app = app(layer);
+    // one tenant from ten addresses shares its 10 uploads
+    for i in 0..10 {
+        let peer = format!("198.51.100.{i}:4000");
+        let r = req("POST", "/upload", &peer, &[("x-tenant", "acme")]);
+        assert_eq!(send(&app, r).await.0, StatusCode::OK);
+    }
+    let r = req(
+        "POST",
+        "/upload",
+        "198.51.100.77:4000",
+        &[("x-tenant", "acme")],
+    );
+    assert_eq!(send(&app, r).await.0, StatusCode::TOO_MANY_REQUESTS);
+    // another tenant, and a request without the header (its address), have their own
+    let r = req(
+        "POST",
+        "/upload",
+        "198.51.100.1:4000",
+        &[("x-tenant", "globex")],
+    );
+    assert_eq!(send(&app, r).await.0, StatusCode::OK);
+    let r = req("POST", "/upload", "198.51.100.1:4000", &[]);
+    assert_eq!(send(&app, r).await.0, StatusCode::OK);
+}
