@@ -32,7 +32,7 @@ fn info_subscriber() {
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
     let Some(variant) = args.next() else {
-        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects|bare_axum_peer|garrison_ratelimit|garrison_ratelimit_ietf|garrison_ratelimit_legacy|garrison_ratelimit_no_headers|tower_governor|bare_axum_info|garrison_trace_0pct|garrison_trace_100pct|garrison_trace_pipeline|garrison_trace_pipeline_unsampled|otel_axum_layer|otel_axum_layer_unsampled|tower_http_trace|bare_axum_info_peer|garrison_stack|peer_stack> [requests]");
+        eprintln!("usage: instructions <bare_axum|noop_body_layer|garrison_metrics|axum_prometheus|breaker_closed|breaker_open_rejects|bare_axum_peer|garrison_ratelimit|garrison_ratelimit_ietf|garrison_ratelimit_legacy|garrison_ratelimit_no_headers|tower_governor|bare_axum_info|garrison_trace_0pct|garrison_trace_0pct_no_otel_context|garrison_trace_100pct|garrison_trace_pipeline|garrison_trace_pipeline_unsampled|otel_axum_layer|otel_axum_layer_unsampled|tower_http_trace|bare_axum_info_peer|garrison_stack|peer_stack> [requests]");
         return;
     };
     let n: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10_000);
@@ -92,7 +92,7 @@ fn main() {
             info_subscriber();
             bare
         }
-        "garrison_trace_0pct" | "garrison_trace_100pct" => {
+        "garrison_trace_0pct" | "garrison_trace_100pct" | "garrison_trace_0pct_no_otel_context" => {
             info_subscriber();
             let ratio = if variant.ends_with("100pct") {
                 1.0
@@ -103,7 +103,10 @@ fn main() {
             let tracer = garrison_trace::Tracer::builder()
                 .sampler(garrison_trace::Sampler::Ratio(ratio))
                 .build();
-            bare.layer(garrison_trace::TraceLayer::new(&tracer))
+            bare.layer(
+                garrison_trace::TraceLayer::new(&tracer)
+                    .otel_context(!variant.ends_with("no_otel_context")),
+            )
         }
         // The OpenTelemetry bridge: garrison's spans in the user's SDK pipeline (the provider
         // the peers use, with tracing-opentelemetry on the subscriber as theirs).

@@ -597,6 +597,8 @@ impl Factory {
             );
         }
         let mut stack = config.stack_config();
+        // no handler of the user's runs inside the gateway: nothing reads the context
+        stack.trace.otel_context = false;
         if config.gateway.observability == crate::config::Observability::Admin {
             stack.health.enabled = false;
         }

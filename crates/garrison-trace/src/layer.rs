@@ -39,6 +39,7 @@ struct Shared {
     redaction: Arc<Redaction>,
     #[cfg(feature = "tower-http")]
     make_request_id: Option<MakeId>,
+    otel_context: bool,
 }
 
 /// The user's `tower_http::request_id::MakeRequestId`, type-erased.
@@ -108,6 +109,7 @@ impl TraceLayer {
                 redaction: Arc::new(Redaction::default()),
                 #[cfg(feature = "tower-http")]
                 make_request_id: None,
+                otel_context: true,
             }),
         }
     }
@@ -131,6 +133,16 @@ impl TraceLayer {
             m.make_request_id(req).map(|id| id.into_header_value())
         });
         self.edit(|s| s.make_request_id = Some(make))
+    }
+
+    /// While the request's future runs, its trace is `opentelemetry::Context::current()`
+    /// (feature `otel`): OpenTelemetry spans that the handler opens, tracing-opentelemetry's
+    /// included, join the request's trace under its server span. Off, where no OpenTelemetry
+    /// code runs inside (a proxy), it costs nothing. With a
+    /// [`pipeline`](crate::TracerBuilder::pipeline) the context is always made. Without the
+    /// feature it does nothing. Default: on.
+    pub fn otel_context(self, on: bool) -> Self {
+        self.edit(|s| s.otel_context = on)
     }
 
     /// The request id header. Default: `x-request-id`.
@@ -463,9 +475,9 @@ fn open<B>(sh: &Shared, req: &Request<B>, incoming: &Incoming) -> Opened {
         root,
         // the handler's OpenTelemetry spans join this trace, under this span
         #[cfg(feature = "otel")]
-        otel: Some(crate::otel::garrison_span(
-            trace_id, span_id, sampled, incoming,
-        )),
+        otel: sh
+            .otel_context
+            .then(|| crate::otel::garrison_span(trace_id, span_id, sampled, incoming)),
     }
 }
 

@@ -440,3 +440,27 @@ async fn outside_garrisons_requests_propagate_layer_carries_the_current_opentele
     };
     assert_eq!(sent, format!("00-{}-{}-01", sc.trace_id(), sc.span_id()));
 }
+
+#[tokio::test]
+async fn with_the_context_off_the_handler_sees_no_opentelemetry_span() {
+    let tracer = Tracer::builder().sampler(Sampler::Always).build();
+    let app = Router::new()
+        .route(
+            "/x",
+            get(|| async {
+                let on = Context::current().span().span_context().is_valid();
+                if on {
+                    "current"
+                } else {
+                    "none"
+                }
+            }),
+        )
+        .layer(TraceLayer::new(&tracer).otel_context(false));
+    let resp = app
+        .oneshot(Request::get("/x").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 64).await.unwrap();
+    assert_eq!(&body[..], b"none");
+}

@@ -510,6 +510,7 @@ fn trace_layer(c: &GarrisonConfig, tracer: &Tracer, resolver: &RouteResolver) ->
         .access_log(t.access_log)
         .tracing_span(t.tracing_span)
         .redaction(redaction)
+        .otel_context(t.otel_context)
         .route_resolver(resolver.clone())
 }
 

@@ -94,6 +94,10 @@ pub struct TraceConfig {
     /// `tracing_span`: a `tracing` span around each request for other subscribers.
     /// Default: `false`.
     pub tracing_span: bool,
+    /// `otel_context`: make the request `opentelemetry::Context::current()` while the handler
+    /// runs (feature `otel`), so that OpenTelemetry spans it opens join the request's trace.
+    /// Default: `true`.
+    pub otel_context: bool,
     /// `redact_headers`: header names redacted in logs, besides the credentials redacted by
     /// default. Default: none.
     pub redact_headers: Vec<String>,
@@ -123,6 +127,7 @@ impl Default for TraceConfig {
             trace_response: false,
             access_log: false,
             tracing_span: false,
+            otel_context: true,
             redact_headers: Vec::new(),
             redact_params: Vec::new(),
             queue: 2048,
