@@ -132,3 +132,101 @@ fn series_beyond_the_recorders_cap_are_counted_not_kept() {
     assert_eq!(text.matches("hostile_total{").count(), 10);
     assert!(text.contains("garrison_metrics_recorder_series_dropped_total 990\n"));
 }
+
+/// The handler of the whole-stack test: its own `tracing` span, the metrics crate, and the
+/// request id tower-http's layer made.
+#[tracing::instrument(skip_all)]
+async fn read_order(
+    axum::extract::State(recorder): axum::extract::State<GarrisonRecorder>,
+    axum::Extension(id): axum::Extension<tower_http_07::request_id::RequestId>,
+) -> String {
+    metrics::with_local_recorder(&recorder, || metrics::counter!("orders_read").increment(1));
+    id.header_value().to_str().unwrap().to_owned()
+}
+
+/// One service with everything a current axum service brings: tracing-opentelemetry on an SDK
+/// pipeline, a sqlx 0.9 pool, the metrics crate, a prometheus-client registry and tower-http's
+/// request-id layers, all used with the one Garrison layer over a real socket.
+#[tokio::test]
+async fn a_current_axum_service_keeps_its_stack_under_one_garrison_layer() {
+    use garrison::garrison_health::{CheckOptions, PoolCheck};
+    use garrison::garrison_trace::{Pipeline, Tracer};
+    use opentelemetry::trace::TracerProvider as _;
+    use tower_http_07::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(exporter.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("shop")));
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let url = std::env::var("GARRISON_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL at {url} (GARRISON_TEST_POSTGRES_URL) does not answer: {e}; start it with `just services`")
+        });
+    let garrison = garrison::Garrison::builder()
+        .tracer(Tracer::builder().pipeline(Pipeline::new(&provider)).build())
+        .check("postgres", PoolCheck::new(pool), CheckOptions::readiness())
+        .build()
+        .unwrap();
+    garrison.health().refresh().await;
+    let recorder = GarrisonRecorder::new(garrison.metrics());
+    let mut theirs = prometheus_client::registry::Registry::default();
+    let legacy: Gauge = Gauge::default();
+    theirs.register("legacy_workers", "Workers of the old code", legacy.clone());
+    legacy.set(3);
+    garrison
+        .metrics()
+        .register_collector(Arc::new(PrometheusClientCollector::new(Arc::new(theirs))));
+
+    let app = axum::Router::new()
+        .route("/orders/{id}", axum::routing::get(read_order))
+        .with_state(recorder)
+        .layer(garrison.layer())
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid));
+    let addr = garrison_workspace::serve_with_peers(app).await;
+
+    let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let resp = garrison_workspace::get(addr, "/orders/7", &[("traceparent", caller)]).await;
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    let id = resp.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 36, "tower-http's UUID, outside: {id}");
+    assert_eq!(resp.body, id, "the handler saw the same id");
+
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let server = spans
+        .iter()
+        .find(|s| s.name == "GET /orders/{id}")
+        .expect("garrison's server span in the user's pipeline");
+    let handler = spans
+        .iter()
+        .find(|s| s.name == "read_order")
+        .expect("the handler's span");
+    assert_eq!(
+        server.span_context.trace_id().to_string(),
+        "4bf92f3577b34da6a3ce929d0e0e4736"
+    );
+    assert_eq!(handler.parent_span_id, server.span_context.span_id());
+
+    let scrape = garrison_workspace::get(addr, "/metrics", &[]).await;
+    for line in [
+        "orders_read_total 1\n",
+        "legacy_workers 3\n",
+        "http_server_request_duration_seconds_bucket{http_request_method=\"GET\",http_route=\"/orders/{id}\"",
+    ] {
+        assert!(scrape.body.contains(line), "no {line:?} in\n{}", scrape.body);
+    }
+    promtool_check(&require_tool("promtool", "prometheus"), &scrape.body);
+    let ready = garrison_workspace::get(addr, "/health/ready", &[]).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+}
