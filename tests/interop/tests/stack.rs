@@ -138,7 +138,7 @@ fn series_beyond_the_recorders_cap_are_counted_not_kept() {
 #[tracing::instrument(skip_all)]
 async fn read_order(
     axum::extract::State(recorder): axum::extract::State<GarrisonRecorder>,
-    axum::Extension(id): axum::Extension<tower_http_07::request_id::RequestId>,
+    axum::Extension(id): axum::Extension<tower_http::request_id::RequestId>,
 ) -> String {
     metrics::with_local_recorder(&recorder, || metrics::counter!("orders_read").increment(1));
     id.header_value().to_str().unwrap().to_owned()
@@ -152,7 +152,7 @@ async fn a_current_axum_service_keeps_its_stack_under_one_garrison_layer() {
     use garrison::garrison_health::{CheckOptions, PoolCheck};
     use garrison::garrison_trace::{Pipeline, Tracer};
     use opentelemetry::trace::TracerProvider as _;
-    use tower_http_07::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
     use tracing_subscriber::layer::SubscriberExt;
 
     let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
