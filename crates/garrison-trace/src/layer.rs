@@ -443,7 +443,7 @@ struct Opened {
 }
 
 /// Garrison's own tracer decides and records.
-#[inline]
+#[inline(always)]
 fn open<B>(sh: &Shared, req: &Request<B>, incoming: &Incoming) -> Opened {
     let trace_id = incoming.parent.map_or_else(ids::trace_id, |p| p.trace_id);
     let span_id = ids::span_id();
@@ -483,6 +483,7 @@ fn open<B>(sh: &Shared, req: &Request<B>, incoming: &Incoming) -> Opened {
 
 /// The OpenTelemetry pipeline decides and records (its sampler, ids and processors).
 #[cfg(feature = "otel")]
+#[inline(never)]
 fn open_in_pipeline<B>(
     sh: &Shared,
     req: &Request<B>,
@@ -681,6 +682,7 @@ impl Finisher {
     }
 
     /// Whether anything waits for the end of the response body.
+    #[inline(always)]
     fn needs_end(&self) -> bool {
         #[cfg(feature = "otel")]
         if self.ctx.otel.as_ref().is_some_and(|o| o.is_recording()) {
@@ -736,7 +738,7 @@ impl TracedRequest {
     /// Makes this request [`current`](crate::current) until the guard drops: hold it while
     /// calling and polling the inner service, so that its logs and outgoing calls carry the
     /// trace.
-    #[inline]
+    #[inline(always)]
     pub fn enter(&self) -> Entered<'_> {
         let ctx = &self.finisher.ctx;
         Entered {
