@@ -62,9 +62,7 @@ fn main() {
             ours.check("general", ClientKey(k))
                 .is_some_and(|d| d.is_allowed())
         }),
-        "governor" | "governor_memory" => {
-            decisions(n, distinct, |k| theirs.check_key(&k).is_ok())
-        }
+        "governor" | "governor_memory" => decisions(n, distinct, |k| theirs.check_key(&k).is_ok()),
         _ => {
             eprintln!("usage: governor <garrison|governor|garrison_memory|governor_memory> [n]");
             return;

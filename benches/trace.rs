@@ -45,6 +45,31 @@ fn garrison(ratio: f64) -> Router {
     bare().layer(TraceLayer::new(&tracer))
 }
 
+/// `TraceLayer` with the OpenTelemetry context off (a service with no OpenTelemetry code in its
+/// handlers).
+fn garrison_no_context() -> Router {
+    let tracer = Tracer::builder()
+        .sampler(Sampler::Ratio(0.0))
+        .sink(Discard)
+        .build();
+    bare().layer(TraceLayer::new(&tracer).otel_context(false))
+}
+
+/// `TraceLayer` recording into the user's SDK pipeline (the provider the peers use).
+fn garrison_pipeline(sampled: bool) -> Router {
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_sampler(if sampled {
+            opentelemetry_sdk::trace::Sampler::AlwaysOn
+        } else {
+            opentelemetry_sdk::trace::Sampler::AlwaysOff
+        })
+        .build();
+    let tracer = Tracer::builder()
+        .pipeline(garrison_trace::Pipeline::new(&provider))
+        .build();
+    bare().layer(TraceLayer::new(&tracer))
+}
+
 fn info() -> tracing::Dispatch {
     tracing::Dispatch::new(tracing_subscriber::registry().with(LevelFilter::INFO))
 }
@@ -65,6 +90,21 @@ fn benches(c: &mut Criterion) {
             ("garrison_trace_0pct", garrison(0.0), info()),
             ("garrison_trace_10pct", garrison(0.1), info()),
             ("garrison_trace_100pct", garrison(1.0), info()),
+            (
+                "garrison_trace_0pct_no_otel_context",
+                garrison_no_context(),
+                info(),
+            ),
+            (
+                "garrison_pipeline_sampled",
+                garrison_pipeline(true),
+                otel(true),
+            ),
+            (
+                "garrison_pipeline_unsampled",
+                garrison_pipeline(false),
+                otel(false),
+            ),
             (
                 "otel_axum_layer_sampled",
                 bare().layer(axum_tracing_opentelemetry::middleware::OtelAxumLayer::default()),

@@ -171,6 +171,24 @@ pub(crate) fn garrison_span(
     }
 }
 
+/// The context of a client span garrison made (`span_id`, under the request's `parent`), for
+/// the inner client to see as current.
+pub(crate) fn child_context(
+    parent: &Context,
+    trace_id: TraceId,
+    span_id: SpanId,
+    sampled: bool,
+) -> Context {
+    let state = parent.span().span_context().trace_state().clone();
+    Context::new().with_remote_span_context(SpanContext::new(
+        otel_trace_id(trace_id),
+        opentelemetry::trace::SpanId::from_bytes(span_id.to_bytes()),
+        flags(sampled),
+        false,
+        state,
+    ))
+}
+
 /// The ids of a span context: garrison's.
 pub(crate) fn ids(cx: &Context) -> Option<(TraceId, SpanId, bool)> {
     let span = cx.span();

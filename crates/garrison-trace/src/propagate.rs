@@ -120,6 +120,10 @@ where
             return PropagateFuture {
                 inner: self.inner.call(req),
                 span: None,
+                #[cfg(feature = "otel")]
+                client_cx: None,
+                #[cfg(not(feature = "otel"))]
+                client_cx: (),
             };
         };
         let method = garrison_core::MethodLabel::from_method(req.method());
@@ -160,28 +164,64 @@ where
         if let http::header::Entry::Vacant(e) = h.entry(&X_REQUEST_ID) {
             e.insert(ctx.request_id.to_header_value());
         }
+        // the client call's own context is current while the inner client works, so that
+        // OpenTelemetry instrumentation inside it (and the global propagator) sees the same
+        // span as the `traceparent` above
         #[cfg(feature = "otel")]
-        if let Some(o) = otel.filter(|o| o.is_recording()) {
-            let (_, attributes) = client_attributes(&req, method, &self.redaction);
-            o.describe(Cow::Borrowed(method.as_str()), attributes);
-            return PropagateFuture {
-                inner: self.inner.call(req),
-                span: Some(ClientSpan::Otel {
+        let client_cx = match &otel {
+            Some(o) => Some(o.cx.clone()),
+            None => ctx
+                .otel
+                .as_ref()
+                .map(|o| crate::otel::child_context(&o.cx, ctx.trace_id, span_id, sampled)),
+        };
+        #[cfg(not(feature = "otel"))]
+        let client_cx = ();
+        #[cfg(feature = "otel")]
+        let span = match otel.filter(|o| o.is_recording()) {
+            Some(o) => {
+                let (_, attributes) = client_attributes(&req, method, &self.redaction);
+                o.describe(Cow::Borrowed(method.as_str()), attributes);
+                Some(ClientSpan::Otel {
                     span: o,
                     started: Instant::now(),
-                }),
-            };
-        }
+                })
+            }
+            None => ctx
+                .local
+                .is_some()
+                .then(|| client_span(&req, &ctx, span_id, method, &self.redaction)),
+        };
+        #[cfg(not(feature = "otel"))]
         let span = ctx
             .local
             .is_some()
             .then(|| client_span(&req, &ctx, span_id, method, &self.redaction));
+        let inner = {
+            let _current = enter(&client_cx);
+            self.inner.call(req)
+        };
         PropagateFuture {
-            inner: self.inner.call(req),
+            inner,
             span,
+            client_cx,
         }
     }
 }
+
+/// The client call's context, made current (feature `otel`).
+#[cfg(feature = "otel")]
+type ClientCx = Option<opentelemetry::Context>;
+#[cfg(not(feature = "otel"))]
+type ClientCx = ();
+
+#[cfg(feature = "otel")]
+fn enter(cx: &ClientCx) -> Option<opentelemetry::ContextGuard> {
+    cx.as_ref().map(|c| c.clone().attach())
+}
+
+#[cfg(not(feature = "otel"))]
+fn enter(_: &ClientCx) {}
 
 /// No garrison request is current: the current OpenTelemetry span, if any (a span of the
 /// user's own, or a task that carries the request's context), is the caller.
@@ -279,6 +319,7 @@ pin_project! {
         #[pin]
         inner: F,
         span: Option<ClientSpan>,
+        client_cx: ClientCx,
     }
 }
 
@@ -296,9 +337,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let r = match this.inner.poll(cx) {
-            Poll::Pending => return Poll::Pending,
-            Poll::Ready(r) => r,
+        let r = {
+            let _current = enter(this.client_cx);
+            match this.inner.poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => r,
+            }
         };
         if let Some(span) = this.span.take() {
             let mut attributes = Vec::with_capacity(2);

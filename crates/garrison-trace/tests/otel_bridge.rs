@@ -45,12 +45,29 @@ impl Seen {
     }
 }
 
-/// An outgoing call through `PropagateLayer`: returns the `traceparent` it sent.
+/// An outgoing call through `PropagateLayer`: returns the `traceparent` it sent. The client
+/// behind it checks that the global propagator, asked inside it (as an OpenTelemetry-
+/// instrumented client would), injects the very same `traceparent`.
 async fn call_out(status: u16) -> String {
-    let sent = Arc::new(Mutex::new(String::new()));
+    let (tp, global) = call_out_seen(status).await;
+    if let Some(global) = global {
+        assert_eq!(global, tp, "the global propagator inside the client agrees");
+    }
+    tp
+}
+
+/// [`call_out`]'s `traceparent`, and the one the global propagator injected inside the client
+/// (none while no global propagator is set).
+async fn call_out_seen(status: u16) -> (String, Option<String>) {
+    let sent = Arc::new(Mutex::new((String::new(), None)));
     let keep = sent.clone();
     let client = PropagateLayer::new().layer(tower::service_fn(move |req: Request<()>| {
-        *keep.lock().unwrap() = req.headers()["traceparent"].to_str().unwrap().to_owned();
+        let tp = req.headers()["traceparent"].to_str().unwrap().to_owned();
+        let mut injected = HashMap::new();
+        opentelemetry::global::get_text_map_propagator(|p| {
+            p.inject_context(&Context::current(), &mut injected)
+        });
+        *keep.lock().unwrap() = (tp, injected.remove("traceparent"));
         async move {
             Ok::<_, std::convert::Infallible>(
                 http::Response::builder().status(status).body(()).unwrap(),
@@ -74,7 +91,9 @@ async fn handler_work(seen: Seen) {
         .in_current_span(),
     );
     task.await.unwrap();
-    seen.put("propagate", call_out(200).await);
+    let (tp, global) = call_out_seen(200).await;
+    seen.put("inner_global", global.unwrap_or_default());
+    seen.put("propagate", tp);
 }
 
 fn app(tracer: &Tracer, seen: Seen) -> Router {
