@@ -27,6 +27,7 @@ pub use parse::{Section, BUILT_IN_PROFILES};
 
 /// The whole configuration of a Garrison stack: one section per layer.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct GarrisonConfig {
     /// `[service]`: who this service is, and its route patterns.
     pub service: ServiceConfig,
@@ -50,6 +51,7 @@ pub struct GarrisonConfig {
 
 /// `[service]`.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ServiceConfig {
     /// `name`: the service name in health reports (`serviceId`) and OTLP's `service.name`.
     /// Default: `"garrison"`.
@@ -74,6 +76,7 @@ impl Default for ServiceConfig {
 
 /// `[trace]`.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct TraceConfig {
     /// `enabled`. Default: `true`.
     pub enabled: bool,
@@ -141,6 +144,7 @@ impl Default for TraceConfig {
 
 /// The `sampler` of `[trace]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SamplerKind {
     /// `"always"`.
     Always,
@@ -154,6 +158,7 @@ pub enum SamplerKind {
 
 /// `[trace.otlp]`.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct OtlpSection {
     /// `endpoint`: the collector, e.g. `"http://collector:4317"`. Empty: the standard
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` variable when it is set, otherwise no export.
@@ -180,6 +185,7 @@ impl Default for OtlpSection {
 
 /// The `protocol` of `[trace.otlp]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OtlpProtocol {
     /// `"grpc"`.
     Grpc,
@@ -189,6 +195,7 @@ pub enum OtlpProtocol {
 
 /// `[metrics]`.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct MetricsConfig {
     /// `enabled`. Default: `true`.
     pub enabled: bool,
@@ -226,6 +233,7 @@ impl Default for MetricsConfig {
 
 /// `[health]`.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct HealthConfig {
     /// `enabled`: answer the health routes. Default: `true`.
     pub enabled: bool,
@@ -263,6 +271,7 @@ impl Default for HealthConfig {
 
 /// The `details` of `[health]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DetailsMode {
     /// `"token"`.
     Token,
@@ -274,6 +283,7 @@ pub enum DetailsMode {
 
 /// `[health.checks.<name>]`: one dependency check.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct CheckConfig {
     /// `type`: `"http"`, `"redis"`, `"postgres"`, `"mysql"` or `"sqlite"` (each database
     /// and Redis needs its cargo feature). Required.
@@ -292,6 +302,7 @@ pub struct CheckConfig {
 
 /// The `type` of a `[health.checks.<name>]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CheckType {
     /// `"http"`: a `GET`, healthy on `2xx`.
     Http,
@@ -307,6 +318,7 @@ pub enum CheckType {
 
 /// The `probe` of a `[health.checks.<name>]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ProbeKind {
     /// `"readiness"`.
     Readiness,
@@ -320,6 +332,7 @@ pub enum ProbeKind {
 
 /// `[ratelimit]`.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct RateLimitConfig {
     /// `enabled`. Default: `true`.
     pub enabled: bool,
@@ -398,6 +411,7 @@ impl RateLimitConfig {
 
 /// `[ratelimit.policies.<name>]`.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct PolicyConfig {
     /// `limit`: requests per `period`. Required, > 0.
     pub limit: u32,
@@ -423,6 +437,7 @@ impl PolicyConfig {
 
 /// A rate-limit key source.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum KeyConfig {
     /// `"ip"`.
     Ip,
@@ -434,6 +449,7 @@ pub enum KeyConfig {
 
 /// The `headers` of `[ratelimit]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum HeadersMode {
     /// `"all"`.
     All,
@@ -447,6 +463,7 @@ pub enum HeadersMode {
 
 /// `[ratelimit.redis]`.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct RedisSection {
     /// `url`: `redis://host:6379`. `""`: limits are kept in memory, per replica.
     /// Default: `""`. Needs the `redis` feature.
@@ -479,6 +496,7 @@ impl Default for RedisSection {
 
 /// The `fail_mode` of `[ratelimit.redis]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FailModeConfig {
     /// `"open"`.
     Open,
@@ -490,6 +508,7 @@ pub enum FailModeConfig {
 /// queue ordered by priority (`critical`, `high`, `normal`, `low`, `batch`), shed with
 /// `503` when the queue is full or their class's timeout passes.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct AdmissionConfig {
     /// `enabled`. Default: `false` (size `max_in_flight` for your service first, or turn on
     /// `[admission.adaptive]`).
@@ -552,6 +571,7 @@ impl Default for AdmissionConfig {
 
 /// `[admission.adaptive]`: AIMD from observed latency.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct AdaptiveConfig {
     /// `enabled`. Default: `false`.
     pub enabled: bool,
@@ -579,6 +599,7 @@ impl Default for AdaptiveConfig {
 
 /// `[breaker]`.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct BreakerSection {
     /// `enabled`. Default: `true`.
     pub enabled: bool,
@@ -619,6 +640,7 @@ impl Default for BreakerSection {
 
 /// `[breaker.profiles.<name>]`: each key unset keeps the value of `base`.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct ProfileConfig {
     /// `base`: the profile this one changes. Default: the profile of the same name when it is
     /// built in, else `"default"`.
@@ -645,6 +667,7 @@ pub struct ProfileConfig {
 
 /// A breaker window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum WindowConfig {
     /// `"<n> calls"`.
     Calls(u32),
@@ -655,6 +678,7 @@ pub enum WindowConfig {
 /// `[ops]`: what the generated Prometheus rules (`garrison-gateway ops rules`,
 /// [`crate::ops::rules`]) alert on.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct OpsConfig {
     /// `selector`: label matchers added to every selector of the rules, e.g.
     /// `job="shop"`. Default: `""` (every job; the rules group by `job`).
@@ -718,6 +742,7 @@ impl Default for OpsConfig {
 /// `[ops.routes."<pattern>"]`: a route's own SLOs; each unset key takes the value of
 /// `[ops]`.
 #[derive(Clone, Debug, Default, PartialEq)]
+#[non_exhaustive]
 pub struct RouteSloConfig {
     /// `availability_objective`.
     pub availability_objective: Option<f64>,
