@@ -68,7 +68,7 @@ mod pool {
     include!("pool_impl.rs");
 }
 
-/// [`acquire_connection`](crate::acquire_connection) for pools of sqlx 0.8 (feature
+/// [`acquire_connection`] for pools of sqlx 0.8 (feature
 /// `sqlx-0_8`), for services that have not moved to sqlx 0.9 yet.
 #[cfg(feature = "sqlx-0_8")]
 pub mod sqlx_0_8 {
