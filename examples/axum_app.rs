@@ -58,6 +58,8 @@ pub(crate) fn app(garrison: &Garrison) -> Router {
         .route(
             "/api/orders/{id}",
             get(|Path(id): Path<u64>| async move {
+                // order 13 hits a bug: the stack answers 500, counts and traces the panic
+                assert_ne!(id, 13, "order 13 is cursed");
                 // order 0 is where the database is "down"
                 if id == 0 {
                     (

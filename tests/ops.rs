@@ -239,6 +239,8 @@ async fn live_scrape() -> (BTreeSet<String>, BTreeSet<String>) {
         send(addr, Method::POST, "/uploads/a.png", &[]).await.status,
         200
     );
+    // a handler's panic: `garrison_panics_total` and its labels
+    assert_eq!(get(addr, "/api/orders/13", &[]).await.status, 500);
     // the database profile opens after 5 calls, half of them failing: a transition
     for _ in 0..5 {
         get(addr, "/api/orders/0", &[]).await;
@@ -289,6 +291,7 @@ async fn live_scrape() -> (BTreeSet<String>, BTreeSet<String>) {
         "garrison_ratelimit_store_fallbacks_total",
         "garrison_breaker_state",
         "garrison_health_check_status",
+        "garrison_panics_total",
         "process_cpu_seconds_total",
         "tokio_runtime_workers",
     ] {

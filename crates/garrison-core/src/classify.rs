@@ -18,6 +18,8 @@ pub enum ErrorType {
     Cancelled,
     /// A timeout fired.
     Timeout,
+    /// The service panicked (and the stack answered `500`).
+    Panic,
 }
 
 impl ErrorType {
@@ -31,6 +33,7 @@ impl ErrorType {
             ErrorType::Body => "body_error",
             ErrorType::Cancelled => "cancelled",
             ErrorType::Timeout => "timeout",
+            ErrorType::Panic => "panic",
         }
     }
 
@@ -48,6 +51,7 @@ impl ErrorType {
             3 => ErrorType::Body,
             4 => ErrorType::Cancelled,
             5 => ErrorType::Timeout,
+            6 => ErrorType::Panic,
             _ => return None,
         })
     }
@@ -160,9 +164,9 @@ mod tests {
 
     #[test]
     fn error_type_round_trips() {
-        for v in 0..6u8 {
+        for v in 0..7u8 {
             assert_eq!(ErrorType::from_u8(v).unwrap() as u8, v);
         }
-        assert_eq!(ErrorType::from_u8(6), None);
+        assert_eq!(ErrorType::from_u8(7), None);
     }
 }

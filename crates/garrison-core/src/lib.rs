@@ -11,6 +11,8 @@
 //!   [`ManualClock`];
 //! - [`TrustedProxies`]: the client address of a request, believing `X-Forwarded-For` or
 //!   `Forwarded` only from trusted proxies;
+//! - [`CatchPanicLayer`] and [`Caught`]: a panic or an error of the service answered `500`
+//!   and described for the metrics, the breaker and the trace;
 //! - [`TraceContext`]: the trace id a request runs under, placed in request extensions by the
 //!   trace layer (or by your own middleware) and read by the others (metrics exemplars).
 //!
@@ -39,6 +41,7 @@
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 
 mod body;
+mod caught;
 mod classify;
 mod client;
 mod clock;
@@ -51,6 +54,10 @@ mod text;
 mod trace_context;
 
 pub use body::LayerBody;
+pub use caught::{
+    catch, install_panic_hook, register_request_id_source, CatchPanic, CatchPanicFuture,
+    CatchPanicLayer, CatchUnwind, Caught, CaughtKind,
+};
 pub use classify::{ErrorType, FailureClassifier};
 pub use client::{
     normalize as normalize_ip, peer_addr, ForwardedHeader, IpNet, IpNetError, PeerAddr,

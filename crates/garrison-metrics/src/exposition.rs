@@ -274,6 +274,23 @@ pub(crate) fn write_families(sh: &Shared, w: &mut MetricWriter<'_>) {
         &[],
         sh.dropped.load(std::sync::atomic::Ordering::Relaxed),
     );
+    w.family(
+        "garrison_panics",
+        MetricType::Counter,
+        "Panics of the service behind the stack, answered 500, by route and location.",
+    );
+    for ((route, location), n) in sh.panics.lock().iter() {
+        let route = if *route == u32::MAX {
+            garrison_core::UNMATCHED
+        } else {
+            sh.route_name(*route)
+        };
+        w.sample_u64(
+            "garrison_panics",
+            &[("http_route", route), ("location", location)],
+            *n,
+        );
+    }
 }
 
 fn write_histogram(sh: &Shared, w: &mut MetricWriter<'_>, which: Which, name: &str, help: &str) {

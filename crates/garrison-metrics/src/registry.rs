@@ -234,6 +234,7 @@ impl MetricsRegistryBuilder {
                 active_seen: AtomicU16::new(0),
                 dropped: AtomicU64::new(0),
                 collectors: RwLock::new(Vec::new()),
+                panics: Mutex::default(),
             }),
         })
     }
@@ -380,7 +381,12 @@ pub(crate) struct Shared {
     active_seen: AtomicU16,
     pub(crate) dropped: AtomicU64,
     pub(crate) collectors: RwLock<Vec<Arc<dyn Collector>>>,
+    /// `garrison_panics_total` by route and panic location, bounded (see `count_panic`).
+    pub(crate) panics: Mutex<std::collections::BTreeMap<(u32, String), u64>>,
 }
+
+/// The most distinct panic locations counted; further ones count as `_other`.
+const MAX_PANIC_LOCATIONS: usize = 256;
 
 impl Shared {
     #[inline]
@@ -513,6 +519,21 @@ impl Shared {
         MethodLabel::ALL
             .into_iter()
             .filter(move |m| seen & (1 << m.index()) != 0)
+    }
+
+    /// Counts a panic of the service on route `route` at `location` (`file:line`).
+    #[cold]
+    pub(crate) fn count_panic(&self, route: Option<u32>, location: Option<&str>) {
+        let route = route.unwrap_or(u32::MAX);
+        let mut panics = self.panics.lock();
+        let location = location.unwrap_or("unknown");
+        let known = panics.keys().any(|(_, l)| l == location);
+        let location = if known || panics.len() < MAX_PANIC_LOCATIONS {
+            location
+        } else {
+            "_other"
+        };
+        *panics.entry((route, location.to_owned())).or_insert(0) += 1;
     }
 
     pub(crate) fn route_name(&self, id: u32) -> &str {

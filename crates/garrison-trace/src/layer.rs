@@ -18,7 +18,7 @@ use tower::{Layer, Service};
 use crate::context::{CurrentGuard, RequestContext, RequestId};
 use crate::redact::Redaction;
 use crate::sampler::Start;
-use crate::span::{SpanKind, SpanRecord, Value};
+use crate::span::{SpanEvent, SpanKind, SpanRecord, Value};
 use crate::w3c::{format_traceparent, Incoming};
 use crate::{ids, Tracer};
 
@@ -98,6 +98,10 @@ impl std::fmt::Debug for TraceLayer {
 impl TraceLayer {
     /// A layer recording into `tracer`.
     pub fn new(tracer: &Tracer) -> Self {
+        // garrison-core's `CatchPanicLayer` names the request in its `500`
+        garrison_core::register_request_id_source(|| {
+            crate::current().map(|c| c.request_id.as_str().to_owned())
+        });
         Self {
             shared: Arc::new(Shared {
                 tracer: tracer.clone(),
@@ -383,6 +387,7 @@ fn start<B>(sh: &Shared, req: &mut Request<B>) -> TracedRequest {
             status: 0,
             access,
             done: false,
+            caught: None,
         },
         request_id: sh.request_id,
         trace_response: sh.trace_response,
@@ -464,6 +469,7 @@ fn open<B>(sh: &Shared, req: &Request<B>, incoming: &Incoming) -> Opened {
             end: now,
             attributes,
             error: None,
+            events: Vec::new(),
         })
     });
     let sampled = sampler.head_flag(start, trace_id);
@@ -617,6 +623,9 @@ struct Finisher {
     status: u16,
     access: Option<Box<Access>>,
     done: bool,
+    /// What the stack caught (a panic, an error answered `500`): the span's `exception`
+    /// event and its `error.type`.
+    caught: Option<Box<(SpanEvent, &'static str)>>,
 }
 
 impl Finisher {
@@ -643,10 +652,13 @@ impl Finisher {
                 "request"
             );
         }
+        let caught = self.caught.take();
+        let error = error.or(caught.as_ref().map(|c| c.1));
+        let event = caught.map(|c| c.0);
         #[cfg(feature = "otel")]
         if let Some(o) = self.ctx.otel.as_ref().filter(|o| o.is_recording()) {
             let (attributes, error) = self.outcome(error);
-            o.end(took, attributes, error);
+            o.end(took, attributes, error, event);
             return;
         }
         let (Some(mut root), Some(local)) = (self.root.take(), self.ctx.local.clone()) else {
@@ -656,6 +668,7 @@ impl Finisher {
         root.end = root.start + took;
         root.attributes.extend(attributes);
         root.error.clone_from(&error);
+        root.events.extend(event);
         local.finish(*root, error.is_some(), took);
     }
 
@@ -679,6 +692,18 @@ impl Finisher {
             attributes.push(("error.type", Value::Str(e.clone())));
         }
         (attributes, error)
+    }
+
+    /// Notes what the stack caught, for a recorded span.
+    #[cold]
+    fn caught_cold(&mut self, c: &garrison_core::Caught) {
+        if self.needs_end() {
+            let kind = match c.kind {
+                garrison_core::CaughtKind::Panic => "panic",
+                _ => "service_error",
+            };
+            self.caught = Some(Box::new((SpanEvent::exception(c), kind)));
+        }
     }
 
     /// Whether anything waits for the end of the response body.
@@ -791,6 +816,9 @@ impl TracedRequest {
             trace_response,
         } = self;
         finisher.status = head.status.as_u16();
+        if let Some(c) = head.extensions.get::<garrison_core::Caught>() {
+            finisher.caught_cold(c);
+        }
         let ctx = &finisher.ctx;
         let h = &mut head.headers;
         h.insert(request_id, ctx.request_id.to_header_value());

@@ -81,7 +81,7 @@ pub use otlp::{OtlpConfig, OtlpError, OtlpSink, Protocol};
 pub use propagate::{PropagateFuture, PropagateLayer, PropagateService};
 pub use redact::Redaction;
 pub use sampler::Sampler;
-pub use span::{SpanKind, SpanRecord, Value};
+pub use span::{SpanEvent, SpanKind, SpanRecord, Value};
 #[cfg(feature = "otel")]
 pub use tail::{ErrorBiasedProcessor, ErrorBiasedProcessorBuilder, TailDrop};
 pub use tracer::{BoxFuture, DropReason, SpanSink, Tracer, TracerBuilder};

@@ -260,12 +260,16 @@ impl OtelRequest {
         took: std::time::Duration,
         attributes: Vec<(&'static str, Value)>,
         error: Option<Cow<'static, str>>,
+        event: Option<crate::span::SpanEvent>,
     ) {
         if !self.is_recording() {
             return;
         }
         let span = self.cx.span();
         span.set_attributes(key_values(attributes));
+        if let Some(e) = event {
+            span.add_event_with_timestamp(e.name, e.time, key_values(e.attributes).collect());
+        }
         if let Some(e) = error {
             span.set_status(Status::error(e));
         }

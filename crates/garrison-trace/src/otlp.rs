@@ -310,7 +310,28 @@ pub(crate) fn to_span_data(r: SpanRecord, scope: &InstrumentationScope) -> SpanD
         end_time: r.end,
         attributes,
         dropped_attributes_count: 0,
-        events: SpanEvents::default(),
+        events: {
+            let mut events = SpanEvents::default();
+            events.events = r
+                .events
+                .into_iter()
+                .map(|e| {
+                    opentelemetry::trace::Event::new(
+                        e.name,
+                        e.time,
+                        e.attributes
+                            .into_iter()
+                            .map(|(k, v)| match v {
+                                Value::Str(s) => KeyValue::new(k, s.into_owned()),
+                                Value::Int(i) => KeyValue::new(k, i),
+                            })
+                            .collect(),
+                        0,
+                    )
+                })
+                .collect();
+            events
+        },
         links: SpanLinks::default(),
         status: match r.error {
             Some(e) => Status::error(e),

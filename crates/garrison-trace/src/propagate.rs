@@ -308,6 +308,7 @@ fn client_span<B>(
             end: SystemTime::now(),
             attributes,
             error: None,
+            events: Vec::new(),
         },
         started: Instant::now(),
     }
@@ -372,7 +373,7 @@ where
                 }
                 #[cfg(feature = "otel")]
                 ClientSpan::Otel { span, started } => {
-                    span.end(started.elapsed(), attributes, error)
+                    span.end(started.elapsed(), attributes, error, None)
                 }
             }
         }

@@ -483,3 +483,72 @@ async fn with_the_context_off_the_handler_sees_no_opentelemetry_span() {
     let body = axum::body::to_bytes(resp.into_body(), 64).await.unwrap();
     assert_eq!(&body[..], b"none");
 }
+
+/// The line of the handler's `panic!` below.
+const PANIC_LINE: u32 = line!() + 11;
+
+#[tokio::test]
+async fn a_panic_is_an_exception_event_on_the_server_span_in_the_users_pipeline() {
+    let (exporter, provider) = in_memory();
+    let tracer = Tracer::builder().pipeline(Pipeline::new(&provider)).build();
+    let app = Router::new()
+        .route(
+            "/pay",
+            get(|| async {
+                if std::hint::black_box(true) {
+                    panic!("ledger invariant broken");
+                }
+                "paid"
+            }),
+        )
+        .layer(garrison_core::CatchPanicLayer::new())
+        .layer(TraceLayer::new(&tracer));
+    let resp = app
+        .oneshot(Request::get("/pay").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body = axum::body::to_bytes(resp.into_body(), 1024).await.unwrap();
+    assert_eq!(
+        body,
+        format!(r#"{{"error":"internal server error","request_id":"{id}"}}"#)
+    );
+    provider.force_flush().unwrap();
+    let spans = exporter.get_finished_spans().unwrap();
+    let server = spans
+        .iter()
+        .find(|s| s.span_kind == SpanKind::Server)
+        .expect("the server span");
+    assert!(
+        matches!(server.status, opentelemetry::trace::Status::Error { .. }),
+        "{:?}",
+        server.status
+    );
+    let event = server
+        .events
+        .iter()
+        .find(|e| e.name == "exception")
+        .expect("an exception event");
+    let attr = |k: &str| {
+        event
+            .attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| kv.value.to_string())
+    };
+    assert_eq!(attr("exception.type").as_deref(), Some("panic"));
+    assert_eq!(
+        attr("exception.message").as_deref(),
+        Some("ledger invariant broken")
+    );
+    assert_eq!(
+        attr("code.file.path").as_deref(),
+        Some("crates/garrison-trace/tests/otel_bridge.rs")
+    );
+    assert_eq!(attr("code.lineno"), Some(PANIC_LINE.to_string()));
+    assert!(server
+        .attributes
+        .iter()
+        .any(|kv| kv.key.as_str() == "error.type" && kv.value.to_string() == "panic"));
+}

@@ -46,6 +46,7 @@ pub const ALERTS: &[&str] = &[
     "GarrisonHealthCheckFailing",
     "GarrisonRateLimitRejections",
     "GarrisonUpstreamEjected",
+    "GarrisonHandlerPanics",
     "GarrisonAvailabilityBurnRateFast",
     "GarrisonAvailabilityBurnRateSlow",
     "GarrisonLatencyBurnRateFast",
@@ -236,6 +237,19 @@ pub fn rules(config: &GarrisonConfig) -> String {
         severity: "warning",
         summary: "{{ $labels.instance }}: upstream {{ $labels.upstream }} address {{ $labels.address }} ejected",
         description: "The gateway took this upstream address out of its rotation in the last 10 minutes, after failures in a row (refused connections, connect or response timeouts); its requests go to the other addresses.".into(),
+    }, o);
+    // a counter's first sample is not an increase: a location that panics for the first time
+    // is a new series, seen by `unless ... offset`
+    let panics = format!("garrison_panics_total{user_sel}");
+    g.alert(Alert {
+        name: "GarrisonHandlerPanics",
+        expr: format!(
+            "sum by (job, instance, http_route, location) (increase({panics}[10m])) > 0\nor\nsum by (job, instance, http_route, location) ({panics} unless {panics} offset 10m)"
+        ),
+        for_: None,
+        severity: "warning",
+        summary: "{{ $labels.instance }}: the handler of {{ $labels.http_route }} panicked at {{ $labels.location }}",
+        description: "The service panicked on this route in the last 10 minutes; the stack answered 500 and kept serving. A panic is a bug: find it by its location, its trace (an `exception` event) and its `garrison::caught` log line.".into(),
     }, o);
     burn_alerts(
         &mut g,

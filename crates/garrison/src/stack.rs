@@ -347,6 +347,8 @@ impl GarrisonBuilder {
                 .is_none_or(|r| same(r.limiter().clock()))
             && parts.breaker.as_ref().is_none_or(|b| same(b.clock()));
         parts.clock = shared.then(|| clock.clone());
+        // the layer answers a panic with a `500` that says where it happened
+        garrison_core::install_panic_hook();
         Ok(Garrison {
             config: Arc::new(self.config),
             metrics,

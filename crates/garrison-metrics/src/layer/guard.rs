@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use garrison_core::{ErrorType, MethodLabel, Tick, TraceId};
+use garrison_core::{Caught, CaughtKind, ErrorType, MethodLabel, Tick, TraceId};
 
 use crate::registry::{Observation, Shared};
 
@@ -21,6 +21,9 @@ pub(crate) struct RequestGuard {
     status: u16,
     method: MethodLabel,
     done: bool,
+    /// What the stack caught (a panic, an error it answered `500` for) decides the error type
+    /// over the status.
+    caught: ErrorType,
 }
 
 const NO_ROUTE: u32 = u32::MAX;
@@ -48,6 +51,7 @@ impl RequestGuard {
             status: 0,
             method,
             done: false,
+            caught: ErrorType::None,
         }
     }
 
@@ -59,11 +63,34 @@ impl RequestGuard {
     /// The inner service answered: its status is known, its body is measured until it ends.
     #[inline]
     pub(crate) fn respond<B: http_body::Body>(
-        self,
+        mut self,
         resp: http::Response<B>,
     ) -> http::Response<super::MetricsBody<B>> {
+        self.note_caught(resp.extensions());
         let status = resp.status();
         resp.map(|body| self.respond_parts(status, body))
+    }
+
+    /// A response the stack made for a caught panic or error (its [`Caught`] in
+    /// `extensions`) is recorded as one: `error_type="panic"` and `garrison_panics_total`,
+    /// or `service_error`.
+    #[inline]
+    pub(crate) fn note_caught(&mut self, extensions: &http::Extensions) {
+        if let Some(c) = extensions.get::<Caught>() {
+            self.caught_cold(c);
+        }
+    }
+
+    #[cold]
+    fn caught_cold(&mut self, c: &Caught) {
+        self.caught = match c.kind {
+            CaughtKind::Panic => {
+                let route = (self.route != NO_ROUTE).then_some(self.route);
+                self.shared.count_panic(route, c.location.as_deref());
+                ErrorType::Panic
+            }
+            _ => ErrorType::Service,
+        };
     }
 
     /// [`respond`](Self::respond) for a response taken apart.
@@ -100,6 +127,7 @@ impl RequestGuard {
     #[inline]
     pub(crate) fn complete(&mut self) {
         let error = match http::StatusCode::from_u16(self.status) {
+            _ if self.caught != ErrorType::None => self.caught,
             Ok(s) => self.shared.classifier.classify_status(s),
             Err(_) => ErrorType::None,
         };

@@ -165,10 +165,11 @@ impl Measurement {
     /// response puts it together once instead of once per part.
     #[inline]
     pub fn respond_parts<B: http_body::Body>(
-        self,
+        mut self,
         head: &http::response::Parts,
         body: B,
     ) -> MetricsBody<B> {
+        self.0.note_caught(&head.extensions);
         self.0.respond_parts(head.status, body)
     }
 

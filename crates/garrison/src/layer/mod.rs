@@ -16,7 +16,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use garrison_admission::{AdmissionLayer, Queued};
 use garrison_breaker::CircuitBreakerLayer;
-use garrison_core::{LayerBody, RouteResolver, SharedClock};
+use garrison_core::{Caught, LayerBody, RouteResolver, SharedClock};
 use garrison_health::HealthLayer;
 use garrison_metrics::{Measurement, MetricsBody, MetricsLayer, ScrapeLayer};
 use garrison_ratelimit::{Allowance, PendingVerdict, RateLimitLayer, Verdict};
@@ -125,6 +125,7 @@ enum Stage {
 impl<S, ReqB, ResB> Service<Request<ReqB>> for GarrisonService<S>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    S::Error: std::fmt::Display,
     ResB: http_body::Body<Data = Bytes>,
 {
     type Response = Response<GarrisonBody<ResB>>;
@@ -265,6 +266,8 @@ pin_project! {
     {
         Called { #[pin] fut: S::Future },
         Local { resp: Option<Response<Bytes>> },
+        // the service panicked when it was called
+        Caught { caught: Option<Caught> },
         Waiting { waiting: Box<Waiting<S, ReqB>> },
     }
 }
@@ -279,7 +282,13 @@ impl<S: Service<Request<ReqB>> + Clone, ReqB> Step<S, ReqB> {
     #[inline]
     fn after(gate: Gate, parts: &Arc<Parts>, svc: &mut S, req: Request<ReqB>) -> Self {
         match gate {
-            Gate::Open => Step::Called { fut: svc.call(req) },
+            // a panic costs nothing until it happens
+            Gate::Open => match garrison_core::catch(|| svc.call(req)) {
+                Ok(fut) => Step::Called { fut },
+                Err(caught) => Step::Caught {
+                    caught: Some(caught),
+                },
+            },
             Gate::Answer(resp) => Step::local(resp),
             Gate::Wait(wait) => {
                 let clone = svc.clone();
@@ -315,6 +324,7 @@ impl<S: Service<Request<ReqB>>, ReqB> std::fmt::Debug for GarrisonFuture<S, ReqB
         let step = match self.step {
             Step::Called { .. } => "called",
             Step::Local { .. } => "answered by the stack",
+            Step::Caught { .. } => "panicked",
             Step::Waiting { .. } => "waiting",
         };
         f.debug_struct("GarrisonFuture")
@@ -326,6 +336,7 @@ impl<S: Service<Request<ReqB>>, ReqB> std::fmt::Debug for GarrisonFuture<S, ReqB
 impl<S, ReqB, ResB> Future for GarrisonFuture<S, ReqB>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
+    S::Error: std::fmt::Display,
     ResB: http_body::Body<Data = Bytes>,
 {
     type Output = Result<Response<GarrisonBody<ResB>>, S::Error>;
@@ -337,19 +348,45 @@ where
         let result = loop {
             let next = match this.step.as_mut().project() {
                 StepProj::Called { fut } => {
-                    let result = ready!(fut.poll(cx));
-                    if let Some(permit) = this.held.breaker.take() {
-                        permit.record_result(&result);
-                    }
-                    break result.map(|resp| {
-                        let (head, body) = resp.into_parts();
-                        (head, LayerBody::inner(body))
+                    let caught = match garrison_core::catch(|| fut.poll(cx)) {
+                        Ok(Poll::Pending) => return Poll::Pending,
+                        Ok(Poll::Ready(Ok(resp))) => {
+                            if let Some(permit) = this.held.breaker.take() {
+                                permit.record_status(resp.status());
+                            }
+                            let (head, body) = resp.into_parts();
+                            break (head, LayerBody::inner(body));
+                        }
+                        // an error is answered like a panic: `500`, its text kept from
+                        // the client
+                        Ok(Poll::Ready(Err(e))) => Caught::error(&e),
+                        Err(caught) => caught,
+                    };
+                    this.step.set(Step::Caught {
+                        caught: Some(caught),
                     });
+                    continue;
+                }
+                StepProj::Caught { caught } => {
+                    let caught = caught
+                        .take()
+                        .expect("GarrisonFuture polled after completion");
+                    if let Some(permit) = this.held.breaker.take() {
+                        permit.record(garrison_breaker::CallOutcome::Failure);
+                    }
+                    // logged while the request's trace is current: the line has its ids
+                    caught.log();
+                    let id = this
+                        .traced
+                        .as_ref()
+                        .map(|t| t.context().request_id.as_str());
+                    let (head, body) = caught.into_response(id).into_parts();
+                    break (head, LayerBody::local(body));
                 }
                 StepProj::Local { resp } => {
                     let resp = resp.take().expect("GarrisonFuture polled after completion");
                     let (head, body) = resp.into_parts();
-                    break Ok((head, LayerBody::local(body)));
+                    break (head, LayerBody::local(body));
                 }
                 StepProj::Waiting { waiting } => {
                     let w = &mut **waiting;
@@ -389,36 +426,24 @@ where
         drop(entered);
         // the slot is given back as soon as the service has answered
         this.held.admitted = None;
-        Poll::Ready(match result {
-            // the response is taken apart once and put together once: each part changes
-            // its head or wraps its body in place, instead of moving the whole response
-            Ok((mut head, body)) => {
-                if let Some(a) = this.held.allowance.take() {
-                    // the trace part's headers, and the `content-length` axum's router
-                    // sets after every layer
-                    let trace = this.traced.as_ref();
-                    let room = 1 + trace.map_or(0, TracedRequest::response_headers);
-                    a.apply_with_room(&mut head.headers, room);
-                }
-                let body = match this.measure.take() {
-                    Some(m) => m.respond_parts(&head, body),
-                    None => MetricsBody::unmeasured(body),
-                };
-                let body = match this.traced.take() {
-                    Some(t) => t.respond_parts(&mut head, body),
-                    None => TraceBody::untraced(body),
-                };
-                Ok(Response::from_parts(head, body))
-            }
-            Err(e) => {
-                if let Some(m) = this.measure.take() {
-                    m.failed();
-                }
-                if let Some(t) = this.traced.take() {
-                    t.failed();
-                }
-                Err(e)
-            }
-        })
+        // the response is taken apart once and put together once: each part changes its
+        // head or wraps its body in place, instead of moving the whole response
+        let (mut head, body) = result;
+        if let Some(a) = this.held.allowance.take() {
+            // the trace part's headers, and the `content-length` axum's router sets after
+            // every layer
+            let trace = this.traced.as_ref();
+            let room = 1 + trace.map_or(0, TracedRequest::response_headers);
+            a.apply_with_room(&mut head.headers, room);
+        }
+        let body = match this.measure.take() {
+            Some(m) => m.respond_parts(&head, body),
+            None => MetricsBody::unmeasured(body),
+        };
+        let body = match this.traced.take() {
+            Some(t) => t.respond_parts(&mut head, body),
+            None => TraceBody::untraced(body),
+        };
+        Poll::Ready(Ok(Response::from_parts(head, body)))
     }
 }
