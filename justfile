@@ -30,6 +30,11 @@ load:
     scripts/load.sh
     scripts/load-gateway.sh
 
+# One rate limit across gateway replicas on one Redis: admitted requests against GCRA's count,
+# for the rows of issue 30, and the in-memory store's throughput beside them.
+load-redis:
+    scripts/load-redis.sh
+
 # Prometheus recording and alert rules for a configuration's [ops] SLOs, e.g.
 # `just ops-rules --config shop.toml -o garrison-rules.yml` (no file: the defaults, as in
 # examples/ops/garrison-rules.yml).

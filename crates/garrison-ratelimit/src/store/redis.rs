@@ -54,17 +54,25 @@ impl std::error::Error for RedisStoreError {}
 /// which reads the key's state, applies GCRA on the server's clock and stores the new state
 /// with a TTL that ends when the key would be idle, so Redis frees idle keys by itself.
 ///
-/// **Leases.** Asking Redis for every request costs a round trip each. With
-/// [`lease_fraction`](Self::lease_fraction) (default 2 %), a replica that finds a key busy
-/// takes up to that fraction of the burst in one call and spends it locally for at most the
-/// time those requests represent at the policy's rate. Tokens are only ever taken from Redis,
-/// so the shared limit holds; a replica can be ahead of the limit by at most one lease, and
-/// leases that expire unspent cost at most one lease each. With `R` replicas the limit holds
-/// within `R × fraction` of the burst (±4 % for two replicas at the default). Policies whose
-/// burst is below `1 / fraction` (e.g. 5 logins per 15 minutes) always ask Redis for
-/// allowed requests. A refusal from Redis is remembered until its `Retry-After` ends: no
-/// replica can give tokens back, so refusing locally until then is exact, and a client
-/// hammering a spent limit costs no round trips.
+/// **Leases.** Asking Redis for every request costs a round trip each. A replica that sees a
+/// key busy takes a lease: a few tokens in one call, spent locally for at most
+/// [`lease_ttl`](Self::lease_ttl) (default 20 ms). Each lease is sized on the replica's own
+/// pace for that key, what it spent of the key in half a lease lifetime on the last lease,
+/// between 2 and [`lease_fraction`](Self::lease_fraction) of the burst (default 2 %). One
+/// lease call per key is in flight at a time; the key's other requests meanwhile ask Redis for
+/// one token each. Tokens are only ever taken from Redis, so the shared limit holds, and
+/// tokens a lease did not spend before it expired go back to the bucket with that replica's
+/// next call for the key. The bounds, with `R` replicas:
+///
+/// - over the limit: at most `R` leases at any time (each at most what that replica admits of
+///   the key in 10 ms, and at most 2 % of the burst);
+/// - under it: the unspent tokens of the last lease of each replica that stops calling for a
+///   key, at most `R` such leases, until that replica calls for the key again.
+///
+/// Policies whose burst is below `1 / fraction` (e.g. 5 logins per 15 minutes) always ask
+/// Redis. A refusal from Redis is remembered until its `Retry-After` ends, so that a client
+/// hammering a spent limit costs no round trips. Only tokens another replica gives back
+/// meanwhile (at most one lease each) could have admitted a request earlier.
 ///
 /// **Faults.** Each call is bounded by [`timeout`](Self::timeout) (default 50 ms). When
 /// Redis errs or times out, decisions fall back to the memory store
@@ -94,6 +102,7 @@ pub struct RedisStore {
     prefix: Arc<str>,
     secret: u64,
     lease_fraction: f64,
+    lease_ttl: u64,
     leases: Box<[Mutex<Leases>]>,
     max_leases: usize,
     available: AtomicBool,
@@ -110,15 +119,39 @@ struct Stats {
     unavailable_since: AtomicU64,
 }
 
-#[derive(Clone, Copy, Debug)]
+/// What a replica holds of one key: a lease of tokens taken from Redis, or a refusal.
+#[derive(Clone, Copy, Debug, Default)]
 struct Lease {
+    /// Tokens taken from Redis and not yet spent.
     tokens: u32,
+    /// After this, unspent tokens are not spent: they go back to Redis with the next call.
     expires: u64,
-    /// Redis refused until then: nobody can return tokens, so refusing locally is exact.
+    /// Redis refused until then: refusing locally until then is exact (up to tokens another
+    /// replica gives back meanwhile, at most one lease each).
     denied_until: u64,
     remaining: u32,
     full_at: u64,
+    /// The size of the next lease: what this replica spent of the key in half a lease
+    /// lifetime, measured on the last lease.
+    size: u32,
+    /// When the current lease was granted, and how many tokens it had.
+    granted_at: u64,
+    granted: u32,
+    /// A lease call is in flight: other requests of the key ask Redis for one token each
+    /// meanwhile, rather than each taking a lease.
+    refilling: bool,
 }
+
+/// What a request of a key does first.
+enum Take {
+    /// Decided from what this replica holds.
+    Decided(Decision),
+    /// Ask Redis for `want` tokens (more than one: a lease), giving back `back` unspent ones.
+    Ask { want: u32, back: u32 },
+}
+
+/// The size of a key's first lease.
+const FIRST_LEASE: u32 = 4;
 
 const LEASE_SHARDS: usize = 16;
 
@@ -153,6 +186,7 @@ impl RedisStore {
             prefix: "garrison:ratelimit".into(),
             secret: 0x6761_7272_6973_6f6e,
             lease_fraction: 0.02,
+            lease_ttl: 20_000_000,
             leases: (0..LEASE_SHARDS).map(|_| Mutex::default()).collect(),
             max_leases: 65_536,
             available: AtomicBool::new(true),
@@ -193,14 +227,21 @@ impl RedisStore {
         self
     }
 
-    /// The share of a policy's burst one lease may take (default 0.02; 0 asks Redis for
-    /// every request).
+    /// The share of a policy's burst one lease may take at most (default 0.02; 0 asks Redis
+    /// for every request and remembers no refusal).
     pub fn lease_fraction(mut self, fraction: f64) -> Self {
         self.lease_fraction = if fraction.is_finite() {
             fraction.clamp(0.0, 0.5)
         } else {
             0.0
         };
+        self
+    }
+
+    /// How long a lease's tokens may be spent before those left go back to Redis (default
+    /// 20 ms). Longer: fewer calls, and more tokens held by one replica at a time.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX).max(1);
         self
     }
 
@@ -233,54 +274,126 @@ impl RedisStore {
         &self.leases[(key.1 >> 20) as usize % LEASE_SHARDS]
     }
 
-    fn take_leased(&self, idx: usize, key: ClientKey, now: u64) -> Option<Decision> {
+    /// Decides from this replica's lease or remembered refusal of `key`, or says what to ask
+    /// Redis for. `max` is the largest lease of the policy (1: no leases).
+    fn take(&self, idx: usize, key: ClientKey, now: u64, max: u32) -> Take {
+        if self.lease_fraction <= 0.0 {
+            return Take::Ask { want: 1, back: 0 };
+        }
         let mut shard = self.lease_shard((idx, key.0)).lock();
-        let lease = shard.get_mut(&(idx, key.0))?;
+        let Some(lease) = shard.get_mut(&(idx, key.0)) else {
+            if max <= 1 || !self.room_for_lease(&mut shard, now) {
+                return Take::Ask { want: 1, back: 0 };
+            }
+            let size = FIRST_LEASE.min(max);
+            shard.insert(
+                (idx, key.0),
+                Lease {
+                    size,
+                    refilling: true,
+                    ..Lease::default()
+                },
+            );
+            return Take::Ask {
+                want: size,
+                back: 0,
+            };
+        };
         if now < lease.denied_until {
-            let d = Decision {
+            self.stats.lease_hits.fetch_add(1, Ordering::Relaxed);
+            return Take::Decided(Decision {
                 allowed: false,
                 remaining: 0,
                 reset: lease.full_at.saturating_sub(now),
                 retry_after: lease.denied_until - now,
-            };
+            });
+        }
+        if lease.tokens > 0 && now < lease.expires {
+            lease.tokens -= 1;
             self.stats.lease_hits.fetch_add(1, Ordering::Relaxed);
-            return Some(d);
+            return Take::Decided(Decision {
+                allowed: true,
+                remaining: lease.remaining.saturating_add(lease.tokens),
+                reset: lease.full_at.saturating_sub(now),
+                retry_after: 0,
+            });
         }
-        if lease.tokens == 0 || now >= lease.expires {
-            return None;
+        if lease.refilling || max <= 1 {
+            return Take::Ask { want: 1, back: 0 };
         }
-        lease.tokens -= 1;
-        let left = lease.tokens;
-        let d = Decision {
-            allowed: true,
-            remaining: lease.remaining.saturating_add(left),
-            reset: lease.full_at.saturating_sub(now),
-            retry_after: 0,
-        };
-        if left == 0 {
-            shard.remove(&(idx, key.0));
+        // the lease is spent or expired: the next one is sized on how fast this one went
+        let back = lease.tokens;
+        if lease.granted > 0 {
+            let spent = u64::from(lease.granted - back);
+            let took = now.saturating_sub(lease.granted_at).max(1);
+            let in_half_a_lifetime = spent.saturating_mul(self.lease_ttl / 2) / took;
+            lease.size = u32::try_from(in_half_a_lifetime).unwrap_or(u32::MAX);
         }
-        self.stats.lease_hits.fetch_add(1, Ordering::Relaxed);
-        Some(d)
+        // at least two, so that a slow key's rate can still be measured and grow
+        lease.size = lease.size.clamp(2, max);
+        lease.tokens = 0;
+        lease.granted = 0;
+        lease.refilling = true;
+        Take::Ask {
+            want: lease.size,
+            back,
+        }
     }
 
-    fn store_lease(&self, idx: usize, key: ClientKey, lease: Lease, now: u64) {
+    /// Whether a shard has room for one more key's lease, after dropping those with nothing
+    /// in them.
+    fn room_for_lease(&self, shard: &mut Leases, now: u64) -> bool {
         let per_shard = self.max_leases / LEASE_SHARDS;
-        let mut shard = self.lease_shard((idx, key.0)).lock();
         if shard.len() >= per_shard {
-            shard.retain(|_, l| (l.expires > now && l.tokens > 0) || l.denied_until > now);
-            if shard.len() >= per_shard {
-                return;
-            }
+            shard.retain(|_, l| l.refilling || l.tokens > 0 || l.denied_until > now);
         }
-        let e = shard
-            .entry((idx, key.0))
-            .or_insert(Lease { tokens: 0, ..lease });
-        e.tokens = e.tokens.saturating_add(lease.tokens);
-        e.expires = e.expires.max(lease.expires);
-        e.denied_until = lease.denied_until;
-        e.remaining = lease.remaining;
-        e.full_at = lease.full_at;
+        shard.len() < per_shard
+    }
+
+    /// Keeps what Redis answered a call for `want` tokens of `key`: the lease's tokens, or the
+    /// refusal. `None`: the call failed.
+    fn settle(
+        &self,
+        idx: usize,
+        key: ClientKey,
+        want: u32,
+        answer: Option<(u32, &Decision)>,
+        now: u64,
+    ) {
+        if self.lease_fraction <= 0.0 {
+            return;
+        }
+        let mut shard = self.lease_shard((idx, key.0)).lock();
+        let lease = match answer {
+            // a refusal is remembered even without a lease
+            Some((0, _)) => {
+                if !shard.contains_key(&(idx, key.0)) && !self.room_for_lease(&mut shard, now) {
+                    return;
+                }
+                shard.entry((idx, key.0)).or_default()
+            }
+            _ => match shard.get_mut(&(idx, key.0)) {
+                Some(l) => l,
+                None => return,
+            },
+        };
+        if want > 1 {
+            lease.refilling = false;
+        }
+        let Some((granted, d)) = answer else {
+            return;
+        };
+        lease.remaining = d.remaining;
+        lease.full_at = now.saturating_add(d.reset);
+        if granted == 0 {
+            lease.denied_until = now.saturating_add(d.retry_after);
+        } else if want > 1 {
+            lease.denied_until = 0;
+            lease.tokens = granted - 1;
+            lease.granted = granted;
+            lease.granted_at = now;
+            lease.expires = now.saturating_add(self.lease_ttl);
+        }
     }
 
     fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
@@ -306,6 +419,7 @@ impl RedisStore {
         tolerance: u64,
         key: ClientKey,
         want: u32,
+        back: u32,
     ) -> Result<(u32, Decision), ()> {
         let redis_key = format!("{}:{policy}:{key}", self.prefix);
         let emission_us = (emission / 1000).max(1);
@@ -317,6 +431,7 @@ impl RedisStore {
                 .arg(emission_us)
                 .arg(tolerance_us)
                 .arg(want)
+                .arg(back)
                 .invoke_async::<(i64, i64, i64, i64)>(&mut conn)
                 .await
         };
@@ -450,10 +565,14 @@ pub(crate) fn decide(
     shared: &Arc<Shared>,
 ) -> Verdict {
     let now = limiter.now();
-    if let Some(d) = store.take_leased(idx, key, now) {
-        return shared.verdict(idx, d);
-    }
+    let p = &limiter.policies[idx];
+    let max = store.batch(p.table.quota().burst);
+    let (want, back) = match store.take(idx, key, now, max) {
+        Take::Decided(d) => return shared.verdict(idx, d),
+        Take::Ask { want, back } => (want, back),
+    };
     if !store.should_try(now) {
+        store.settle(idx, key, want, None, now);
         return match fallback(store, limiter, idx, key, now) {
             Ok(d) => shared.verdict(idx, d),
             Err(retry) => Verdict::Refused(shared.unavailable(idx, retry)),
@@ -462,49 +581,33 @@ pub(crate) fn decide(
     let store = store.clone();
     let limiter = limiter.clone();
     let fut = async move {
+        // a request dropped while it waits (its client went away) must not leave the key's
+        // lease marked as refilling
+        let mut unsettled = Unsettled {
+            store: &store,
+            idx,
+            key,
+            want,
+        };
         let p = &limiter.policies[idx];
         let q = *p.table.quota();
-        let want = store.batch(q.burst);
         match store
-            .call(p.policy.name(), q.emission, q.tolerance, key, want)
+            .call(p.policy.name(), q.emission, q.tolerance, key, want, back)
             .await
         {
             Ok((granted, d)) => {
+                unsettled.want = 0;
                 store.mark_up();
                 let now = limiter.now();
-                if granted > 1 {
-                    store.store_lease(
-                        idx,
-                        key,
-                        Lease {
-                            tokens: granted - 1,
-                            expires: now.saturating_add(q.emission * u64::from(granted)),
-                            denied_until: 0,
-                            remaining: d.remaining,
-                            full_at: now.saturating_add(d.reset),
-                        },
-                        now,
-                    );
-                } else if granted == 0 && store.lease_fraction > 0.0 {
-                    store.store_lease(
-                        idx,
-                        key,
-                        Lease {
-                            tokens: 0,
-                            expires: 0,
-                            denied_until: now.saturating_add(d.retry_after),
-                            remaining: 0,
-                            full_at: now.saturating_add(d.reset),
-                        },
-                        now,
-                    );
-                }
+                store.settle(idx, key, want, Some((granted, &d)), now);
                 let mut d = d;
                 d.remaining = d.remaining.saturating_add(granted.saturating_sub(1));
                 Ok(d)
             }
             Err(()) => {
+                unsettled.want = 0;
                 let now = limiter.now();
+                store.settle(idx, key, want, None, now);
                 store.mark_down(now);
                 fallback(&store, &limiter, idx, key, now)
             }
@@ -517,6 +620,22 @@ pub(crate) fn decide(
         },
         shared.clone(),
     ))
+}
+
+/// Settles a lease call that did not finish, when dropped (`want` 0: it finished).
+struct Unsettled<'a> {
+    store: &'a crate::RedisStore,
+    idx: usize,
+    key: ClientKey,
+    want: u32,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if self.want > 1 {
+            self.store.settle(self.idx, self.key, self.want, None, 0);
+        }
+    }
 }
 
 fn fallback(

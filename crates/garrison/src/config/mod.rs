@@ -477,7 +477,7 @@ pub struct RedisSection {
     pub fail_mode: FailModeConfig,
     /// `key_prefix`. Default: `"garrison:ratelimit"`.
     pub key_prefix: String,
-    /// `lease_fraction`: the share of a burst a replica takes per call. Default: `0.02`.
+    /// `lease_fraction`: the most of a burst a replica leases per call. Default: `0.02`.
     pub lease_fraction: f64,
 }
 
