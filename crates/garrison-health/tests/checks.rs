@@ -233,3 +233,36 @@ async fn rate_limit_store_fallback_is_a_warning() {
     );
     assert_eq!(health.ready().status(), Status::Warn);
 }
+
+#[tokio::test]
+async fn the_rate_limit_check_warns_while_new_clients_share_overflow_buckets() {
+    // room for 8 keys; each key stays active for 3.6 s after one request
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::per_hour("general", 1000))
+        .max_keys(8)
+        .build()
+        .unwrap();
+    let limiter = layer.limiter().clone();
+    let health = HealthRegistry::new();
+    health
+        .register("ratelimit", RateLimitStoreCheck::new(&limiter), opts())
+        .unwrap();
+    health.refresh().await;
+    assert_eq!(health.last("ratelimit").unwrap().status(), Status::Pass);
+    for k in 0..500u64 {
+        limiter.check("general", garrison_ratelimit::ClientKey(k << 40 | k));
+    }
+    limiter.sweep();
+    let share = limiter.overflow_share("general").unwrap();
+    assert!(share > 0.9, "{share}");
+    assert!(limiter.is_overflowing());
+    health.refresh().await;
+    let obs = health.last("ratelimit").unwrap();
+    assert_eq!(obs.status(), Status::Warn, "{obs:?}");
+    assert!(obs.result.reason().unwrap().contains("max_keys"));
+    // a quiet interval: the share falls back, and so does the warning
+    limiter.sweep();
+    assert_eq!(limiter.overflow_share("general"), Some(0.0));
+    health.refresh().await;
+    assert_eq!(health.last("ratelimit").unwrap().status(), Status::Pass);
+}

@@ -75,7 +75,7 @@ pub use layer::{
     Allowance, ConfigError, PendingVerdict, RateLimitBuilder, RateLimitLayer, RateLimitService,
     ResponseFuture, Verdict, DEFAULT_MAX_KEYS, DEFAULT_SWEEP_INTERVAL,
 };
-pub use limiter::RateLimiter;
+pub use limiter::{RateLimiter, OVERFLOW_WARN_SHARE};
 pub use policy::{Policy, PolicyError, MAX_LIMIT};
 pub use store::memory::BYTES_PER_KEY_MAX;
 #[cfg(feature = "redis")]

@@ -1,8 +1,11 @@
 //! The rate limiter: policies, their stores and their counters, usable without HTTP.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use garrison_core::{SharedClock, Tick};
 use garrison_metrics::{Collector, MetricType, MetricWriter};
@@ -10,7 +13,7 @@ use garrison_metrics::{Collector, MetricType, MetricWriter};
 use crate::gcra::Decision;
 use crate::headers::PolicyHeaders;
 use crate::key::KeyHasher;
-use crate::store::memory::MemoryTable;
+use crate::store::memory::{KeyBudget, MemoryTable};
 use crate::{ClientKey, Policy};
 
 /// What a decision was, for the `garrison_ratelimit_decisions_total` counter.
@@ -38,7 +41,15 @@ pub(crate) struct PolicyState {
     pub(crate) table: MemoryTable,
     pub(crate) headers: &'static PolicyHeaders,
     counters: Counters,
+    /// The overflow bucket's share of the decisions over the last sweep interval (`f64`
+    /// bits), and the counts it was measured from.
+    overflow_share: AtomicU64,
+    overflow_seen: Mutex<(u64, u64)>,
 }
+
+/// The overflow buckets' share of a policy's decisions over a sweep interval above which the
+/// limiter warns: clients are then keyed together, not one by one.
+pub const OVERFLOW_WARN_SHARE: f64 = 0.01;
 
 /// Enforces a set of named [`Policy`]s for [`ClientKey`]s.
 ///
@@ -88,15 +99,18 @@ impl RateLimiter {
         max_keys: usize,
         sweep_every: Duration,
     ) -> Self {
-        let per_policy = max_keys.div_ceil(policies.len().max(1));
+        let budget = KeyBudget::new(max_keys, policies.len());
         let sweep_ns = u64::try_from(sweep_every.as_nanos()).unwrap_or(u64::MAX);
         Self {
             policies: policies
                 .into_iter()
-                .map(|p| PolicyState {
-                    table: MemoryTable::new(p.quota(), per_policy, sweep_ns),
+                .enumerate()
+                .map(|(i, p)| PolicyState {
+                    table: MemoryTable::new(p.quota(), budget.clone(), i, sweep_ns),
                     headers: PolicyHeaders::new(&p),
                     counters: Counters::default(),
+                    overflow_share: AtomicU64::new(0),
+                    overflow_seen: Mutex::new((0, 0)),
                     policy: p,
                 })
                 .collect(),
@@ -146,9 +160,53 @@ impl RateLimiter {
 
     /// Drops the keys that are idle now and gives their memory back; returns how many went.
     /// A background task does this every sweep interval while a tokio runtime runs the layer.
+    ///
+    /// Each sweep also measures the share of each policy's decisions that its overflow
+    /// buckets made since the last one ([`overflow_share`](Self::overflow_share)), and warns
+    /// in the log when it is above [`OVERFLOW_WARN_SHARE`].
     pub fn sweep(&self) -> usize {
         let now = self.now();
+        for p in self.policies.iter() {
+            let decisions = p.counters.get(Outcome::Allowed as usize)
+                + p.counters.get(Outcome::Limited as usize);
+            let overflowed = p.table.overflowed();
+            let mut seen = p.overflow_seen.lock();
+            let (d, o) = (
+                decisions - seen.0.min(decisions),
+                overflowed - seen.1.min(overflowed),
+            );
+            *seen = (decisions, overflowed);
+            let share = if d == 0 {
+                0.0
+            } else {
+                (o as f64 / d as f64).min(1.0)
+            };
+            p.overflow_share.store(share.to_bits(), Ordering::Relaxed);
+            if share > OVERFLOW_WARN_SHARE {
+                tracing::warn!(
+                    policy = p.policy.name(),
+                    share = format_args!("{:.1}%", share * 100.0),
+                    tracked_keys = self.tracked_keys(),
+                    "rate limit: more clients are active than max_keys holds; new clients share overflow buckets (raise [ratelimit] max_keys)"
+                );
+            }
+        }
         self.policies.iter().map(|p| p.table.sweep(now)).sum()
+    }
+
+    /// The share of `policy`'s decisions its overflow buckets made over the last sweep
+    /// interval: new clients that found every key of the table active, keyed together.
+    pub fn overflow_share(&self, policy: &str) -> Option<f64> {
+        let p = &self.policies[self.index(policy)?];
+        Some(f64::from_bits(p.overflow_share.load(Ordering::Relaxed)))
+    }
+
+    /// Whether any policy's overflow buckets made more than [`OVERFLOW_WARN_SHARE`] of its
+    /// decisions over the last sweep interval. The rate limiter's health check warns then.
+    pub fn is_overflowing(&self) -> bool {
+        self.policies
+            .iter()
+            .any(|p| f64::from_bits(p.overflow_share.load(Ordering::Relaxed)) > OVERFLOW_WARN_SHARE)
     }
 
     /// Keys tracked in memory, over all policies.
@@ -232,6 +290,18 @@ impl Collector for RateLimiter {
                 "garrison_ratelimit_overflow",
                 &[("policy", p.policy.name())],
                 p.table.overflowed(),
+            );
+        }
+        w.family(
+            "garrison_ratelimit_overflow_share",
+            MetricType::Gauge,
+            "The share of a policy's decisions made by overflow buckets over the last sweep interval.",
+        );
+        for p in self.policies.iter() {
+            w.sample_f64(
+                "garrison_ratelimit_overflow_share",
+                &[("policy", p.policy.name())],
+                f64::from_bits(p.overflow_share.load(Ordering::Relaxed)),
             );
         }
         #[cfg(feature = "redis")]

@@ -5,20 +5,27 @@
 //! other. Only the first request of a new key takes the shard's write lock.
 //!
 //! Idle keys (whose state says their allowance is whole again) are dropped a shard at a time:
-//! when a shard must grow and its last sweep is older than the sweep interval, and on a
-//! schedule by [`MemoryStore::sweep`]. Dropping such a key loses nothing: a key with no state
-//! and a key whose allowance is whole are the same thing to GCRA.
+//! on a schedule by [`MemoryTable::sweep`], when a shard must grow and its last sweep is older
+//! than the sweep interval, and at once when a new key finds no room. Dropping such a key
+//! loses nothing: a key with no state and a key whose allowance is whole are the same thing to
+//! GCRA.
 //!
-//! A shard never holds more than its share of `max_keys`. When a flood of new keys finds a
-//! shard full of keys that are still active, the newcomers share that shard's overflow
-//! bucket: collectively limited by the policy, while the keys already tracked keep their
-//! own allowance.
+//! Room is one budget of `max_keys` for every policy's table ([`KeyBudget`]): each table has a
+//! floor of its own (a quarter of the budget, split evenly), and the rest goes to whichever
+//! tables need it. A new key that finds the budget spent sweeps its shard first, then up to
+//! four others that no one holds; a shard's sweep is allowed again at once when it freed at
+//! least a sixteenth of the shard, else after a back-off, so a flood of new keys costs at
+//! most sixteen entries scanned per key, and a flood of active keys one scan per shard per
+//! back-off. Only when
+//! the keys are really active do newcomers share their shard's overflow bucket: collectively
+//! limited by the policy, while the keys already tracked keep their own allowance.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::gcra::{self, Decision};
 use crate::policy::Quota;
@@ -48,12 +55,81 @@ type Map = HashMap<u64, AtomicU64, BuildHasherDefault<NoHash>>;
 /// just doubled: (8-byte key + 8-byte state + 1 control byte) / 7/8 load, times 2.
 pub const BYTES_PER_KEY_MAX: usize = 39;
 
+/// The room for keys shared by every policy's table: each table may always hold its floor,
+/// and the tables together hold at most `max_keys`.
+#[derive(Debug)]
+pub(crate) struct KeyBudget {
+    state: Mutex<BudgetState>,
+}
+
+#[derive(Debug)]
+struct BudgetState {
+    /// Keys each table holds.
+    held: Vec<usize>,
+    /// Each table's floor.
+    floors: Vec<usize>,
+    /// Keys over the floors, over all tables, and the most there may be.
+    shared: usize,
+    shared_cap: usize,
+}
+
+impl KeyBudget {
+    /// A budget of `max_keys` for `tables` tables: a quarter of it in equal floors.
+    pub(crate) fn new(max_keys: usize, tables: usize) -> Arc<Self> {
+        let tables = tables.max(1);
+        let floor = (max_keys / 4 / tables).max(1);
+        Arc::new(Self {
+            state: Mutex::new(BudgetState {
+                held: vec![0; tables],
+                floors: vec![floor; tables],
+                shared: 0,
+                shared_cap: max_keys.saturating_sub(floor * tables),
+            }),
+        })
+    }
+
+    /// Room for one more key of table `t`.
+    fn reserve(&self, t: usize) -> bool {
+        let mut s = self.state.lock();
+        if s.held[t] >= s.floors[t] {
+            if s.shared >= s.shared_cap {
+                return false;
+            }
+            s.shared += 1;
+        }
+        s.held[t] += 1;
+        true
+    }
+
+    /// Table `t` dropped `n` keys.
+    fn release(&self, t: usize, n: usize) {
+        if n == 0 {
+            return;
+        }
+        let mut s = self.state.lock();
+        let before = s.held[t];
+        let after = before.saturating_sub(n);
+        let floor = s.floors[t];
+        let freed_shared = before.saturating_sub(floor) - after.saturating_sub(floor);
+        s.shared -= freed_shared.min(s.shared);
+        s.held[t] = after;
+    }
+
+    /// The floor of table `t`.
+    #[cfg(test)]
+    fn floor(&self, t: usize) -> usize {
+        self.state.lock().floors[t]
+    }
+}
+
 #[repr(align(64))]
 #[derive(Debug)]
 struct Shard {
     map: RwLock<Map>,
     overflow: AtomicU64,
     next_sweep: AtomicU64,
+    /// When a new key that finds no room may sweep this shard again.
+    next_room_sweep: AtomicU64,
 }
 
 /// The table of one policy.
@@ -61,16 +137,33 @@ struct Shard {
 pub(crate) struct MemoryTable {
     quota: Quota,
     shards: Box<[Shard]>,
-    shard_cap: usize,
+    budget: Arc<KeyBudget>,
+    /// This table's index in the budget.
+    index: usize,
     sweep_every: u64,
     global: AtomicU64,
     overflowed: AtomicU64,
+    /// The next shard a newcomer without room sweeps after its own.
+    hand: AtomicUsize,
 }
 
 const SHARDS: usize = 64;
 
+/// Shards besides its own that a newcomer without room may sweep.
+const ROOM_SWEEP_SHARDS: usize = 4;
+
+/// The longest a shard whose sweep found almost nothing idle waits before a new key may sweep
+/// it again.
+const ROOM_SWEEP_BACKOFF: u64 = 100_000_000;
+
 impl MemoryTable {
-    pub(crate) fn new(quota: Quota, max_keys: usize, sweep_every: u64) -> Self {
+    /// The table of table `index` of `budget`.
+    pub(crate) fn new(
+        quota: Quota,
+        budget: Arc<KeyBudget>,
+        index: usize,
+        sweep_every: u64,
+    ) -> Self {
         Self {
             quota,
             shards: (0..SHARDS)
@@ -78,13 +171,22 @@ impl MemoryTable {
                     map: RwLock::new(Map::default()),
                     overflow: AtomicU64::new(0),
                     next_sweep: AtomicU64::new(0),
+                    next_room_sweep: AtomicU64::new(0),
                 })
                 .collect(),
-            shard_cap: max_keys.div_ceil(SHARDS).max(1),
+            budget,
+            index,
             sweep_every,
             global: AtomicU64::new(0),
             overflowed: AtomicU64::new(0),
+            hand: AtomicUsize::new(0),
         }
+    }
+
+    /// A table of its own budget of `max_keys` (tests).
+    #[cfg(test)]
+    fn alone(quota: Quota, max_keys: usize, sweep_every: u64) -> Self {
+        Self::new(quota, KeyBudget::new(max_keys, 1), 0, sweep_every)
     }
 
     #[cfg(feature = "redis")]
@@ -117,25 +219,77 @@ impl MemoryTable {
         if let Some(cell) = map.get(&key.0) {
             return update(&self.quota, cell, now, want);
         }
-        // Sweep before the table grows or when it is full, at most once per sweep interval:
-        // a flood of new keys must not turn every insert into a scan.
-        if (map.len() >= self.shard_cap || map.len() == map.capacity())
-            && self.sweep_due(shard, now)
-        {
-            sweep_map(&mut map, now);
-            shard
-                .next_sweep
-                .store(now.saturating_add(self.sweep_every), Ordering::Relaxed);
+        // Sweep before the table grows, at most once per sweep interval: a flood of new keys
+        // must not turn every insert into a scan.
+        if map.len() == map.capacity() && self.sweep_due(shard, now) {
+            self.sweep_shard(shard, &mut map, now);
         }
-        if map.len() >= self.shard_cap {
+        let mut room = self.budget.reserve(self.index);
+        if !room {
+            // no room: drop idle keys at once, this shard's first, then the next few shards'
+            // that are free to lock (never waiting for one: another newcomer may hold it)
+            if self.room_sweep(shard, &mut map, now) {
+                room = self.budget.reserve(self.index);
+            }
+            let mut tries = 0;
+            while !room && tries < ROOM_SWEEP_SHARDS {
+                tries += 1;
+                let i = self.hand.fetch_add(1, Ordering::Relaxed) % SHARDS;
+                let other = &self.shards[i];
+                if std::ptr::eq(other, shard) {
+                    continue;
+                }
+                if let Some(mut m) = other.map.try_write() {
+                    if self.room_sweep(other, &mut m, now) {
+                        room = self.budget.reserve(self.index);
+                    }
+                }
+            }
+        }
+        if !room {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
             return update(&self.quota, &shard.overflow, now, want);
         }
         let t = gcra::take(&self.quota, 0, now, want);
-        if let Some(tat) = t.new_tat {
-            map.insert(key.0, AtomicU64::new(tat));
+        match t.new_tat {
+            Some(tat) => {
+                map.insert(key.0, AtomicU64::new(tat));
+            }
+            None => self.budget.release(self.index, 1),
         }
         (t.granted, t.decision)
+    }
+
+    /// Drops `shard`'s idle keys for a new key that found no room, unless a recent such
+    /// sweep found almost nothing there; whether any went. A sweep that freed a sixteenth of
+    /// the shard may run again at once (the keys it freed pay for it), else after a back-off.
+    fn room_sweep(&self, shard: &Shard, map: &mut Map, now: u64) -> bool {
+        if now < shard.next_room_sweep.load(Ordering::Relaxed) {
+            return false;
+        }
+        let before = map.len();
+        let freed = self.sweep_shard(shard, map, now);
+        let backoff = if freed > 0 && freed * 16 >= before {
+            0
+        } else {
+            self.sweep_every.min(ROOM_SWEEP_BACKOFF)
+        };
+        shard
+            .next_room_sweep
+            .store(now.saturating_add(backoff), Ordering::Relaxed);
+        freed > 0
+    }
+
+    /// Drops `shard`'s idle keys (its map locked as `map`); returns how many went.
+    fn sweep_shard(&self, shard: &Shard, map: &mut Map, now: u64) -> usize {
+        let before = map.len();
+        sweep_map(map, now);
+        let freed = before - map.len();
+        self.budget.release(self.index, freed);
+        shard
+            .next_sweep
+            .store(now.saturating_add(self.sweep_every), Ordering::Relaxed);
+        freed
     }
 
     fn sweep_due(&self, shard: &Shard, now: u64) -> bool {
@@ -151,17 +305,10 @@ impl MemoryTable {
     /// Drops the keys that are idle at `now`, one shard at a time, and gives back the memory
     /// of tables that shrank to a quarter of their capacity. Returns the keys dropped.
     pub(crate) fn sweep(&self, now: u64) -> usize {
-        let mut dropped = 0;
-        for shard in self.shards.iter() {
-            let mut map = shard.map.write();
-            let before = map.len();
-            sweep_map(&mut map, now);
-            dropped += before - map.len();
-            shard
-                .next_sweep
-                .store(now.saturating_add(self.sweep_every), Ordering::Relaxed);
-        }
-        dropped
+        self.shards
+            .iter()
+            .map(|shard| self.sweep_shard(shard, &mut shard.map.write(), now))
+            .sum()
     }
 
     /// Keys tracked now.
@@ -224,7 +371,7 @@ mod tests {
 
     #[test]
     fn idle_keys_are_swept_and_memory_returns() {
-        let t = MemoryTable::new(Policy::per_second("p", 10).quota(), 1 << 20, 10 * S);
+        let t = MemoryTable::alone(Policy::per_second("p", 10).quota(), 1 << 20, 10 * S);
         for k in 0..50_000u64 {
             assert!(
                 t.check(ClientKey(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)), S)
@@ -246,24 +393,82 @@ mod tests {
     }
 
     #[test]
-    fn a_full_shard_sends_newcomers_to_its_overflow_bucket() {
-        // 64 keys in all: one per shard; 2 requests per second each.
-        let t = MemoryTable::new(Policy::per_second("p", 2).quota(), 64, 2 * S);
+    fn newcomers_go_to_the_overflow_bucket_only_while_the_keys_are_really_active() {
+        // 64 keys in all; 2 requests per second each: a key is idle 1 s after one request
+        let t = MemoryTable::alone(Policy::per_second("p", 2).quota(), 64, 10 * S);
         let key = |shard: u64, n: u64| ClientKey(shard << 40 | n);
-        assert!(t.check(key(3, 1), S).allowed);
-        // Shard 3 is full: the next two newcomers share one bucket of 2.
-        assert!(t.check(key(3, 2), S).allowed);
-        assert!(t.check(key(3, 3), S).allowed);
-        assert!(!t.check(key(3, 4), S).allowed);
+        for n in 0..64 {
+            assert!(t.check(key(n % 64, n), S).allowed);
+        }
+        assert_eq!((t.len(), t.overflowed()), (64, 0));
+        // every key is still active: newcomers share their shard's bucket of 2
+        assert!(t.check(key(3, 100), S).allowed);
+        assert!(t.check(key(3, 101), S).allowed);
+        assert!(!t.check(key(3, 102), S).allowed);
         assert_eq!(t.overflowed(), 3);
-        // The tracked key keeps its own allowance.
-        assert!(t.check(key(3, 1), S).allowed);
-        // The tracked key is idle at 2 s, but a full shard is swept at most every 2 s.
-        assert!(t.check(key(3, 5), 2 * S).allowed);
-        assert_eq!(t.overflowed(), 4);
-        // At the next sweep a newcomer takes the idle key's place.
-        assert!(t.check(key(3, 6), 3 * S).allowed);
-        assert_eq!(t.len(), 1);
-        assert_eq!(t.overflowed(), 4);
+        // a tracked key keeps its own allowance
+        assert!(t.check(key(3, 3), S).allowed);
+        // 0.6 s later the keys are idle (one request is 0.5 s of allowance), long before the
+        // sweep interval: a newcomer sweeps and takes an idle key's place
+        assert!(t.check(key(5, 200), S + 3 * S / 5).allowed);
+        assert_eq!(t.overflowed(), 3);
+        // the other shards are swept as their newcomers need room
+        for n in 0..63 {
+            assert!(t.check(key(n % 64, 300 + n), 2 * S).allowed);
+        }
+        assert_eq!(t.overflowed(), 3);
+        assert!(t.len() <= 64);
+    }
+
+    #[test]
+    fn one_shot_keys_faster_than_the_sweep_interval_never_meet_the_overflow_bucket() {
+        // 640 keys at most, 10 s sweep interval, 10 per second: a one-request key is idle
+        // after 100 ms; a new key every millisecond keeps about 100 active
+        let t = MemoryTable::alone(Policy::per_second("p", 10).quota(), 640, 10 * S);
+        let mut now = S;
+        for k in 0..20_000u64 {
+            now += 1_000_000;
+            let d = t.check(ClientKey(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)), now);
+            assert!(d.allowed, "key {k} refused at {now}");
+        }
+        assert_eq!(t.overflowed(), 0);
+        assert!(t.len() <= 640, "{}", t.len());
+    }
+
+    #[test]
+    fn one_policy_uses_what_the_others_do_not_and_leaves_them_their_floor() {
+        let budget = KeyBudget::new(4000, 3);
+        let q = Policy::per_minute("p", 10).quota();
+        let tables: Vec<_> = (0..3)
+            .map(|i| MemoryTable::new(q, budget.clone(), i, 600 * S))
+            .collect();
+        // a flood of active keys on the first policy
+        for k in 0..10_000u64 {
+            tables[0].check(ClientKey(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)), S);
+        }
+        // it holds everything but the others' floors
+        let floor = budget.floor(1);
+        assert_eq!(floor, 4000 / 4 / 3);
+        assert_eq!(tables[0].len(), 4000 - 2 * floor);
+        // the others still get their floor of new keys, each tracked on its own
+        for t in &tables[1..] {
+            for k in 0..floor as u64 {
+                assert!(
+                    t.check(ClientKey(k.wrapping_mul(0x51_7CC1_B727_220A)), S)
+                        .allowed
+                );
+            }
+            assert_eq!(t.len(), floor);
+            assert_eq!(t.overflowed(), 0);
+        }
+        // when the flood's keys go idle and are swept, the room is the others' again
+        assert_eq!(tables[0].sweep(100 * S), 4000 - 2 * floor);
+        for k in 0..1000u64 {
+            tables[1].check(
+                ClientKey(k.wrapping_mul(0x2545_F491_4F6C_DD1D) | 1),
+                100 * S,
+            );
+        }
+        assert_eq!(tables[1].overflowed(), 0);
     }
 }
