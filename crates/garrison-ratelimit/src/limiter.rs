@@ -97,6 +97,7 @@ impl RateLimiter {
         clock: SharedClock,
         hasher: KeyHasher,
         max_keys: usize,
+        overflow_factor: u32,
         sweep_every: Duration,
     ) -> Self {
         let budget = KeyBudget::new(max_keys, policies.len());
@@ -106,7 +107,8 @@ impl RateLimiter {
                 .into_iter()
                 .enumerate()
                 .map(|(i, p)| PolicyState {
-                    table: MemoryTable::new(p.quota(), budget.clone(), i, sweep_ns),
+                    table: MemoryTable::new(p.quota(), budget.clone(), i, sweep_ns)
+                        .overflow_factor(overflow_factor),
                     headers: PolicyHeaders::new(&p),
                     counters: Counters::default(),
                     overflow_share: AtomicU64::new(0),

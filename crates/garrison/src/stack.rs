@@ -579,6 +579,7 @@ fn ratelimit_builder(
         .route_resolver(resolver.clone())
         .clock(clock.clone())
         .max_keys(r.max_keys)
+        .overflow_factor(r.overflow_factor)
         .sweep_interval(r.sweep_interval)
         .ipv6_prefix(r.ipv6_prefix)
         .metrics(metrics);

@@ -63,6 +63,7 @@ pub struct RateLimitBuilder {
     resolver: RouteResolver,
     clock: SharedClock,
     max_keys: usize,
+    overflow_factor: u32,
     sweep_every: Duration,
     ipv6_prefix: u8,
     seed: Option<u64>,
@@ -160,6 +161,15 @@ impl RateLimitBuilder {
     /// key costs at most [`BYTES_PER_KEY_MAX`](crate::BYTES_PER_KEY_MAX) bytes.
     pub fn max_keys(mut self, n: usize) -> Self {
         self.max_keys = n.max(1);
+        self
+    }
+
+    /// How many clients' worth an overflow bucket admits (default 1). When more clients are
+    /// active than [`max_keys`](Self::max_keys) holds, the newcomers of one key-table shard
+    /// share one bucket; with `n`, that bucket has `n` times the policy's rate and burst. More
+    /// is kinder to a crowd of honest clients, and lets a flood of keys get more through.
+    pub fn overflow_factor(mut self, n: u32) -> Self {
+        self.overflow_factor = n.max(1);
         self
     }
 
@@ -273,6 +283,7 @@ impl RateLimitBuilder {
             self.clock,
             hasher,
             self.max_keys,
+            self.overflow_factor,
             self.sweep_every,
         );
         #[cfg(feature = "redis")]
@@ -368,6 +379,7 @@ impl RateLimitLayer {
             resolver: RouteResolver::new(),
             clock: SharedClock::system(),
             max_keys: DEFAULT_MAX_KEYS,
+            overflow_factor: 1,
             sweep_every: DEFAULT_SWEEP_INTERVAL,
             ipv6_prefix: 64,
             seed: None,

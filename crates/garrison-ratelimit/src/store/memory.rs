@@ -136,6 +136,8 @@ struct Shard {
 #[derive(Debug)]
 pub(crate) struct MemoryTable {
     quota: Quota,
+    /// The quota of the overflow buckets: `quota` times the overflow factor.
+    overflow_quota: Quota,
     shards: Box<[Shard]>,
     budget: Arc<KeyBudget>,
     /// This table's index in the budget.
@@ -166,6 +168,7 @@ impl MemoryTable {
     ) -> Self {
         Self {
             quota,
+            overflow_quota: quota,
             shards: (0..SHARDS)
                 .map(|_| Shard {
                     map: RwLock::new(Map::default()),
@@ -181,6 +184,20 @@ impl MemoryTable {
             overflowed: AtomicU64::new(0),
             hand: AtomicUsize::new(0),
         }
+    }
+
+    /// The overflow buckets admit `n` clients' worth: `n` times the rate and the burst.
+    pub(crate) fn overflow_factor(mut self, n: u32) -> Self {
+        let n = n.max(1);
+        let q = self.quota;
+        let emission = (q.emission / u64::from(n)).max(1);
+        let burst = q.burst.saturating_mul(n);
+        self.overflow_quota = Quota {
+            emission,
+            tolerance: emission.saturating_mul(u64::from(burst)),
+            burst,
+        };
+        self
     }
 
     /// A table of its own budget of `max_keys` (tests).
@@ -248,7 +265,7 @@ impl MemoryTable {
         }
         if !room {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
-            return update(&self.quota, &shard.overflow, now, want);
+            return update(&self.overflow_quota, &shard.overflow, now, want);
         }
         let t = gcra::take(&self.quota, 0, now, want);
         match t.new_tat {
@@ -408,6 +425,16 @@ mod tests {
         assert_eq!(t.overflowed(), 3);
         // a tracked key keeps its own allowance
         assert!(t.check(key(3, 3), S).allowed);
+        // with a factor of 3, a shard's overflow bucket admits three clients' worth
+        let crowd =
+            MemoryTable::alone(Policy::per_second("p", 2).quota(), 64, 10 * S).overflow_factor(3);
+        for n in 0..64 {
+            crowd.check(key(n % 64, n), S);
+        }
+        let admitted = (100..120)
+            .filter(|n| crowd.check(key(7, *n), S).allowed)
+            .count();
+        assert_eq!(admitted, 6);
         // 0.6 s later the keys are idle (one request is 0.5 s of allowance), long before the
         // sweep interval: a newcomer sweeps and takes an idle key's place
         assert!(t.check(key(5, 200), S + 3 * S / 5).allowed);

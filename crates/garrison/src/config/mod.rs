@@ -351,6 +351,9 @@ pub struct RateLimitConfig {
     pub headers: HeadersMode,
     /// `max_keys`: tracked client keys at most, over all policies. Default: `1000000`.
     pub max_keys: usize,
+    /// `overflow_factor`: how many clients' worth an overflow bucket admits while more clients
+    /// are active than `max_keys` holds. Default: `1`.
+    pub overflow_factor: u32,
     /// `sweep_interval`: how often idle keys are evicted. Default: `"10s"`.
     pub sweep_interval: Duration,
     /// `ipv6_prefix`: IPv6 clients are keyed by this prefix length. Default: `64`.
@@ -383,6 +386,7 @@ impl Default for RateLimitConfig {
             trusted_proxies: Vec::new(),
             headers: HeadersMode::All,
             max_keys: garrison_ratelimit::DEFAULT_MAX_KEYS,
+            overflow_factor: 1,
             sweep_interval: garrison_ratelimit::DEFAULT_SWEEP_INTERVAL,
             ipv6_prefix: 64,
             exempt_routes: Vec::new(),

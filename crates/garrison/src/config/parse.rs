@@ -552,6 +552,9 @@ fn ratelimit(s: &mut Section<'_>, c: &mut RateLimitConfig) {
         &mut c.headers,
     );
     s.usize("max_keys", 1, &mut c.max_keys);
+    if let Some(n) = s.integer("overflow_factor", 1, 1_000_000) {
+        c.overflow_factor = n as u32;
+    }
     s.set_duration("sweep_interval", &mut c.sweep_interval);
     if let Some(p) = s.integer("ipv6_prefix", 1, 128) {
         c.ipv6_prefix = p as u8;
