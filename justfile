@@ -35,6 +35,11 @@ load:
 load-redis:
     scripts/load-redis.sh
 
+# A flood of one-request clients (a new API key per request) at the gateway: the share the
+# in-memory limiter refuses, which should be 0.
+load-keys:
+    scripts/load-keys.sh
+
 # Prometheus recording and alert rules for a configuration's [ops] SLOs, e.g.
 # `just ops-rules --config shop.toml -o garrison-rules.yml` (no file: the defaults, as in
 # examples/ops/garrison-rules.yml).

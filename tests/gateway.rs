@@ -723,8 +723,98 @@ async fn a_client_that_drips_its_body_is_cut_off_by_the_upstream_timeout() {
         }
     }
     let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-    assert!(answer.starts_with("http/1.1 504"), "{answer:?}");
+    // the client kept the upstream waiting: its fault, not the upstream's
+    assert!(answer.starts_with("http/1.1 408"), "{answer:?}");
     others.await.unwrap();
+}
+
+/// The request, the answer's status line, and nothing more: one request on its own
+/// connection, written raw.
+async fn raw_exchange(gw: SocketAddr, request: &[u8]) -> String {
+    let mut c = TcpStream::connect(gw).await.unwrap();
+    c.write_all(request).await.unwrap();
+    let head = read_head(&mut c).await.unwrap_or_default();
+    String::from_utf8_lossy(&head)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_and_dripped_bodies_are_the_clients_fault_not_the_upstreams() {
+    // an upstream that reads each body whole before it answers, on two addresses
+    let handler = |req: Request<Incoming>| async move {
+        match req.into_body().collect().await {
+            Ok(b) => Response::new(full(b.to_bytes().len().to_string())),
+            Err(_) => Response::new(full("cut")),
+        }
+    };
+    let (a, _ua) = upstream(handler).await;
+    let (b, _ub) = upstream(handler).await;
+    let gw = gateway(&format!(
+        "[gateway]
+[gateway.upstreams.app]
+addresses = [\"{a}\", \"{b}\"]
+timeout = \"400ms\"
+         [gateway.routes.rest]
+prefix = \"/\"
+upstream = \"app\"
+         [breaker]
+profile = \"critical\"
+"
+    ))
+    .await;
+    // a chunked body whose third chunk size is not hex, and one cut short by the client
+    for _ in 0..6 {
+        let status = raw_exchange(
+            gw.addr,
+            b"POST /orders HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n5\r\nworld\r\nZZ\r\nboom\r\n0\r\n\r\n",
+        )
+        .await;
+        assert!(status.starts_with("HTTP/1.1 400"), "{status:?}");
+    }
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        c.write_all(b"POST /orders HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nshort")
+            .await
+            .unwrap();
+        // the client goes away with 95 bytes owed
+        drop(c);
+    }
+    // a client that drips its body past the upstream's timeout
+    for _ in 0..3 {
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        c.write_all(b"POST /orders HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nx")
+            .await
+            .unwrap();
+        let head = read_head(&mut c).await.unwrap_or_default();
+        let status = String::from_utf8_lossy(&head)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        assert!(status.starts_with("HTTP/1.1 408"), "{status:?}");
+    }
+    // the route's breaker saw no failure, and no address was ejected
+    let br = breaker(&gw, "server:/{*path}").await;
+    assert_eq!(br["state"], "closed", "{br}");
+    assert_eq!(br["window"]["failures"].as_u64().unwrap_or(0), 0, "{br}");
+    let r = get(
+        gw.admin,
+        "/admin/upstreams",
+        &[("authorization", &bearer())],
+    )
+    .await;
+    for addr in json(&r)["upstreams"]["app"]["addresses"]
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(addr["ejections"], 0, "{addr}");
+    }
+    // and an honest client is served
+    assert_eq!(post(gw.addr, "/orders", "fine").await.body, "4");
 }
 
 /// An upstream that counts the connections it accepted and those that closed; its answers

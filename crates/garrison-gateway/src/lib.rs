@@ -92,6 +92,6 @@ mod upstream;
 
 pub use config::{GatewayConfig, GatewaySection, RouteConfig, UpstreamConfig, DEFAULT_CONFIG};
 pub use pool::PooledBody;
-pub use proxy::{Proxy, ProxyBody, UpstreamBody};
+pub use proxy::{ClientBody, Proxy, ProxyBody, UpstreamBody};
 pub use server::{bind, Gateway, GatewayService, Generation};
 pub use upstream::{AddressState, Upstream};

@@ -30,7 +30,103 @@ use crate::upstream::Upstream;
 
 /// What the gateway sends upstream: the client's body, streamed and held to its route's
 /// `max_body_bytes`, or nothing (a retry of a request without one).
-pub type UpstreamBody = Either<Limited<Incoming>, Empty<Bytes>>;
+pub type UpstreamBody = Either<Limited<ClientBody>, Empty<Bytes>>;
+
+/// The client's request body on its way upstream, watched so that a failure the client
+/// caused (a malformed or truncated body, one that stops coming) is blamed on the client and
+/// not on the upstream: answered `400`/`408`, counted against neither the breaker nor the
+/// address.
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    watch: Option<Arc<BodyWatch>>,
+}
+
+/// What [`ClientBody`] saw.
+#[derive(Debug, Default)]
+struct BodyWatch(std::sync::atomic::AtomicU8);
+
+/// The body waits for the client (its last poll found nothing yet).
+const WAITING: u8 = 1;
+/// The client's body failed: malformed, or cut short.
+const BROKEN: u8 = 2;
+/// The body ended.
+const ENDED: u8 = 4;
+
+impl BodyWatch {
+    fn get(&self) -> u8 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, state: u8) {
+        self.0.store(state, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl ClientBody {
+    /// `inner`, watched unless it is empty; the watch is shared with the caller.
+    fn new(inner: Incoming) -> (Self, Option<Arc<BodyWatch>>) {
+        let watch = (!inner.is_end_stream()).then(Arc::default);
+        (
+            Self {
+                inner,
+                watch: watch.clone(),
+            },
+            watch,
+        )
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(w) = &self.watch {
+            match &polled {
+                Poll::Pending => w.set(WAITING),
+                Poll::Ready(Some(Ok(_))) => w.set(0),
+                Poll::Ready(Some(Err(_))) => w.set(BROKEN),
+                Poll::Ready(None) => w.set(ENDED),
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The answer when the client, not the upstream, made the request fail: a body that broke
+/// (`400`) or that stopped coming while the upstream waited for it (`408`). `None`: the
+/// upstream is to blame.
+fn client_blame(watch: Option<&BodyWatch>, failure: &Failure) -> Option<Response<ProxyBody>> {
+    let state = watch?.get();
+    if state & BROKEN != 0 {
+        return Some(error(
+            StatusCode::BAD_REQUEST,
+            "the request body is malformed or incomplete",
+            None,
+        ));
+    }
+    if state & WAITING != 0 && matches!(failure, Failure::Timeout | Failure::Broken(_)) {
+        return Some(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body came too slowly",
+            None,
+        ));
+    }
+    None
+}
 
 /// The proxy's response body: the upstream's, streamed, or the gateway's own error.
 pub type ProxyBody = LayerBody<PooledBody>;
@@ -221,6 +317,7 @@ impl Inner {
         if route.max_body != usize::MAX && declared_over(&parts.headers, route.max_body) {
             return too_large(route.max_body);
         }
+        let (body, watch) = ClientBody::new(body);
         let body = Limited::new(body, route.max_body);
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
@@ -257,6 +354,7 @@ impl Inner {
             // boxed: a rare path, and its state would make every request's future larger
             return Box::pin(self.tunnel(route, parts, body, &path, switch)).await;
         }
+        let watch = watch.as_deref();
         // A request refused by one address goes to another. The pool of an HTTP/1.1
         // upstream gives back a request it did not send, body and all; hyper-util's client
         // (h2c) keeps it, so a request without a body is copied for it first.
@@ -273,6 +371,9 @@ impl Inner {
                 return response(resp);
             }
             Err(lost) => {
+                if let Some(answer) = client_blame(watch, &lost.failure) {
+                    return answer;
+                }
                 charge(up, at, &lost.failure);
                 lost
             }
@@ -293,6 +394,9 @@ impl Inner {
                         return response(resp);
                     }
                     Err(lost) => {
+                        if let Some(answer) = client_blame(watch, &lost.failure) {
+                            return answer;
+                        }
                         charge(up, again, &lost.failure);
                         lost.failure
                     }
@@ -310,7 +414,7 @@ impl Inner {
         &self,
         route: &Route,
         mut parts: http::request::Parts,
-        body: Limited<Incoming>,
+        body: Limited<ClientBody>,
         path: &PathAndQuery,
         switch: crate::tunnel::Requested,
     ) -> Response<ProxyBody> {
