@@ -190,7 +190,8 @@ async fn requests_are_forwarded_with_forwarded_headers_and_without_hop_by_hop_on
         "{h}"
     );
     assert!(h.get("connection").is_none_or(|v| v == "keep-alive"), "{h}");
-    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    // the client is no trusted proxy: what it said of its origin is replaced
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "shop.example");
     assert_eq!(h["forwarded"], "for=127.0.0.1;host=shop.example;proto=http");
@@ -216,6 +217,153 @@ async fn requests_are_forwarded_with_forwarded_headers_and_without_hop_by_hop_on
         seen["headers"].get("x-forwarded-prefix").is_none(),
         "{seen}"
     );
+}
+
+/// Sends `head` (a whole request head, raw) to `gw` and returns the status line and body.
+async fn raw_request(gw: SocketAddr, head: &str) -> (String, String) {
+    let mut c = TcpStream::connect(gw).await.unwrap();
+    c.write_all(head.as_bytes()).await.unwrap();
+    let mut all = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), c.read_to_end(&mut all)).await;
+    let text = String::from_utf8_lossy(&all).into_owned();
+    let status = text.lines().next().unwrap_or("").to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarding_headers_are_believed_only_from_trusted_proxies() {
+    let (up, _u) = upstream(echo).await;
+    let routes = format!(
+        "[gateway.upstreams.app]\naddresses = [\"{up}\"]\n\
+         [gateway.routes.rest]\nprefix = \"/\"\nupstream = \"app\"\n"
+    );
+    let untrusted = gateway(&routes).await;
+    let trusted = gateway(&format!(
+        "{routes}[ratelimit]\ntrusted_proxies = [\"127.0.0.1/32\"]\n"
+    ))
+    .await;
+    // two X-Forwarded-For lines, and every header a client could forge
+    let head = "GET /who HTTP/1.1\r\nhost: shop.example\r\n\
+                x-forwarded-for: 203.0.113.9\r\nx-forwarded-for: 198.51.100.7\r\n\
+                x-forwarded-host: evil.example\r\nx-forwarded-proto: https\r\n\
+                x-forwarded-prefix: /evil\r\nx-real-ip: 10.9.9.9\r\n\
+                forwarded: for=10.9.9.9;proto=https\r\nconnection: close\r\n\r\n";
+    let (status, body) = raw_request(untrusted.addr, head).await;
+    assert!(status.contains(" 200 "), "{status}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{h}");
+    assert_eq!(h["x-forwarded-host"], "shop.example", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{h}");
+    assert_eq!(
+        h["forwarded"], "for=127.0.0.1;host=shop.example;proto=http",
+        "{h}"
+    );
+    assert!(
+        h.get("x-forwarded-prefix").is_none() && h.get("x-real-ip").is_none(),
+        "{h}"
+    );
+
+    let (status, body) = raw_request(trusted.addr, head).await;
+    assert!(status.contains(" 200 "), "{status}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let h = &seen["headers"];
+    // every line kept, the gateway's peer appended
+    assert_eq!(
+        h["x-forwarded-for"], "203.0.113.9, 198.51.100.7, 127.0.0.1",
+        "{h}"
+    );
+    assert_eq!(h["x-forwarded-host"], "evil.example", "{h}");
+    assert_eq!(h["x-forwarded-proto"], "https", "{h}");
+    assert_eq!(
+        h["forwarded"], "for=10.9.9.9;proto=https, for=127.0.0.1;host=shop.example;proto=http",
+        "{h}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn paths_are_normalised_before_routing_limiting_and_forwarding() {
+    let (up, _u) = upstream(echo).await;
+    let gw = gateway(&format!(
+        "[gateway.upstreams.app]\naddresses = [\"{up}\"]\n\
+         [gateway.routes.auth]\npath = \"/auth/login\"\nupstream = \"app\"\nratelimit = \"auth\"\n\
+         [gateway.routes.rest]\nprefix = \"/\"\nupstream = \"app\"\n"
+    ))
+    .await;
+    for raw in [
+        "/auth/login",
+        "//auth/login",
+        "/auth//login",
+        "/./auth/login",
+        "/x/../auth/login",
+        "/x/%2e%2e/auth/login",
+        "/x/%2E%2E/auth/login",
+        "/%61uth/login",
+        "/%61%75%74%68/%6C%6F%67%69%6E",
+    ] {
+        let (status, body) = raw_request(
+            gw.addr,
+            &format!("GET {raw}?q=1 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+        )
+        .await;
+        // the auth policy (5 per 15 minutes) answers: the route is /auth/login's
+        assert!(
+            status.contains(" 200 ") || status.contains(" 429 "),
+            "{raw}: {status}"
+        );
+        if status.contains(" 200 ") {
+            let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(seen["path"], "/auth/login?q=1", "{raw}");
+        }
+    }
+    let (allowed, limited, _) = gw
+        .gateway
+        .current()
+        .garrison()
+        .rate_limiter()
+        .unwrap()
+        .decisions("auth")
+        .unwrap();
+    assert_eq!(
+        (allowed, limited),
+        (5, 4),
+        "every variant went through the auth policy"
+    );
+    for (raw, why) in [
+        ("/a%2Fb", "encoded slash"),
+        ("/a%5cb", "encoded slash"),
+        ("/../etc/passwd", "above the root"),
+        ("/a/%2e%2e/%2e%2e/etc/passwd", "above the root"),
+        ("/a%zz", "malformed percent escape"),
+    ] {
+        let (status, body) = raw_request(
+            gw.addr,
+            &format!("GET {raw} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(status.contains(" 400 "), "{raw}: {status}");
+        assert!(body.contains(why), "{raw}: {body}");
+    }
+    // other escapes stay escaped, upper-cased
+    let seen = json(&get(gw.addr, "/files/a%c3%a9%20b", &[]).await);
+    assert_eq!(seen["path"], "/files/a%C3%A9%20b");
+    // two Host headers, or a Host the absolute-form target contradicts: 400 (RFC 9112 §3.2)
+    let (status, _) = raw_request(
+        gw.addr,
+        "GET /x HTTP/1.1\r\nhost: a.example\r\nhost: b.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.contains(" 400 "), "{status}");
+    let (status, _) = raw_request(
+        gw.addr,
+        "GET http://a.example/x HTTP/1.1\r\nhost: b.example\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.contains(" 400 "), "{status}");
 }
 
 /// An upstream that speaks WebSocket's opening handshake (RFC 6455 §4) as far as a proxy

@@ -85,6 +85,14 @@ pub struct GatewaySection {
     /// `max_connections`: connections at once; further ones wait in the kernel's backlog.
     /// Default: `10000`.
     pub max_connections: usize,
+    /// `normalize_path`: before routing, decode percent-encoded unreserved characters, merge
+    /// repeated slashes and remove `.` and `..` segments; the upstream gets the normalised
+    /// path, so the route, policy and breaker applied are those of the path it serves. A path
+    /// above the root gets `400`. Default: `true`.
+    pub normalize_path: bool,
+    /// `escaped_slashes`: a `%2F`, `%5C` or `\` in a path: `"reject"` (`400`), `"keep"` or
+    /// `"decode"` (into `/`). Default: `"reject"`.
+    pub escaped_slashes: crate::path::EscapedSlashes,
     /// `shutdown_grace`: on SIGTERM or SIGINT, how long in-flight requests may finish.
     /// Default: `"30s"`.
     pub shutdown_grace: Duration,
@@ -112,6 +120,8 @@ impl Default for GatewaySection {
             max_headers: 100,
             max_body_bytes: 0,
             max_connections: 10_000,
+            normalize_path: true,
+            escaped_slashes: crate::path::EscapedSlashes::Reject,
             shutdown_grace: Duration::from_secs(30),
             workers: 0,
             upstreams: BTreeMap::new(),
@@ -367,6 +377,16 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
         g.max_body_bytes = n as u64;
     }
     s.usize("max_connections", 1, &mut g.max_connections);
+    s.bool("normalize_path", &mut g.normalize_path);
+    s.choice(
+        "escaped_slashes",
+        &[
+            ("reject", crate::path::EscapedSlashes::Reject),
+            ("keep", crate::path::EscapedSlashes::Keep),
+            ("decode", crate::path::EscapedSlashes::Decode),
+        ],
+        &mut g.escaped_slashes,
+    );
     s.set_duration("shutdown_grace", &mut g.shutdown_grace);
     s.usize("workers", 0, &mut g.workers);
     for (name, v) in s.named("upstreams") {

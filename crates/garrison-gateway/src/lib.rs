@@ -83,6 +83,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 mod metrics;
+pub mod path;
 mod pool;
 mod proxy;
 mod server;

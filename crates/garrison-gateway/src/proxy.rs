@@ -143,6 +143,9 @@ pub struct Proxy {
 struct Inner {
     router: matchit::Router<usize>,
     routes: Vec<Route>,
+    /// Peers whose forwarding headers are kept and appended to (`[ratelimit]
+    /// trusted_proxies`); everyone else's are replaced by what the gateway saw.
+    trusted: garrison::garrison_core::TrustedProxies,
     propagate: PropagateLayer,
     tunnels: Arc<TunnelStats>,
 }
@@ -239,10 +242,16 @@ impl Proxy {
                 let _ = router.insert(p, i);
             }
         }
+        // validated with the rest of the stack's configuration
+        let trusted = garrison::garrison_core::TrustedProxies::new(
+            &config.garrison.ratelimit.trusted_proxies,
+        )
+        .unwrap_or_else(|_| garrison::garrison_core::TrustedProxies::none());
         Self {
             inner: Arc::new(Inner {
                 router,
                 routes,
+                trusted,
                 propagate: PropagateLayer::new(),
                 tunnels,
             }),
@@ -300,6 +309,9 @@ impl From<Failure> for Lost {
 
 impl Inner {
     async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        if let Some(refused) = req.extensions().get::<crate::server::Refused>() {
+            return error(StatusCode::BAD_REQUEST, refused.0, None);
+        }
         let Ok(found) = self.router.at(req.uri().path()) else {
             return error(StatusCode::NOT_FOUND, "no route for this path", None);
         };
@@ -332,6 +344,13 @@ impl Inner {
                 switch = crate::tunnel::requested(&mut parts, &route.upgrades);
             }
             strip_hop_by_hop(&mut parts.headers);
+        }
+        // what a client says about where it came from is believed only from a trusted proxy
+        if peer.is_some_and(|p| self.trusted.is_trusted(p.ip())) {
+            join_lines(&mut parts.headers, &X_FORWARDED_FOR);
+            join_lines(&mut parts.headers, &header::FORWARDED);
+        } else {
+            strip_forwarding(&mut parts.headers);
         }
         add_forwarded(&mut parts.headers, peer, host.as_ref());
         if let Some(prefix) = &route.forwarded_prefix {
@@ -671,6 +690,50 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The headers that say where a request came from: from an untrusted peer, dropped and then
+/// written again from what the gateway saw.
+fn is_forwarding(name: &HeaderName) -> bool {
+    let n = name.as_str();
+    n == "forwarded" || n == "x-real-ip" || n.starts_with("x-forwarded-")
+}
+
+/// Drops the forwarding headers a client sent (one look at each name when there are none).
+fn strip_forwarding(h: &mut HeaderMap) {
+    if !h.keys().any(is_forwarding) {
+        return;
+    }
+    for name in [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        &X_FORWARDED_PREFIX,
+        &X_FORWARDED_PORT,
+        &X_REAL_IP,
+        &header::FORWARDED,
+    ] {
+        h.remove(name);
+    }
+}
+
+/// Joins the lines of a list header into one (`a, b`), so that appending to it keeps them
+/// all.
+fn join_lines(h: &mut HeaderMap, name: &HeaderName) {
+    let mut lines = h.get_all(name).iter();
+    let (Some(first), Some(_)) = (lines.next(), lines.next()) else {
+        return;
+    };
+    let mut b = BytesMut::from(first.as_bytes());
+    for line in h.get_all(name).iter().skip(1) {
+        b.put_slice(b", ");
+        b.put_slice(line.as_bytes());
+    }
+    if let Ok(v) = HeaderValue::from_maybe_shared(b.freeze()) {
+        h.insert(name, v);
+    }
+}
 
 /// The headers that belong to one connection (RFC 9110 §7.6.1), whatever `Connection`
 /// names besides.

@@ -509,7 +509,77 @@ struct Conn {
     /// Handed to a request that may switch protocols (see `tunnel`).
     slot: ConnectionSlot,
     /// Only this connection's task calls it: no lock.
-    cached: std::cell::RefCell<(u64, GatewayService)>,
+    cached: std::cell::RefCell<(u64, GatewayService, PathRules)>,
+}
+
+/// How a generation treats request paths and hosts before routing.
+#[derive(Clone, Copy, Debug)]
+struct PathRules {
+    normalize: bool,
+    slashes: crate::path::EscapedSlashes,
+}
+
+impl PathRules {
+    fn of(gen: &Generation) -> Self {
+        Self {
+            normalize: gen.config.gateway.normalize_path,
+            slashes: gen.config.gateway.escaped_slashes,
+        }
+    }
+}
+
+/// A request the gateway refuses before any part of the stack chooses a route for it: the
+/// proxy answers it `400` with this reason (so the stack still measures and traces it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Refused(pub(crate) &'static str);
+
+/// Puts `req` in the form every part of the stack routes by: its path normalised (see
+/// [`crate::path`]), or [`Refused`] when it cannot be, or when its `Host` is ambiguous
+/// (RFC 9112 §3.2: two `Host` fields, or one that the absolute-form target contradicts).
+fn prepare<B>(req: &mut Request<B>, rules: PathRules) {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        req.extensions_mut()
+            .insert(Refused("more than one Host header"));
+        return;
+    }
+    if let (Some(h), Some(a)) = (host, req.uri().authority()) {
+        if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) {
+            req.extensions_mut()
+                .insert(Refused("the Host header contradicts the request target"));
+            return;
+        }
+    }
+    if !rules.normalize {
+        return;
+    }
+    let path = req.uri().path();
+    match crate::path::normalize(path, rules.slashes) {
+        Ok(std::borrow::Cow::Borrowed(_)) => {}
+        Ok(std::borrow::Cow::Owned(p)) => {
+            let pq = match req.uri().query() {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            };
+            let mut parts = req.uri().clone().into_parts();
+            match pq.parse() {
+                Ok(pq) => {
+                    parts.path_and_query = Some(pq);
+                    if let Ok(uri) = http::Uri::from_parts(parts) {
+                        *req.uri_mut() = uri;
+                    }
+                }
+                Err(_) => {
+                    req.extensions_mut()
+                        .insert(Refused("the path cannot be forwarded"));
+                }
+            }
+        }
+        Err(bad) => {
+            req.extensions_mut().insert(Refused(bad.reason()));
+        }
+    }
 }
 
 impl Conn {
@@ -523,7 +593,7 @@ impl Conn {
             shared,
             peer,
             slot,
-            cached: std::cell::RefCell::new((gen.number, gen.service.clone())),
+            cached: std::cell::RefCell::new((gen.number, gen.service.clone(), PathRules::of(&gen))),
         }
     }
 }
@@ -553,8 +623,9 @@ impl hyper::service::Service<Request<Incoming>> for Conn {
         let now = self.shared.factory.number.load(Ordering::Acquire);
         if cached.0 != now {
             let gen = self.shared.current.read().clone();
-            *cached = (gen.number, gen.service.clone());
+            *cached = (gen.number, gen.service.clone(), PathRules::of(&gen));
         }
+        prepare(&mut req, cached.2);
         // the stack is always ready (no layer of it applies backpressure); should that
         // change, a clone waits for readiness as tower asks
         let mut cx = Context::from_waker(std::task::Waker::noop());
