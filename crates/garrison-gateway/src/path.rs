@@ -59,8 +59,23 @@ fn hex(b: u8) -> Option<u8> {
 /// case and costs one pass over the bytes.
 pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Cow<'_, str>, BadPath> {
     let b = path.as_bytes();
-    let suspicious =
-        b.contains(&b'%') || b.contains(&b'\\') || b.windows(2).any(|w| w == b"//" || w == b"/.");
+    // one pass: an escape, a backslash, or a slash followed by a slash or a dot
+    let mut suspicious = false;
+    let mut after_slash = false;
+    for &c in b {
+        match c {
+            b'%' | b'\\' => {
+                suspicious = true;
+                break;
+            }
+            b'/' | b'.' if after_slash => {
+                suspicious = true;
+                break;
+            }
+            _ => {}
+        }
+        after_slash = c == b'/';
+    }
     // `*` (OPTIONS) and other forms that are not a path are left alone
     if !suspicious || !path.starts_with('/') {
         return Ok(Cow::Borrowed(path));

@@ -697,7 +697,11 @@ static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// written again from what the gateway saw.
 fn is_forwarding(name: &HeaderName) -> bool {
     let n = name.as_str();
-    n == "forwarded" || n == "x-real-ip" || n.starts_with("x-forwarded-")
+    match n.as_bytes().first() {
+        Some(b'x') => n.starts_with("x-forwarded-") || n == "x-real-ip",
+        Some(b'f') => n == "forwarded",
+        _ => false,
+    }
 }
 
 /// Drops the forwarding headers a client sent (one look at each name when there are none).
