@@ -2199,3 +2199,46 @@ async fn the_embedded_defaults_show_200_429_metrics_and_health() {
     let health = get(gw.addr, "/health/ready", &[]).await;
     assert_eq!(health.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_http2_connections_are_closed_and_give_their_places_back() {
+    let (up, _u) = upstream(echo).await;
+    let gw = one_route_gateway(
+        up,
+        "max_connections = 3\nheader_read_timeout = \"300ms\"\nidle_timeout = \"600ms\"",
+        "",
+    )
+    .await;
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    // one byte of the preface, the whole preface, and the preface with its SETTINGS frame
+    let mut idle = Vec::new();
+    for sent in [
+        &PREFACE[..1],
+        PREFACE,
+        &[PREFACE, &[0, 0, 0, 4, 0, 0, 0, 0, 0]].concat()[..],
+    ] {
+        let mut c = TcpStream::connect(gw.addr).await.unwrap();
+        c.write_all(sent).await.unwrap();
+        idle.push(c);
+    }
+    // every place is taken; a normal client is served once the idle ones are closed
+    let served = tokio::spawn({
+        let addr = gw.addr;
+        async move { get(addr, "/hello", &[]).await.status }
+    });
+    for (i, mut c) in idle.into_iter().enumerate() {
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match c.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    // the server's SETTINGS and GOAWAY, then the end
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "idle connection {i} is still open");
+    }
+    assert_eq!(served.await.unwrap(), StatusCode::OK);
+}

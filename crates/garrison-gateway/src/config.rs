@@ -85,6 +85,11 @@ pub struct GatewaySection {
     /// `max_connections`: connections at once; further ones wait in the kernel's backlog.
     /// Default: `10000`.
     pub max_connections: usize,
+    /// `idle_timeout`: a connection (HTTP/1 or HTTP/2) that starts no request for this long
+    /// is closed gracefully (requests in flight finish); one that starts none within
+    /// `header_read_timeout` of its first byte, such as an HTTP/2 client that sends its
+    /// preface and nothing more, is closed then. Default: `"60s"`.
+    pub idle_timeout: Duration,
     /// `normalize_path`: before routing, decode percent-encoded unreserved characters, merge
     /// repeated slashes and remove `.` and `..` segments; the upstream gets the normalised
     /// path, so the route, policy and breaker applied are those of the path it serves. A path
@@ -120,6 +125,7 @@ impl Default for GatewaySection {
             max_headers: 100,
             max_body_bytes: 0,
             max_connections: 10_000,
+            idle_timeout: Duration::from_secs(60),
             normalize_path: true,
             escaped_slashes: crate::path::EscapedSlashes::Reject,
             shutdown_grace: Duration::from_secs(30),
@@ -377,6 +383,7 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
         g.max_body_bytes = n as u64;
     }
     s.usize("max_connections", 1, &mut g.max_connections);
+    s.set_duration("idle_timeout", &mut g.idle_timeout);
     s.bool("normalize_path", &mut g.normalize_path);
     s.choice(
         "escaped_slashes",
@@ -494,6 +501,14 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
                 );
             }
             p.make_ascii_lowercase();
+            if p == "h2c" {
+                // a tunnel past every layer: the requests inside it would be neither routed,
+                // limited nor broken (h2c smuggling)
+                r.err(
+                    &format!("upgrades[{i}]"),
+                    "h2c cannot be an upgrade: its requests would pass the gateway unseen (clients speak h2c to the gateway directly, `http2 = true`)".to_owned(),
+                );
+            }
         }
         r.finish();
         g.routes.insert(name.to_owned(), c);
@@ -588,6 +603,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.gateway.routes["r"].upgrades, ["websocket"]);
+        let smuggle = GatewayConfig::from_toml(
+            "[gateway.upstreams.a]\naddresses = [\"127.0.0.1:1\"]\n\
+             [gateway.routes.r]\nprefix = \"/\"\nupstream = \"a\"\nupgrades = [\"H2C\"]\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            smuggle.contains("upgrades[0]") && smuggle.contains("h2c"),
+            "{smuggle}"
+        );
         assert_eq!(c.gateway.routes["s"].upgrades, ["websocket"]);
     }
 

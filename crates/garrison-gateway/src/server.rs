@@ -347,7 +347,12 @@ impl Gateway {
 
     async fn serve_admin(&self, listener: TcpListener) {
         let mut stop = self.shared.shutdown.subscribe();
+        // scrapers, probes and operators: a few connections at once, never a crowd
+        let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
         loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
             let (stream, _) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(c) => c,
@@ -360,6 +365,7 @@ impl Gateway {
             };
             let gw = self.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let svc = hyper::service::service_fn(move |req| {
                     let gw = gw.clone();
                     async move { Ok::<_, Infallible>(crate::admin::handle(&gw, req).await) }
@@ -368,7 +374,12 @@ impl Gateway {
                 b.http1()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10));
-                let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+                // at most a minute each, whatever the client does
+                let _ = tokio::time::timeout(
+                    ADMIN_CONNECTION_LIFETIME,
+                    b.serve_connection(TokioIo::new(stream), svc),
+                )
+                .await;
             });
         }
     }
@@ -401,6 +412,12 @@ async fn first_byte(stream: &TcpStream, wait: Duration) -> bool {
     )
 }
 
+/// Connections the admin listener serves at once; more wait in the kernel's backlog.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// The longest an admin connection stays open.
+const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
 /// The number of header fields hyper's HTTP/1 parser takes when none is set.
 const HYPER_MAX_HEADERS: usize = 100;
 
@@ -416,10 +433,18 @@ fn connection_builder(g: &GatewaySection) -> auto::Builder<TokioExecutor> {
     if g.max_headers != HYPER_MAX_HEADERS {
         h1.max_headers(g.max_headers);
     }
+    // HTTP/2's limits set here rather than left to hyper's defaults: streams at once, the
+    // header list, streams reset before they were accepted (rapid reset, CVE-2023-44487) and
+    // streams the server had to reset for errors (CONTINUATION floods), and pings that close
+    // a connection whose peer is gone
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(g.max_header_bytes as u32)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(256))
+        .keep_alive_interval(Some(Duration::from_secs(20)))
+        .keep_alive_timeout(Duration::from_secs(20));
     if g.http2 {
         b
     } else {
@@ -473,6 +498,8 @@ impl Worker {
                 let slot = Arc::new(slot);
                 let tunnel = ConnectionSlot::new(slot.clone(), stop.clone());
                 let conn = Conn::new(shared.clone(), gen.clone(), peer, tunnel);
+                let requests = conn.requests.clone();
+                let idle = limits.idle_timeout;
                 let mut stop = stop.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
@@ -489,6 +516,11 @@ impl Worker {
                             // finish the request in flight, then close (HTTP/2: GOAWAY)
                             c.as_mut().graceful_shutdown();
                             let _ = c.await;
+                        }
+                        _ = idle_watch(&requests, wait, idle) => {
+                            // the same, and a client that will not finish gets as long again
+                            c.as_mut().graceful_shutdown();
+                            let _ = tokio::time::timeout(idle.max(wait), c).await;
                         }
                     }
                 });
@@ -510,6 +542,26 @@ struct Conn {
     slot: ConnectionSlot,
     /// Only this connection's task calls it: no lock.
     cached: std::cell::RefCell<(u64, GatewayService, PathRules)>,
+    /// Requests the connection has started: its watchdog closes it when this stands still
+    /// (see [`idle_watch`]).
+    requests: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Returns once a connection started no request for `first` after its first byte, or for
+/// `idle` since its last one: an HTTP/2 client that sends its preface (or a byte of it) and
+/// nothing more, or that keeps a connection open and idle, gives its place back.
+async fn idle_watch(requests: &std::sync::atomic::AtomicU64, first: Duration, idle: Duration) {
+    let mut seen = 0;
+    let mut wait = first;
+    loop {
+        tokio::time::sleep(wait).await;
+        let now = requests.load(Ordering::Relaxed);
+        if now == seen {
+            return;
+        }
+        seen = now;
+        wait = idle;
+    }
 }
 
 /// How a generation treats request paths and hosts before routing.
@@ -594,6 +646,7 @@ impl Conn {
             peer,
             slot,
             cached: std::cell::RefCell::new((gen.number, gen.service.clone(), PathRules::of(&gen))),
+            requests: Arc::default(),
         }
     }
 }
@@ -615,6 +668,7 @@ impl hyper::service::Service<Request<Incoming>> for Conn {
             .extensions()
             .get::<hyper::upgrade::OnUpgrade>()
             .is_some();
+        self.requests.fetch_add(1, Ordering::Relaxed);
         req.extensions_mut().insert(PeerAddr(self.peer));
         if may_switch {
             req.extensions_mut().insert(self.slot.clone());
