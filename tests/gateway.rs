@@ -2242,3 +2242,26 @@ async fn idle_http2_connections_are_closed_and_give_their_places_back() {
     }
     assert_eq!(served.await.unwrap(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_with_a_new_admin_token_refuses_the_old_one() {
+    let (up, _u) = upstream(echo).await;
+    let routes = format!(
+        "[gateway.upstreams.app]\naddresses = [\"{up}\"]\n[gateway.routes.rest]\nprefix = \"/\"\nupstream = \"app\"\n"
+    );
+    let gw = gateway(&routes).await;
+    let old = bearer();
+    let list = |auth: String| async move {
+        get(gw.admin, "/admin/breakers", &[("authorization", &auth)])
+            .await
+            .status
+    };
+    assert_eq!(list(old.clone()).await, StatusCode::OK);
+    let config = GatewayConfig::from_toml(&format!(
+        "[gateway]\nadmin_token = \"rotated-2026\"\n{routes}"
+    ))
+    .unwrap();
+    gw.gateway.reload_with(config).await.unwrap();
+    assert_eq!(list(old).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(list("Bearer rotated-2026".to_owned()).await, StatusCode::OK);
+}

@@ -43,7 +43,7 @@ pub(crate) async fn handle<B>(gw: &Gateway, req: Request<B>) -> Response<AdminBo
     if path != "/admin" && !path.starts_with("/admin/") {
         return reply(StatusCode::NOT_FOUND, json!({"error": "not found"}));
     }
-    if !authorized(gw.admin_token(), req.headers().get(header::AUTHORIZATION)) {
+    if !authorized(&gw.admin_token(), req.headers().get(header::AUTHORIZATION)) {
         let mut r = reply(
             StatusCode::UNAUTHORIZED,
             json!({"error": "the admin API needs Authorization: Bearer <admin token>"}),

@@ -182,11 +182,19 @@ async fn run(path: Option<PathBuf>, config: GatewayConfig) -> ExitCode {
         if chosen {
             tracing::info!(address = %a, "admin API on http://{a}/admin");
         } else {
-            tracing::info!(
-                address = %a,
-                token = gateway.admin_token(),
-                "admin API on http://{a}/admin with this random token (set admin_token or GARRISON_ADMIN_TOKEN to choose one)"
-            );
+            // never in a log line: written once to a file only this user can read
+            match write_token_file(&gateway.admin_token()) {
+                Ok(path) => tracing::info!(
+                    address = %a,
+                    token_file = %path.display(),
+                    "admin API on http://{a}/admin; its random bearer token is in token_file (set admin_token or GARRISON_ADMIN_TOKEN to choose one)"
+                ),
+                Err(e) => tracing::warn!(
+                    address = %a,
+                    error = %e,
+                    "admin API on http://{a}/admin with a random token that could not be written to a file: set admin_token or GARRISON_ADMIN_TOKEN to use the API"
+                ),
+            }
         }
     }
     signals(gateway.clone());
@@ -228,4 +236,29 @@ fn signals(gateway: Gateway) {
         tracing::info!("shutting down: finishing the requests in flight");
         gateway.shutdown();
     });
+}
+
+/// Writes the admin token to a new file that only this user can read (mode 0600), in
+/// `$XDG_RUNTIME_DIR` or the temporary directory; returns its path.
+fn write_token_file(token: &str) -> std::io::Result<std::path::PathBuf> {
+    use std::io::Write;
+    let dir = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!("garrison-gateway-{}.token", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(&path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    writeln!(f, "{token}")?;
+    Ok(path)
 }

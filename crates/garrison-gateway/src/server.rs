@@ -98,7 +98,8 @@ pub(crate) struct Shared {
     source: Source,
     current: RwLock<Arc<Generation>>,
     factory: Factory,
-    admin_token: String,
+    /// The admin API's bearer token: replaced when a reload brings another one.
+    admin_token: RwLock<Arc<str>>,
     shutdown: watch::Sender<bool>,
     reloads: tokio::sync::Mutex<()>,
 }
@@ -190,7 +191,7 @@ impl Gateway {
                 source,
                 current: RwLock::new(Arc::new(first)),
                 factory,
-                admin_token,
+                admin_token: RwLock::new(admin_token.into()),
                 shutdown,
                 reloads: tokio::sync::Mutex::new(()),
             }),
@@ -202,9 +203,10 @@ impl Gateway {
         self.shared.current.read().clone()
     }
 
-    /// The bearer token of the admin API.
-    pub fn admin_token(&self) -> &str {
-        &self.shared.admin_token
+    /// The bearer token of the admin API now (a reload with another `admin_token` replaces
+    /// it: the old one is refused from the next request).
+    pub fn admin_token(&self) -> Arc<str> {
+        self.shared.admin_token.read().clone()
     }
 
     /// Reads the configuration file again and, when it is valid, serves it from the next
@@ -233,6 +235,11 @@ impl Gateway {
             tracing::warn!("listen addresses changed in the file: they apply at the next start");
         }
         let number = gen.number;
+        let token = &gen.config.gateway.admin_token;
+        if !token.is_empty() && **self.shared.admin_token.read() != **token {
+            *self.shared.admin_token.write() = token.as_str().into();
+            tracing::info!("admin token replaced: the old one is refused from now on");
+        }
         *self.shared.current.write() = Arc::new(gen);
         tracing::info!(generation = number, "configuration reloaded");
         Ok(number)
@@ -764,17 +771,13 @@ impl Factory {
     }
 }
 
+/// 32 bytes of the operating system's CSPRNG, in hex.
 fn random_token() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut out = String::with_capacity(32);
-    for _ in 0..2 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        out.push_str(&format!("{:016x}", h.finish()));
+    let mut bytes = [0u8; 32];
+    if let Err(e) = getrandom::fill(&mut bytes) {
+        // no entropy source at all: refuse to guess one
+        panic!("the operating system's random source failed: {e}");
     }
-    out
+    let mut out = [0u8; 64];
+    garrison::garrison_core::hex_encode(&bytes, &mut out).to_owned()
 }

@@ -310,3 +310,59 @@ fn sighup_reloads_the_file_and_sigterm_finishes_requests_in_flight() {
         "the listener is closed"
     );
 }
+
+/// Without a chosen token, the gateway makes one from the OS's random source and writes it
+/// to a file only its user can read, whose path (never the token) is logged, as JSON too.
+#[test]
+fn a_random_admin_token_is_written_to_a_private_file_never_to_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    std::fs::write(&path, config(100).replace("admin_token = \"cli-test\"", "")).unwrap();
+    let mut child = gateway()
+        .arg("--config")
+        .arg(&path)
+        .arg("--log-format")
+        .arg("json")
+        .env("RUST_LOG", "info")
+        .env("XDG_RUNTIME_DIR", dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("admin API on"))
+        .expect("the admin API's line");
+    std::thread::spawn(move || for _ in lines {});
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let field = |k: &str| {
+        v.get(k)
+            .or_else(|| v["fields"].get(k))
+            .and_then(|f| f.as_str())
+            .unwrap_or_else(|| panic!("no {k} in {line}"))
+            .to_owned()
+    };
+    let file = field("token_file");
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert_eq!(token.len(), 64, "{token}");
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert!(!line.contains(&token), "the token is in the log: {line}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+    let admin: SocketAddr = field("address").parse().unwrap();
+    let (status, _, _) = request(admin, "GET", "/admin/breakers", "");
+    assert_eq!(status, 401);
+    let (status, _, _) = request(
+        admin,
+        "GET",
+        "/admin/breakers",
+        &format!("Authorization: Bearer {token}\r\n"),
+    );
+    assert_eq!(status, 200);
+    let _ = child.kill();
+    let _ = child.wait();
+}
