@@ -2265,3 +2265,62 @@ async fn a_reload_with_a_new_admin_token_refuses_the_old_one() {
     assert_eq!(list(old).await, StatusCode::UNAUTHORIZED);
     assert_eq!(list("Bearer rotated-2026".to_owned()).await, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_trace_input_stops_at_the_gateway() {
+    let (up, _u) = upstream(echo).await;
+    let gw = gateway(&format!(
+        "[gateway.upstreams.app]\naddresses = [\"{up}\"]\n[gateway.routes.rest]\nprefix = \"/\"\nupstream = \"app\"\n"
+    ))
+    .await;
+    // an id with a space, and baggage that is not a list of key=value
+    let (status, body) = raw_request(
+        gw.addr,
+        "GET /x HTTP/1.1\r\nhost: x\r\nx-request-id: bad id\r\nbaggage: ===;;\r\n\
+         traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+         connection: close\r\n\r\n",
+    )
+    .await;
+    assert!(status.contains(" 200 "), "{status}");
+    let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let h = &seen["headers"];
+    let sent = h["x-request-id"].as_str().unwrap();
+    assert_eq!(
+        sent.len(),
+        32,
+        "the upstream got the client's invalid id: {h}"
+    );
+    assert!(h.get("baggage").is_none(), "{h}");
+    // the caller is no trusted proxy: its trace is joined, its sampled flag does not decide
+    // (the gateway samples 10% by default, so most requests go on unsampled)
+    let tp = h["traceparent"].as_str().unwrap();
+    assert!(
+        tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{tp}"
+    );
+    let mut forced = 0;
+    for _ in 0..40 {
+        let seen = json(
+            &get(
+                gw.addr,
+                "/x",
+                &[(
+                    "traceparent",
+                    "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                )],
+            )
+            .await,
+        );
+        if seen["headers"]["traceparent"]
+            .as_str()
+            .unwrap()
+            .ends_with("-01")
+        {
+            forced += 1;
+        }
+    }
+    assert!(
+        forced < 20,
+        "{forced} of 40 requests recorded at a client's word"
+    );
+}

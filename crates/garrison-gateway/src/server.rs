@@ -731,6 +731,8 @@ impl Factory {
         let mut stack = config.stack_config();
         // no handler of the user's runs inside the gateway: nothing reads the context
         stack.trace.otel_context = false;
+        // at the edge, a client's traceparent must not decide what is recorded
+        stack.trace.sampled_from = garrison::config::SampledFrom::TrustedProxies;
         if config.gateway.observability == crate::config::Observability::Admin {
             stack.health.enabled = false;
         }

@@ -40,6 +40,8 @@ struct Shared {
     #[cfg(feature = "tower-http")]
     make_request_id: Option<MakeId>,
     otel_context: bool,
+    /// Peers whose `traceparent` sampled flag decides; `None`: every peer's.
+    sampled_from: Option<Arc<garrison_core::TrustedProxies>>,
 }
 
 /// The user's `tower_http::request_id::MakeRequestId`, type-erased.
@@ -114,6 +116,7 @@ impl TraceLayer {
                 #[cfg(feature = "tower-http")]
                 make_request_id: None,
                 otel_context: true,
+                sampled_from: None,
             }),
         }
     }
@@ -121,6 +124,15 @@ impl TraceLayer {
     fn edit(mut self, f: impl FnOnce(&mut Shared)) -> Self {
         f(Arc::make_mut(&mut self.shared));
         self
+    }
+
+    /// Lets an incoming `traceparent`'s sampled flag decide only for requests from `proxies`
+    /// (default: from every caller). Other callers' traces are still joined, but this layer's
+    /// sampler decides for them, with a random draw of its own, so that a client cannot force
+    /// every request it sends to be recorded. (With a [`Pipeline`](crate::Pipeline), the
+    /// SDK's sampler decides as it is configured.)
+    pub fn sampled_from(self, proxies: garrison_core::TrustedProxies) -> Self {
+        self.edit(|s| s.sampled_from = Some(Arc::new(proxies)))
     }
 
     /// Makes the request ids of requests that come without one, with tower-http's
@@ -259,7 +271,7 @@ fn interned(name: HeaderName) -> &'static HeaderName {
     })
 }
 
-fn valid_request_id(v: &HeaderValue) -> bool {
+pub(crate) fn valid_request_id(v: &HeaderValue) -> bool {
     let b = v.as_bytes();
     !b.is_empty() && b.len() <= MAX_REQUEST_ID && b.iter().all(|&c| (0x21..=0x7e).contains(&c))
 }
@@ -453,7 +465,20 @@ fn open<B>(sh: &Shared, req: &Request<B>, incoming: &Incoming) -> Opened {
     let trace_id = incoming.parent.map_or_else(ids::trace_id, |p| p.trace_id);
     let span_id = ids::span_id();
     let sampler = &sh.tracer.inner.sampler;
-    let start = sampler.start(trace_id, incoming.parent.as_ref());
+    // a caller's sampled flag decides only when the caller is believed; otherwise the
+    // sampler decides by a draw of its own, not by the caller's trace id
+    let believed = match (&sh.sampled_from, &incoming.parent) {
+        (Some(proxies), Some(_)) => {
+            garrison_core::peer_addr(req).is_some_and(|p| proxies.is_trusted(p.ip()))
+        }
+        _ => true,
+    };
+    let (decide_by, parent) = if believed {
+        (trace_id, incoming.parent.as_ref())
+    } else {
+        (ids::trace_id(), None)
+    };
+    let start = sampler.start(decide_by, parent);
     let local = (start != Start::Drop).then(|| sh.tracer.local(trace_id, start));
     let root = local.as_ref().map(|_| {
         let (name, attributes) = server_attributes(req, &sh.resolver);
@@ -472,7 +497,7 @@ fn open<B>(sh: &Shared, req: &Request<B>, incoming: &Incoming) -> Opened {
             events: Vec::new(),
         })
     });
-    let sampled = sampler.head_flag(start, trace_id);
+    let sampled = sampler.head_flag(start, decide_by);
     Opened {
         trace_id,
         span_id,

@@ -158,11 +158,27 @@ where
                 h.remove(&TRACESTATE);
             }
         }
-        if let Some(b) = &ctx.baggage {
-            h.insert(BAGGAGE.clone(), b.clone());
+        match &ctx.baggage {
+            Some(b) => {
+                h.insert(BAGGAGE.clone(), b.clone());
+            }
+            // a proxy's copy of its client's request may hold baggage the trace layer found
+            // invalid: it does not go on
+            None if !crate::w3c::may_hold(h, &BAGGAGE) => {}
+            None => {
+                h.remove(&BAGGAGE);
+            }
         }
-        if let http::header::Entry::Vacant(e) = h.entry(&X_REQUEST_ID) {
-            e.insert(ctx.request_id.to_header_value());
+        match h.entry(&X_REQUEST_ID) {
+            http::header::Entry::Vacant(e) => {
+                e.insert(ctx.request_id.to_header_value());
+            }
+            // the client's id that the trace layer refused: the id the client gets back
+            // goes on instead
+            http::header::Entry::Occupied(mut e) if !crate::layer::valid_request_id(e.get()) => {
+                e.insert(ctx.request_id.to_header_value());
+            }
+            http::header::Entry::Occupied(_) => {}
         }
         // the client call's own context is current while the inner client works, so that
         // OpenTelemetry instrumentation inside it (and the global propagator) sees the same

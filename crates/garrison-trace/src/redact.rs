@@ -70,7 +70,14 @@ impl Redaction {
     }
 
     /// Whether the query parameter or log field `name` is redacted.
+    ///
+    /// The name is compared percent-decoded (and with `+` as a space), as the application
+    /// reads it: `%74oken` is `token`.
     pub fn is_secret_param(&self, name: &str) -> bool {
+        if name.contains(['%', '+']) {
+            let decoded = percent_decoded(name);
+            return self.params.iter().any(|h| h.eq_ignore_ascii_case(&decoded));
+        }
         self.params.iter().any(|h| h.eq_ignore_ascii_case(name))
     }
 
@@ -102,6 +109,34 @@ impl Redaction {
     }
 }
 
+/// `s` with its `%XX` escapes decoded and `+` as a space (form encoding); a malformed escape
+/// is kept as it is.
+fn percent_decoded(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match b[i] {
+            b'%' => match (
+                b.get(i + 1).and_then(|&c| hex(c)),
+                b.get(i + 2).and_then(|&c| hex(c)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,6 +150,12 @@ mod tests {
             "/cb?code=[redacted]&state=x&Token=[redacted]&page=2"
         );
         assert!(r.is_secret_header("Authorization"));
+        // a name percent-encoded is the same name to the application
+        let uri: http::Uri = "/cb?%74oken=t&%63%6F%64%65=c&a%zz=1".parse().unwrap();
+        assert_eq!(
+            r.path_and_query(&uri),
+            "/cb?%74oken=[redacted]&%63%6F%64%65=[redacted]&a%zz=1"
+        );
         assert!(!Redaction::none().is_secret_header("authorization"));
         assert!(Redaction::none()
             .param("session")

@@ -259,3 +259,44 @@ async fn flush_exports_every_queued_span_before_it_returns() {
     // a tracer without a sink has nothing to flush
     Tracer::builder().build().flush().await;
 }
+
+#[tokio::test]
+async fn a_callers_sampled_flag_decides_only_from_a_trusted_proxy_when_so_configured() {
+    // the local sampler keeps nothing: only a believed caller's flag can make a request kept
+    let tracer = Tracer::builder().sampler(Sampler::Ratio(0.0)).build();
+    let proxies = garrison_core::TrustedProxies::new(["10.0.0.0/8"]).unwrap();
+    let app = Router::new().route("/", get(|| async { "ok" })).layer(
+        TraceLayer::new(&tracer)
+            .trace_response(true)
+            .sampled_from(proxies),
+    );
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let flag_for = |peer: &'static str| {
+        let app = app.clone();
+        async move {
+            let mut req = Request::get("/")
+                .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+                .body(Body::empty())
+                .unwrap();
+            req.extensions_mut()
+                .insert(garrison_core::PeerAddr(peer.parse().unwrap()));
+            let resp = app.oneshot(req).await.unwrap();
+            let back = resp.headers()["traceresponse"].to_str().unwrap().to_owned();
+            // the caller's trace is joined either way
+            assert!(back.starts_with(&format!("00-{trace}-")), "{back}");
+            back[back.len() - 2..].to_owned()
+        }
+    };
+    assert_eq!(
+        flag_for("10.1.2.3:4000").await,
+        "01",
+        "a trusted proxy decides"
+    );
+    for _ in 0..50 {
+        assert_eq!(
+            flag_for("203.0.113.9:4000").await,
+            "00",
+            "a client forced its request to be recorded"
+        );
+    }
+}

@@ -503,7 +503,7 @@ fn trace_layer(c: &GarrisonConfig, tracer: &Tracer, resolver: &RouteResolver) ->
     for p in &t.redact_params {
         redaction = redaction.param(p);
     }
-    TraceLayer::new(tracer)
+    let layer = TraceLayer::new(tracer)
         .request_id_header(
             http::HeaderName::try_from(t.request_id_header.as_str())
                 .expect("validated header name"),
@@ -512,8 +512,16 @@ fn trace_layer(c: &GarrisonConfig, tracer: &Tracer, resolver: &RouteResolver) ->
         .access_log(t.access_log)
         .tracing_span(t.tracing_span)
         .redaction(redaction)
-        .otel_context(t.otel_context)
-        .route_resolver(resolver.clone())
+        .otel_context(t.otel_context);
+    let layer = match t.sampled_from {
+        // validated with the rate limiter's configuration
+        crate::config::SampledFrom::TrustedProxies => layer.sampled_from(
+            garrison_core::TrustedProxies::new(&c.ratelimit.trusted_proxies)
+                .unwrap_or_else(|_| garrison_core::TrustedProxies::none()),
+        ),
+        _ => layer,
+    };
+    layer.route_resolver(resolver.clone())
 }
 
 fn key_source(k: &KeyConfig) -> KeySource {

@@ -101,6 +101,11 @@ pub struct TraceConfig {
     /// runs (feature `otel`), so that OpenTelemetry spans it opens join the request's trace.
     /// Default: `true`.
     pub otel_context: bool,
+    /// `sampled_from`: whose `traceparent` sampled flag decides whether a request is
+    /// recorded: `"any"` caller's, or only `"trusted_proxies"`' (those of `[ratelimit]`; other
+    /// callers' traces are joined, and the sampler decides with a draw of its own). Default:
+    /// `"any"` (the gateway always uses `"trusted_proxies"`).
+    pub sampled_from: SampledFrom,
     /// `redact_headers`: header names redacted in logs, besides the credentials redacted by
     /// default. Default: none.
     pub redact_headers: Vec<String>,
@@ -131,6 +136,7 @@ impl Default for TraceConfig {
             access_log: false,
             tracing_span: false,
             otel_context: true,
+            sampled_from: SampledFrom::Any,
             redact_headers: Vec::new(),
             redact_params: Vec::new(),
             queue: 2048,
@@ -449,6 +455,16 @@ pub enum KeyConfig {
     Global,
     /// `"header:<name>"`.
     Header(String),
+}
+
+/// The `sampled_from` of `[trace]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SampledFrom {
+    /// `"any"`: every caller's sampled flag decides.
+    Any,
+    /// `"trusted_proxies"`: only the flag of `[ratelimit] trusted_proxies` decides.
+    TrustedProxies,
 }
 
 /// The `headers` of `[ratelimit]`.

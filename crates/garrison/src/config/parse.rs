@@ -400,6 +400,14 @@ fn trace(s: &mut Section<'_>, c: &mut TraceConfig) {
     s.bool("access_log", &mut c.access_log);
     s.bool("tracing_span", &mut c.tracing_span);
     s.bool("otel_context", &mut c.otel_context);
+    s.choice(
+        "sampled_from",
+        &[
+            ("any", SampledFrom::Any),
+            ("trusted_proxies", SampledFrom::TrustedProxies),
+        ],
+        &mut c.sampled_from,
+    );
     s.strings("redact_headers", &mut c.redact_headers);
     s.strings("redact_params", &mut c.redact_params);
     s.usize("queue", 1, &mut c.queue);
