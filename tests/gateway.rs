@@ -519,7 +519,7 @@ async fn a_websocket_handshake_through_the_stack_becomes_a_tunnel_both_ways() {
 
 /// Whether the gateway's `/metrics` has the line `line`.
 async fn metric(gw: &Running, line: &str) -> bool {
-    let scrape = get(gw.addr, "/metrics", &[]).await;
+    let scrape = get(gw.admin, "/metrics", &[]).await;
     scrape.body.lines().any(|l| l == line)
 }
 
@@ -1576,7 +1576,7 @@ async fn addresses_take_turns_and_a_dead_one_is_ejected_while_requests_still_suc
     assert_eq!(addrs[1]["ejections"], 1);
     assert!(addrs[0]["ejected_for_ms"].is_null());
     // and in the metrics, which the real promtool accepts
-    let scrape = get(gw.addr, "/metrics", &[]).await;
+    let scrape = get(gw.admin, "/metrics", &[]).await;
     for line in [
         format!("garrison_gateway_upstream_address_up{{upstream=\"app\",address=\"{a}\"}} 1"),
         format!("garrison_gateway_upstream_address_up{{upstream=\"app\",address=\"{b}\"}} 0"),
@@ -1600,7 +1600,7 @@ async fn addresses_take_turns_and_a_dead_one_is_ejected_while_requests_still_suc
     eventually(
         "the deep health route names the ejected address",
         async || {
-            let r = get(gw.addr, "/health", &[]).await;
+            let r = get(gw.admin, "/health", &[]).await;
             let body = json(&r);
             let m = &body["checks"]["gateway-upstreams:app"][0];
             r.status == StatusCode::OK
@@ -1612,7 +1612,7 @@ async fn addresses_take_turns_and_a_dead_one_is_ejected_while_requests_still_suc
     )
     .await;
     assert_eq!(
-        get(gw.addr, "/health/ready", &[]).await.status,
+        get(gw.admin, "/health/ready", &[]).await.status,
         StatusCode::OK
     );
 }
@@ -1924,7 +1924,7 @@ async fn redis_killed_under_load_falls_back_with_no_5xx_and_health_warns() {
     })
     .await;
     eventually("the deep health route warns", async || {
-        let r = get(gw.addr, "/health", &[]).await;
+        let r = get(gw.admin, "/health", &[]).await;
         r.status == StatusCode::OK && json(&r)["status"] == "warn"
     })
     .await;
@@ -2186,7 +2186,7 @@ async fn the_embedded_defaults_show_200_429_metrics_and_health() {
     };
     assert_eq!(statuses[..5], [StatusCode::OK; 5]);
     assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS);
-    let metrics = get(gw.addr, "/metrics", &[]).await.body;
+    let metrics = get(gw.admin, "/metrics", &[]).await.body;
     assert!(
         metrics.contains(r#"http_route="/auth/{*path}""#)
             || metrics.contains(r#"http_route="/auth""#),
@@ -2196,7 +2196,7 @@ async fn the_embedded_defaults_show_200_429_metrics_and_health() {
         metrics.contains("db_client_connection"),
         "the SQLite check's pool is measured"
     );
-    let health = get(gw.addr, "/health/ready", &[]).await;
+    let health = get(gw.admin, "/health/ready", &[]).await;
     assert_eq!(health.status, StatusCode::OK);
 }
 
@@ -2323,4 +2323,29 @@ async fn invalid_trace_input_stops_at_the_gateway() {
         forced < 20,
         "{forced} of 40 requests recorded at a client's word"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_and_health_are_on_the_admin_listener_unless_a_file_says_main() {
+    let (up, _u) = upstream(echo).await;
+    let routes = format!(
+        "[gateway.upstreams.app]\naddresses = [\"{up}\"]\n[gateway.routes.rest]\nprefix = \"/\"\nupstream = \"app\"\n"
+    );
+    let gw = gateway(&routes).await;
+    // the public listener forwards them to the upstream like any path; it answers nothing itself
+    let public = json(&get(gw.addr, "/metrics", &[]).await);
+    assert_eq!(public["path"], "/metrics", "{public}");
+    assert!(get(gw.admin, "/metrics", &[])
+        .await
+        .body
+        .contains("http_server_request_duration_seconds"));
+    assert_eq!(
+        get(gw.admin, "/health/ready", &[]).await.status,
+        StatusCode::OK
+    );
+    let main = gateway(&format!("[gateway]\nobservability = \"main\"\n{routes}")).await;
+    assert!(get(main.addr, "/metrics", &[])
+        .await
+        .body
+        .contains("http_server_request_duration_seconds"));
 }

@@ -306,7 +306,7 @@ async fn live_scrape() -> (BTreeSet<String>, BTreeSet<String>) {
 /// The `/metrics` of a gateway in front of `upstream`, after one request through it.
 async fn gateway_scrape(upstream: std::net::SocketAddr) -> String {
     let config = garrison_gateway::GatewayConfig::from_toml(&format!(
-        "[gateway]\nadmin_listen = \"\"\nadmin_token = \"t\"\n\
+        "[gateway]\nadmin_listen = \"\"\nadmin_token = \"t\"\nobservability = \"main\"\n\
          [gateway.upstreams.app]\naddresses = [\"{upstream}\"]\n\
          [gateway.routes.all]\nprefix = \"/\"\nupstream = \"app\"\n"
     ))

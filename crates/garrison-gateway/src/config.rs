@@ -61,8 +61,9 @@ pub struct GatewaySection {
     /// `GARRISON_ADMIN_TOKEN` variable, else a random token printed at start. Default: `""`.
     pub admin_token: String,
     /// `observability`: where `/metrics` and `/health/*` are answered: `"main"` (the proxy's
-    /// listener, before the rate limiter) or `"admin"` (the admin listener only). Default:
-    /// `"main"`.
+    /// listener, before the rate limiter: anyone who reaches the proxy reads upstream
+    /// addresses and breaker states) or `"admin"` (the admin listener only). Default:
+    /// `"admin"` (the embedded demo configuration says `"main"`).
     pub observability: Observability,
     /// `http2`: accept HTTP/2 over cleartext (h2c, prior knowledge) beside HTTP/1.1.
     /// Default: `true`.
@@ -118,7 +119,7 @@ impl Default for GatewaySection {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             admin_listen: Some(SocketAddr::from(([127, 0, 0, 1], 3001))),
             admin_token: String::new(),
-            observability: Observability::Main,
+            observability: Observability::Admin,
             http2: true,
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
