@@ -2515,3 +2515,54 @@ async fn hostile_bytes_never_take_the_gateway_down_nor_send_a_request_twice() {
     );
     assert!(!gw.served.is_finished(), "the gateway stopped serving");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crowd_of_stalled_requests_pins_no_more_upstream_connections_than_the_cap() {
+    // an upstream that holds every request until it is told to answer
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let arrived = Arc::new(AtomicU64::new(0));
+    let (up, _u) = upstream({
+        let (release, arrived) = (release.clone(), arrived.clone());
+        move |_req: Request<Incoming>| {
+            let (release, arrived) = (release.clone(), arrived.clone());
+            async move {
+                arrived.fetch_add(1, Ordering::Relaxed);
+                release.acquire().await.unwrap().forget();
+                Response::new(full("ok"))
+            }
+        }
+    })
+    .await;
+    let gw = one_route_gateway(up, "", "max_connections_per_address = 2").await;
+    let stalled: Vec<_> = (0..6)
+        .map(|i| {
+            let addr = gw.addr;
+            tokio::spawn(async move { get(addr, &format!("/slow/{i}"), &[]).await })
+        })
+        .collect();
+    // two requests hold the two connections; the other four are refused, not queued forever
+    let mut refused = 0;
+    let mut waiting = Vec::new();
+    for s in stalled {
+        match tokio::time::timeout(Duration::from_secs(2), async { s.await.unwrap() }).await {
+            Ok(r) => {
+                assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+                assert_eq!(r.headers["retry-after"], "1");
+                refused += 1;
+            }
+            Err(_) => waiting.push(()),
+        }
+    }
+    assert_eq!(refused, 4);
+    assert_eq!(arrived.load(Ordering::Relaxed), 2);
+    release.add_permits(100);
+    // the address was not blamed, and serves again
+    let r = get(
+        gw.admin,
+        "/admin/upstreams",
+        &[("authorization", &bearer())],
+    )
+    .await;
+    assert_eq!(json(&r)["upstreams"]["app"]["addresses"][0]["ejections"], 0);
+    assert_eq!(get(gw.addr, "/again", &[]).await.status, StatusCode::OK);
+}

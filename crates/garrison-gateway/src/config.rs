@@ -174,6 +174,11 @@ pub struct UpstreamConfig {
     /// between 1× and 1.25× this, checked four times per timeout).
     /// Default: `"90s"`.
     pub pool_idle_timeout: Duration,
+    /// `max_connections_per_address`: HTTP/1.1 connections open at once to one address, over
+    /// every worker. A request that needs one more gets `503` with `Retry-After` (a crowd of
+    /// slow or stalled clients cannot pin every connection an upstream accepts); it is not
+    /// counted against the address. Default: `1024`.
+    pub max_connections_per_address: usize,
     /// `tunnel_idle_timeout`: an upgraded connection (a WebSocket) that moves no byte either
     /// way for this long is closed (after between 1× and 2× this). Default: `"5m"`.
     pub tunnel_idle_timeout: Duration,
@@ -191,6 +196,7 @@ impl UpstreamConfig {
             eject_for: Duration::from_secs(10),
             host: HostMode::Preserve,
             pool_idle_timeout: Duration::from_secs(90),
+            max_connections_per_address: 1024,
             tunnel_idle_timeout: Duration::from_secs(5 * 60),
         }
     }
@@ -440,6 +446,11 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
             &mut c.host,
         );
         u.set_duration("pool_idle_timeout", &mut c.pool_idle_timeout);
+        u.usize(
+            "max_connections_per_address",
+            1,
+            &mut c.max_connections_per_address,
+        );
         u.set_duration("tunnel_idle_timeout", &mut c.tunnel_idle_timeout);
         u.finish();
         g.upstreams.insert(name.to_owned(), c);

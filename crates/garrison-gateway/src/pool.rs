@@ -14,7 +14,7 @@
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -40,6 +40,19 @@ pub(crate) struct Http1Pool {
     slots: Box<[Arc<Slot>]>,
     addresses: usize,
     connect_timeout: Duration,
+    /// Connections open to each address, over every worker, and the most there may be.
+    open: Box<[Arc<AtomicUsize>]>,
+    max_open: usize,
+}
+
+/// One open connection's place among its address's `max_connections_per_address`, given
+/// back when the connection goes.
+struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// One worker's idle connections to one address. It lives while the pool or a response
@@ -73,6 +86,7 @@ struct Idle {
 struct Upstream {
     tx: SendRequest<UpstreamBody>,
     link: Link,
+    _place: Place,
 }
 
 /// The connection's own half: what moves it on, driven by whoever holds the connection.
@@ -137,7 +151,7 @@ impl Upstream {
     /// that asked for its next request before it went idle is not driven first (one its
     /// upstream closed meanwhile gives the request back unsent).
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
-        let Self { tx, link } = self;
+        let Self { tx, link, .. } = self;
         if let Poll::Ready(r) = tx.poll_ready(&mut Context::from_waker(Waker::noop())) {
             return Poll::Ready(r.is_ok());
         }
@@ -157,6 +171,7 @@ impl Http1Pool {
         addresses: usize,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        max_open: usize,
     ) -> Self {
         let slots = (0..workers.max(1) * addresses.max(1))
             .map(|_| {
@@ -172,6 +187,8 @@ impl Http1Pool {
             slots,
             addresses: addresses.max(1),
             connect_timeout,
+            open: (0..addresses.max(1)).map(|_| Arc::default()).collect(),
+            max_open: max_open.max(1),
         }
     }
 
@@ -206,7 +223,7 @@ impl Http1Pool {
             };
             let (mut up, fresh) = match popped {
                 Some(idle) => (idle.up, false),
-                None => match self.connect(slot, authority).await {
+                None => match self.connect(slot, at, authority).await {
                     Ok(up) => (up, true),
                     Err(failure) => return Err(unsent(failure, req)),
                 },
@@ -258,8 +275,15 @@ impl Http1Pool {
     async fn connect(
         &self,
         slot: &Arc<Slot>,
+        at: usize,
         authority: &Authority,
     ) -> Result<Box<Upstream>, Failure> {
+        let open = &self.open[at % self.open.len()];
+        if open.fetch_add(1, Ordering::Relaxed) >= self.max_open {
+            open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Failure::Saturated);
+        }
+        let place = Place(open.clone());
         let stream = connect_tcp(authority, self.connect_timeout).await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
@@ -271,6 +295,7 @@ impl Http1Pool {
         Ok(Box::new(Upstream {
             tx,
             link: Link(Some(conn)),
+            _place: place,
         }))
     }
 }

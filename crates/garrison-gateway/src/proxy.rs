@@ -205,6 +205,7 @@ impl Proxy {
                     u.addresses.len(),
                     u.connect_timeout,
                     u.pool_idle_timeout,
+                    u.max_connections_per_address,
                 )),
                 UpstreamProtocol::H2c => {
                     Transport::H2c((0..workers.max(1)).map(|_| client(u)).collect())
@@ -286,6 +287,8 @@ pub(crate) enum Failure {
     Broken(String),
     /// The request's body grew past its route's limit on its way.
     TooLarge,
+    /// The address has `max_connections_per_address` open, every one busy: nothing was sent.
+    Saturated,
 }
 
 /// A [`Failure`], with the request given back when none of it went out.
@@ -398,9 +401,13 @@ impl Inner {
             }
         };
         let again = match failure {
-            Failure::Connect(_) | Failure::ConnectTimeout if up.has_alternatives() => unsent
-                .map(|req| req.into_parts())
-                .or_else(|| h2c_copy.map(|parts| (parts, Either::Right(Empty::new())))),
+            Failure::Connect(_) | Failure::ConnectTimeout | Failure::Saturated
+                if up.has_alternatives() =>
+            {
+                unsent
+                    .map(|req| req.into_parts())
+                    .or_else(|| h2c_copy.map(|parts| (parts, Either::Right(Empty::new()))))
+            }
             _ => None,
         };
         let failure = match again {
@@ -564,7 +571,7 @@ impl Inner {
 /// Counts `failure` against address `at` of `up`, unless the request is to blame (a body
 /// over its limit).
 fn charge(up: &Upstream, at: usize, failure: &Failure) {
-    if !matches!(failure, Failure::TooLarge) {
+    if !matches!(failure, Failure::TooLarge | Failure::Saturated) {
         up.failed(at);
     }
 }
@@ -589,6 +596,16 @@ fn failed(route: &Route, failure: Failure) -> Response<ProxyBody> {
             name,
         ),
         Failure::Timeout => error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out", name),
+        Failure::Saturated => {
+            let mut resp = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connection limit reached",
+                name,
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            resp
+        }
     }
 }
 
