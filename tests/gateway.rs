@@ -2566,3 +2566,88 @@ async fn a_crowd_of_stalled_requests_pins_no_more_upstream_connections_than_the_
     assert_eq!(json(&r)["upstreams"]["app"]["addresses"][0]["ejections"], 0);
     assert_eq!(get(gw.addr, "/again", &[]).await.status, StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upstream_body_that_stops_coming_is_cut_off_after_body_idle_timeout() {
+    // the head and one chunk, then nothing, the connection held open
+    let up = raw_upstream(|mut s: TcpStream| async move {
+        if read_head(&mut s).await.is_none() {
+            return;
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .await;
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    })
+    .await;
+    let gw = one_route_gateway(up, "", "body_idle_timeout = \"300ms\"").await;
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(b"GET /stream HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut got)).await;
+    assert!(ended.is_ok(), "the stalled response was never cut off");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("hello"), "{text}");
+    // cut off: no terminating chunk, so the client knows the body is incomplete
+    assert!(!text.ends_with("0\r\n\r\n"), "{text:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
+    // 256 MiB announced and written as fast as the gateway takes it; `cut` once the
+    // gateway closed the upstream connection under it
+    let cut = Arc::new(AtomicBool::new(false));
+    let up = raw_upstream({
+        let cut = cut.clone();
+        move |mut s: TcpStream| {
+            let cut = cut.clone();
+            async move {
+                if read_head(&mut s).await.is_none() {
+                    return;
+                }
+                let total = 256u64 << 20;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {total}\r\n\r\n");
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < total {
+                    if s.write_all(&chunk).await.is_err() {
+                        cut.store(true, Ordering::Relaxed);
+                        return;
+                    }
+                    sent += chunk.len() as u64;
+                }
+            }
+        }
+    })
+    .await;
+    let gw = one_route_gateway(up, "send_timeout = \"300ms\"", "").await;
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    c.write_all(b"GET /big HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    // the client reads nothing: the gateway's writes wait, then give up
+    eventually(
+        "the gateway closed the upstream connection under a client that stopped reading",
+        async || cut.load(Ordering::Relaxed),
+    )
+    .await;
+    // and the client's connection is closed: what it reads now ends well short of 256 MiB
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got += n,
+            Err(_) => panic!("the client's connection is still open"),
+        }
+    }
+    assert!(got < 256 << 20, "{got}");
+    drop(c);
+}

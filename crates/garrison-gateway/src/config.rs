@@ -91,6 +91,9 @@ pub struct GatewaySection {
     /// `header_read_timeout` of its first byte, such as an HTTP/2 client that sends its
     /// preface and nothing more, is closed then. Default: `"60s"`.
     pub idle_timeout: Duration,
+    /// `send_timeout`: the longest a write to a client may wait for the client to read; a
+    /// client that stops reading has its connection closed. Default: `"60s"`.
+    pub send_timeout: Duration,
     /// `normalize_path`: before routing, decode percent-encoded unreserved characters, merge
     /// repeated slashes and remove `.` and `..` segments; the upstream gets the normalised
     /// path, so the route, policy and breaker applied are those of the path it serves. A path
@@ -127,6 +130,7 @@ impl Default for GatewaySection {
             max_body_bytes: 0,
             max_connections: 10_000,
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             normalize_path: true,
             escaped_slashes: crate::path::EscapedSlashes::Reject,
             shutdown_grace: Duration::from_secs(30),
@@ -182,6 +186,10 @@ pub struct UpstreamConfig {
     /// `tunnel_idle_timeout`: an upgraded connection (a WebSocket) that moves no byte either
     /// way for this long is closed (after between 1× and 2× this). Default: `"5m"`.
     pub tunnel_idle_timeout: Duration,
+    /// `body_idle_timeout`: an upstream that sends nothing of a response body for this long
+    /// (between two chunks) has the response cut off and its connection closed. Default:
+    /// `"60s"`.
+    pub body_idle_timeout: Duration,
 }
 
 impl UpstreamConfig {
@@ -198,6 +206,7 @@ impl UpstreamConfig {
             pool_idle_timeout: Duration::from_secs(90),
             max_connections_per_address: 1024,
             tunnel_idle_timeout: Duration::from_secs(5 * 60),
+            body_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -391,6 +400,7 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
     }
     s.usize("max_connections", 1, &mut g.max_connections);
     s.set_duration("idle_timeout", &mut g.idle_timeout);
+    s.set_duration("send_timeout", &mut g.send_timeout);
     s.bool("normalize_path", &mut g.normalize_path);
     s.choice(
         "escaped_slashes",
@@ -452,6 +462,7 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
             &mut c.max_connections_per_address,
         );
         u.set_duration("tunnel_idle_timeout", &mut c.tunnel_idle_timeout);
+        u.set_duration("body_idle_timeout", &mut c.body_idle_timeout);
         u.finish();
         g.upstreams.insert(name.to_owned(), c);
     }

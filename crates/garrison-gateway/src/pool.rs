@@ -414,6 +414,37 @@ impl Driven {
 pub struct PooledBody {
     body: Incoming,
     conn: Option<Driven>,
+    /// The longest the upstream may leave the body waiting between two frames, and the
+    /// timer of the wait in progress (made only when a wait begins).
+    idle: Option<Duration>,
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Why an upstream's response body failed on its way.
+#[derive(Debug)]
+pub enum UpstreamBodyError {
+    /// The connection failed.
+    Hyper(hyper::Error),
+    /// The upstream sent nothing for the route's `body_idle_timeout`.
+    Idle(Duration),
+}
+
+impl std::fmt::Display for UpstreamBodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Hyper(e) => write!(f, "upstream body: {e}"),
+            Self::Idle(d) => write!(f, "upstream body: nothing for {d:?}"),
+        }
+    }
+}
+
+impl std::error::Error for UpstreamBodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Hyper(e) => Some(e),
+            Self::Idle(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for PooledBody {
@@ -428,7 +459,12 @@ impl PooledBody {
     /// A body whose connection is not pooled here (HTTP/2: the connection is shared and
     /// driven by its own task).
     pub(crate) fn unpooled(resp: Response<Incoming>) -> Response<Self> {
-        resp.map(|body| Self { body, conn: None })
+        resp.map(|body| Self {
+            body,
+            conn: None,
+            idle: None,
+            stall: None,
+        })
     }
 
     fn pooled(resp: Response<Incoming>, slot: Arc<Slot>, up: Box<Upstream>) -> Response<Self> {
@@ -439,6 +475,8 @@ impl PooledBody {
         let mut resp = resp.map(|body| Self {
             body,
             conn: Some(Driven { up, slot, keep }),
+            idle: None,
+            stall: None,
         });
         // an empty body may never be polled: the connection is free now
         if resp.body().body.is_end_stream() {
@@ -452,13 +490,56 @@ impl PooledBody {
             c.give_back();
         }
     }
+
+    /// Fails the body when the upstream sends nothing of it for `d`.
+    pub(crate) fn idle_timeout(&mut self, d: Duration) {
+        self.idle = Some(d);
+    }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = UpstreamBodyError;
 
     fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        match self.as_mut().poll_upstream(cx) {
+            Poll::Ready(frame) => {
+                self.stall = None;
+                Poll::Ready(frame.map(|f| f.map_err(UpstreamBodyError::Hyper)))
+            }
+            Poll::Pending => {
+                let this = &mut *self;
+                let Some(d) = this.idle else {
+                    return Poll::Pending;
+                };
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
+                if stall.as_mut().poll(cx).is_ready() {
+                    // the rest of the body will not come: the connection goes with it
+                    this.conn = None;
+                    this.stall = None;
+                    return Poll::Ready(Some(Err(UpstreamBodyError::Idle(d))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl PooledBody {
+    fn poll_upstream(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
@@ -482,14 +563,6 @@ impl Body for PooledBody {
             Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

@@ -390,7 +390,7 @@ impl Inner {
         let Lost { failure, unsent } = match self.send(route, at, authority, first).await {
             Ok(resp) => {
                 up.succeeded(at);
-                return response(resp);
+                return response(resp, up);
             }
             Err(lost) => {
                 if let Some(answer) = client_blame(watch, &lost.failure) {
@@ -417,7 +417,7 @@ impl Inner {
                 match self.send(route, again, authority, req).await {
                     Ok(resp) => {
                         up.succeeded(again);
-                        return response(resp);
+                        return response(resp, up);
                     }
                     Err(lost) => {
                         if let Some(answer) = client_blame(watch, &lost.failure) {
@@ -483,7 +483,7 @@ impl Inner {
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // the upstream would not switch: its answer goes back as any other
-            return response(PooledBody::unpooled(resp));
+            return response(PooledBody::unpooled(resp), up);
         }
         let Some(theirs) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
             return error(
@@ -500,7 +500,7 @@ impl Inner {
             switch.slot,
             self.tunnels.clone(),
         ));
-        let mut resp = response(PooledBody::unpooled(resp));
+        let mut resp = response(PooledBody::unpooled(resp), up);
         if let Some(u) = upgrade {
             crate::tunnel::mark_upgrade(resp.headers_mut(), u);
         }
@@ -1001,8 +1001,9 @@ fn forwarded_value(
     put(b"proto=http");
 }
 
-fn response(resp: Response<PooledBody>) -> Response<ProxyBody> {
-    let (mut parts, body) = resp.into_parts();
+fn response(resp: Response<PooledBody>, up: &Upstream) -> Response<ProxyBody> {
+    let (mut parts, mut body) = resp.into_parts();
+    body.idle_timeout(up.body_idle_timeout);
     remove_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, LayerBody::inner(body))
 }

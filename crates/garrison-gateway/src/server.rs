@@ -507,6 +507,7 @@ impl Worker {
                 let conn = Conn::new(shared.clone(), gen.clone(), peer, tunnel);
                 let requests = conn.requests.clone();
                 let idle = limits.idle_timeout;
+                let send_timeout = limits.send_timeout;
                 let mut stop = stop.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
@@ -515,7 +516,8 @@ impl Worker {
                         return;
                     }
                     // with upgrades: a request may switch protocols (see `tunnel`)
-                    let c = builder.serve_connection_with_upgrades(TokioIo::new(stream), conn);
+                    let io = crate::timer::SendTimeout::new(TokioIo::new(stream), send_timeout);
+                    let c = builder.serve_connection_with_upgrades(io, conn);
                     tokio::pin!(c);
                     tokio::select! {
                         _ = c.as_mut() => {}

@@ -428,3 +428,100 @@ mod tests {
         }
     }
 }
+
+pin_project_lite::pin_project! {
+    /// A client connection whose writes may wait for the client at most `limit`: a client
+    /// that stops reading (its receive window full, or never read) gets its connection
+    /// closed instead of holding the response, and the upstream connection behind it, for
+    /// as long as it likes. The timer is made only when a write has to wait.
+    pub(crate) struct SendTimeout<T> {
+        #[pin]
+        inner: T,
+        limit: Duration,
+        stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<T> SendTimeout<T> {
+    pub(crate) fn new(inner: T, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stall: None,
+        }
+    }
+}
+
+impl<T> SendTimeout<T> {
+    /// What a write that returned `polled` means once the wait for the client is counted.
+    fn waited<R>(
+        limit: Duration,
+        stall: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+        cx: &mut Context<'_>,
+        polled: Poll<std::io::Result<R>>,
+    ) -> Poll<std::io::Result<R>> {
+        match polled {
+            Poll::Pending => {
+                let timer = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    *stall = None;
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client read nothing for the send timeout",
+                    )));
+                }
+                Poll::Pending
+            }
+            ready => {
+                *stall = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: hyper::rt::Read> hyper::rt::Read for SendTimeout<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write> hyper::rt::Write for SendTimeout<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write(cx, buf);
+        Self::waited(*this.limit, this.stall, cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let polled = this.inner.poll_write_vectored(cx, bufs);
+        Self::waited(*this.limit, this.stall, cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let polled = this.inner.poll_flush(cx);
+        Self::waited(*this.limit, this.stall, cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
