@@ -417,7 +417,7 @@ pub struct PooledBody {
     /// The longest the upstream may leave the body waiting between two frames, and the
     /// timer of the wait in progress (made only when a wait begins).
     idle: Option<Duration>,
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    stall: Option<crate::timer::Deadline>,
 }
 
 /// Why an upstream's response body failed on its way.
@@ -515,10 +515,11 @@ impl Body for PooledBody {
                 let Some(d) = this.idle else {
                     return Poll::Pending;
                 };
+                // the coarse timer: no allocation, no entry in tokio's wheel
                 let stall = this
                     .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(d)));
-                if stall.as_mut().poll(cx).is_ready() {
+                    .get_or_insert_with(|| crate::timer::Deadline::after(d));
+                if Pin::new(stall).poll(cx).is_ready() {
                     // the rest of the body will not come: the connection goes with it
                     this.conn = None;
                     this.stall = None;

@@ -438,7 +438,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: T,
         limit: Duration,
-        stall: Option<Pin<Box<tokio::time::Sleep>>>,
+        stall: Option<Deadline>,
     }
 }
 
@@ -456,14 +456,15 @@ impl<T> SendTimeout<T> {
     /// What a write that returned `polled` means once the wait for the client is counted.
     fn waited<R>(
         limit: Duration,
-        stall: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+        stall: &mut Option<Deadline>,
         cx: &mut Context<'_>,
         polled: Poll<std::io::Result<R>>,
     ) -> Poll<std::io::Result<R>> {
         match polled {
             Poll::Pending => {
-                let timer = stall.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
-                if timer.as_mut().poll(cx).is_ready() {
+                // the coarse timer: no allocation, no entry in tokio's wheel
+                let timer = stall.get_or_insert_with(|| Deadline::after(limit));
+                if Pin::new(timer).poll(cx).is_ready() {
                     *stall = None;
                     return Poll::Ready(Err(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
