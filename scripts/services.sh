@@ -9,6 +9,8 @@ set -euo pipefail
 PG_PORT=5432
 MYSQL_PORT=3306
 REDIS_PORT=6379
+# a Redis Cluster of three masters on loopback, for the rate limiter's cluster tests
+REDIS_CLUSTER_PORTS="7001 7002 7003"
 
 log() { printf 'services: %s\n' "$*" >&2; }
 
@@ -111,9 +113,41 @@ ensure_python_peers() {
     }
 }
 
+# Three masters (no replicas) with every slot assigned: `cluster_state:ok`.
+ensure_redis_cluster() {
+    local first=${REDIS_CLUSTER_PORTS%% *}
+    if answers 127.0.0.1 "$first" \
+        && redis-cli -p "$first" cluster info 2>/dev/null | grep -q 'cluster_state:ok'; then
+        return 0
+    fi
+    command -v redis-cli >/dev/null || apt_install redis-tools
+    local nodes=()
+    for port in $REDIS_CLUSTER_PORTS; do
+        local dir=/tmp/garrison-redis-cluster/$port
+        mkdir -p "$dir"
+        if ! answers 127.0.0.1 "$port"; then
+            redis-server --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
+                --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
+                --cluster-node-timeout 2000 --dir "$dir" --logfile "$dir/redis.log"
+            wait_for "Redis Cluster node" "$port"
+        fi
+        nodes+=("127.0.0.1:$port")
+    done
+    if ! redis-cli -p "$first" cluster info | grep -q 'cluster_known_nodes:3'; then
+        redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+    fi
+    for _ in $(seq 1 60); do
+        redis-cli -p "$first" cluster info | grep -q 'cluster_state:ok' && return 0
+        sleep 0.5
+    done
+    log "the Redis Cluster on ports $REDIS_CLUSTER_PORTS did not reach cluster_state:ok"
+    return 1
+}
+
 ensure_postgres
 ensure_mariadb
 ensure_redis
+ensure_redis_cluster
 ensure_prometheus_tools
 ensure_python_peers
-log "PostgreSQL :$PG_PORT, MariaDB :$MYSQL_PORT, Redis :$REDIS_PORT answer; promtool, prometheus and the Python peers are installed"
+log "PostgreSQL :$PG_PORT, MariaDB :$MYSQL_PORT, Redis :$REDIS_PORT, Redis Cluster :${REDIS_CLUSTER_PORTS// /,} answer; promtool, prometheus and the Python peers are installed"

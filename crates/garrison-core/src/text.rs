@@ -266,6 +266,35 @@ impl std::fmt::Debug for IpText {
     }
 }
 
+/// The nodes of a Redis Cluster URL (`redis+cluster://h1:p1,h2:p2`, `rediss+cluster://…`, with
+/// an optional `user:password@` for every node) as single-node URLs (`redis://h1:p1`); `None`
+/// for the URL of a single server. The rate limiter's store and the Redis health check both
+/// read cluster URLs this way.
+///
+/// ```
+/// assert_eq!(
+///     garrison_core::redis_cluster_nodes("redis+cluster://:pw@10.0.0.1:7000,10.0.0.2:7000"),
+///     Some(vec![":pw@10.0.0.1:7000", ":pw@10.0.0.2:7000"].into_iter().map(|n| format!("redis://{n}")).collect())
+/// );
+/// assert_eq!(garrison_core::redis_cluster_nodes("redis://127.0.0.1:6379"), None);
+/// ```
+pub fn redis_cluster_nodes(url: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = url.split_once("://")?;
+    let single = scheme.strip_suffix("+cluster")?;
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (format!("{auth}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let hosts = hosts.split('/').next().unwrap_or_default();
+    Some(
+        hosts
+            .split(',')
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("{single}://{auth}{h}"))
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};

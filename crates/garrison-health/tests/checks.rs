@@ -266,3 +266,36 @@ async fn the_rate_limit_check_warns_while_new_clients_share_overflow_buckets() {
     health.refresh().await;
     assert_eq!(health.last("ratelimit").unwrap().status(), Status::Pass);
 }
+
+#[tokio::test]
+async fn redis_ping_against_a_real_redis_cluster_and_a_dead_one() {
+    let url = std::env::var("GARRISON_TEST_REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003".into());
+    let health = HealthRegistry::new();
+    health
+        .register("cluster", RedisCheck::new(&url).unwrap(), opts())
+        .unwrap();
+    health
+        .register(
+            "cluster-closed",
+            RedisCheck::new(&format!(
+                "redis+cluster://127.0.0.1:{},127.0.0.1:{}",
+                closed_port(),
+                closed_port()
+            ))
+            .unwrap(),
+            CheckOptions::readiness().timeout(Duration::from_secs(2)),
+        )
+        .unwrap();
+    health.refresh().await;
+    let ok = health.last("cluster").unwrap();
+    assert_eq!(
+        ok.status(),
+        Status::Pass,
+        "the Redis Cluster at GARRISON_TEST_REDIS_CLUSTER_URL ({url}) must answer; start it with `just services`: {ok:?}"
+    );
+    assert_eq!(
+        health.last("cluster-closed").unwrap().status(),
+        Status::Fail
+    );
+}

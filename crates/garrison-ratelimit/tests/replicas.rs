@@ -22,6 +22,12 @@ fn redis_url() -> String {
     std::env::var("GARRISON_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The Redis Cluster that `just services` starts (three masters on loopback).
+fn cluster_url() -> String {
+    std::env::var("GARRISON_TEST_REDIS_CLUSTER_URL")
+        .unwrap_or_else(|_| "redis+cluster://127.0.0.1:7001,127.0.0.1:7002,127.0.0.1:7003".into())
+}
+
 /// The Redis server's clock, in microseconds: the clock the limit is kept on.
 async fn redis_now(url: &str) -> u64 {
     let client = redis::Client::open(url).expect("GARRISON_TEST_REDIS_URL parses");
@@ -63,15 +69,23 @@ struct Outcome {
 }
 
 async fn run(regime: Regime, name: &str) -> Outcome {
-    let url = redis_url();
+    run_on(&redis_url(), regime, name).await
+}
+
+/// [`run`] against the store at `url`: one server, or a cluster (whose first node's clock
+/// times the run; the nodes share this machine's).
+async fn run_on(url: &str, regime: Regime, name: &str) -> Outcome {
+    let clock = garrison_core::redis_cluster_nodes(url)
+        .and_then(|nodes| nodes.into_iter().next())
+        .unwrap_or_else(|| url.to_owned());
     let prefix = format!(
         "garrison-test:replicas:{name}:{}:{}",
         std::process::id(),
-        redis_now(&url).await
+        redis_now(&clock).await
     );
     let apps: Vec<Router> = (0..regime.replicas)
         .map(|_| {
-            let store = RedisStore::new(&url)
+            let store = RedisStore::new(url)
                 .unwrap()
                 .key_prefix(&prefix)
                 .timeout(Duration::from_secs(2));
@@ -94,7 +108,7 @@ async fn run(regime: Regime, name: &str) -> Outcome {
     let admitted = Arc::new(AtomicU64::new(0));
     let other = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let start = redis_now(&url).await;
+    let start = redis_now(&clock).await;
     // every replica connects before the load starts; these requests count like the others
     for app in &apps {
         let mut r = Request::get("/items").body(Body::empty()).unwrap();
@@ -153,7 +167,7 @@ async fn run(regime: Regime, name: &str) -> Outcome {
         t.await.unwrap();
     }
     stop.store(true, Ordering::Relaxed);
-    let end = redis_now(&url).await;
+    let end = redis_now(&clock).await;
     let elapsed = Duration::from_micros(end - start);
     let rate = f64::from(regime.limit) / regime.period.as_secs_f64();
     let per_key = u64::from(regime.burst) + (rate * elapsed.as_secs_f64()) as u64;
@@ -234,4 +248,21 @@ async fn a_limit_shared_by_several_replicas_holds_near_it_and_for_many_keys() {
     let o = run(many, "many keys").await;
     assert!(o.offered > o.allowed * 2, "many keys: {o:?}");
     check(many, "many keys", &o);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_shared_by_several_replicas_holds_on_a_redis_cluster() {
+    let url = cluster_url();
+    // one key (one slot), and many keys over every node's slots
+    for (replicas, limit, keys) in [(3, 2_000, 1), (2, 40_000, 1), (3, 20, 40)] {
+        let r = regime(
+            replicas,
+            limit,
+            keys,
+            if limit == 40_000 { Some(6_000) } else { None },
+        );
+        let name = format!("cluster: limit {limit}, {replicas} replicas, {keys} keys");
+        let o = run_on(&url, r, &name).await;
+        check(r, &name, &o);
+    }
 }

@@ -12,21 +12,50 @@ use crate::{Check, CheckResult, Measurement};
 /// next run reconnects. A Redis that hangs is cut off by the check's timeout.
 #[derive(Debug)]
 pub struct RedisCheck {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    client: Client,
+    conn: tokio::sync::Mutex<Option<Conn>>,
+}
+
+/// One server, or a cluster.
+#[derive(Debug)]
+enum Client {
+    Single(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+enum Conn {
+    Single(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Single(_) => "Single",
+            Conn::Cluster(_) => "Cluster",
+        })
+    }
 }
 
 impl RedisCheck {
-    /// A check of the Redis at `url` (`redis://host:6379/0`). Fails only when the URL is
-    /// malformed; nothing is connected yet.
+    /// A check of the Redis at `url` (`redis://host:6379/0`), or of a Redis Cluster
+    /// (`redis+cluster://host1:port1,host2:port2`: `PING` goes to its nodes, and the check
+    /// passes when they answer). Fails only when the URL is malformed; nothing is connected
+    /// yet.
     pub fn new(url: &str) -> Result<Self, redis::RedisError> {
-        Ok(Self::from_client(redis::Client::open(url)?))
+        match garrison_core::redis_cluster_nodes(url) {
+            Some(nodes) => Ok(Self {
+                client: Client::Cluster(Box::new(redis::cluster::ClusterClient::new(nodes)?)),
+                conn: tokio::sync::Mutex::new(None),
+            }),
+            None => Ok(Self::from_client(redis::Client::open(url)?)),
+        }
     }
 
     /// A check through an existing client.
     pub fn from_client(client: redis::Client) -> Self {
         Self {
-            client,
+            client: Client::Single(client),
             conn: tokio::sync::Mutex::new(None),
         }
     }
@@ -35,7 +64,11 @@ impl RedisCheck {
         let mut slot = self.conn.lock().await;
         let started = Instant::now();
         if slot.is_none() {
-            match self.client.get_multiplexed_async_connection().await {
+            let opened = match &self.client {
+                Client::Single(c) => c.get_multiplexed_async_connection().await.map(Conn::Single),
+                Client::Cluster(c) => c.get_async_connection().await.map(Conn::Cluster),
+            };
+            match opened {
                 Ok(c) => *slot = Some(c),
                 Err(e) => return fail(&e),
             }
@@ -44,7 +77,11 @@ impl RedisCheck {
             return CheckResult::fail("no connection");
         };
         let ping = Instant::now();
-        match redis::cmd("PING").query_async::<String>(conn).await {
+        let answer = match conn {
+            Conn::Single(c) => redis::cmd("PING").query_async::<String>(c).await,
+            Conn::Cluster(c) => redis::cmd("PING").query_async::<String>(c).await,
+        };
+        match answer {
             Ok(pong) if pong == "PONG" => CheckResult::pass().measurement(
                 Measurement::new("responseTime")
                     .observed(ms(ping.elapsed()), "ms")

@@ -94,8 +94,8 @@ impl std::error::Error for RedisStoreError {}
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
 pub struct RedisStore {
-    client: redis::Client,
-    conn: Mutex<Option<ConnectionManager>>,
+    target: Target,
+    conn: Mutex<Option<Conn>>,
     timeout: Duration,
     retry_interval: Duration,
     fail: FailMode,
@@ -158,6 +158,19 @@ const LEASE_SHARDS: usize = 16;
 /// Leases by (policy index, key).
 type Leases = HashMap<(usize, u64), Lease>;
 
+/// Where the store's Redis is: one server, or a cluster.
+enum Target {
+    Single(redis::Client),
+    Cluster(Vec<String>),
+}
+
+/// An open connection, shared by every call (both kinds multiplex).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
@@ -173,12 +186,34 @@ impl RedisStore {
     /// A store for the Redis at `url` (`redis://host:port/db`, `rediss://` for TLS when the
     /// redis crate is built with it). Nothing is connected until the first request, so a
     /// service starts even while Redis is down.
+    ///
+    /// A Redis Cluster (or Valkey cluster) is `redis+cluster://host1:port1,host2:port2` (any
+    /// of its nodes; `rediss+cluster://` for TLS): each key's script runs on the node that
+    /// holds its slot (the script touches that one key), and the cluster's redirections and
+    /// topology changes are followed.
     pub fn new(url: &str) -> Result<Self, RedisStoreError> {
-        let client = redis::Client::open(url).map_err(|e| {
-            RedisStoreError(format!("rate limit: the Redis URL does not parse: {e}"))
-        })?;
+        let target = match garrison_core::redis_cluster_nodes(url) {
+            Some(nodes) => {
+                for n in &nodes {
+                    redis::Client::open(n.as_str()).map_err(|e| {
+                        RedisStoreError(format!(
+                            "rate limit: the Redis Cluster node `{n}` does not parse: {e}"
+                        ))
+                    })?;
+                }
+                if nodes.is_empty() {
+                    return Err(RedisStoreError(
+                        "rate limit: the Redis Cluster URL names no node".into(),
+                    ));
+                }
+                Target::Cluster(nodes)
+            }
+            None => Target::Single(redis::Client::open(url).map_err(|e| {
+                RedisStoreError(format!("rate limit: the Redis URL does not parse: {e}"))
+            })?),
+        };
         Ok(Self {
-            client,
+            target,
             conn: Mutex::new(None),
             timeout: Duration::from_millis(50),
             retry_interval: Duration::from_secs(1),
@@ -396,18 +431,33 @@ impl RedisStore {
         }
     }
 
-    fn connection(&self) -> Result<ConnectionManager, redis::RedisError> {
-        let mut slot = self.conn.lock();
-        if let Some(c) = &*slot {
+    async fn connection(&self) -> Result<Conn, redis::RedisError> {
+        if let Some(c) = &*self.conn.lock() {
             return Ok(c.clone());
         }
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(self.retry_interval);
-        let c = ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)?;
-        *slot = Some(c.clone());
+        let c = match &self.target {
+            Target::Single(client) => {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(self.retry_interval);
+                Conn::Single(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    cfg,
+                )?)
+            }
+            Target::Cluster(nodes) => Conn::Cluster(
+                redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .connection_timeout(self.timeout)
+                    .response_timeout(self.timeout)
+                    .retries(1)
+                    .build()?
+                    .get_async_connection()
+                    .await?,
+            ),
+        };
+        *self.conn.lock() = Some(c.clone());
         Ok(c)
     }
 
@@ -425,15 +475,24 @@ impl RedisStore {
         let emission_us = (emission / 1000).max(1);
         let tolerance_us = (tolerance / 1000).max(emission_us);
         let attempt = async {
-            let mut conn = self.connection()?;
-            script()
-                .key(redis_key)
+            let mut invocation = script().key(redis_key);
+            invocation
                 .arg(emission_us)
                 .arg(tolerance_us)
                 .arg(want)
-                .arg(back)
-                .invoke_async::<(i64, i64, i64, i64)>(&mut conn)
-                .await
+                .arg(back);
+            match self.connection().await? {
+                Conn::Single(mut c) => {
+                    invocation
+                        .invoke_async::<(i64, i64, i64, i64)>(&mut c)
+                        .await
+                }
+                Conn::Cluster(mut c) => {
+                    invocation
+                        .invoke_async::<(i64, i64, i64, i64)>(&mut c)
+                        .await
+                }
+            }
         };
         match tokio::time::timeout(self.timeout, attempt).await {
             Ok(Ok((granted, remaining, reset, retry))) => {
