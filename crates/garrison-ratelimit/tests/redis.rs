@@ -312,3 +312,241 @@ async fn a_redis_url_that_does_not_parse_is_a_clear_error() {
         "{e}"
     );
 }
+
+/// A private Redis Cluster of three masters on free ports, each node a [`PrivateRedis`] that
+/// keeps its cluster identity (its `nodes.conf`) across a restart.
+struct PrivateCluster {
+    dir: std::path::PathBuf,
+    nodes: Vec<(u16, Option<Child>)>,
+}
+
+impl PrivateCluster {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "garrison-cluster-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let mut c = Self {
+            dir,
+            nodes: Vec::new(),
+        };
+        for _ in 0..3 {
+            let port = free_port();
+            let child = c.spawn(port);
+            c.nodes.push((port, Some(child)));
+        }
+        let addrs: Vec<String> = c
+            .nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run redis-cli ({e}); install it with `just services`")
+            });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        c.wait_ok();
+        c
+    }
+
+    fn spawn(&self, port: u16) -> Child {
+        let dir = self.dir.join(port.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+            ])
+            .args(["--cluster-node-timeout", "1000"])
+            .arg("--cluster-config-file")
+            .arg(dir.join("nodes.conf"))
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start redis-server ({e})"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    /// Waits (at most 20 s: a deadline, not a timing claim) for `cluster_state:ok`.
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = self.nodes.iter().all(|(port, _)| {
+                Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "cluster", "info"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the private cluster never became ok"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn url(&self) -> String {
+        let nodes: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", nodes.join(","))
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].1.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self, i: usize) {
+        let port = self.nodes[i].0;
+        let child = self.spawn(port);
+        self.nodes[i].1 = Some(child);
+        self.wait_ok();
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `n` requests of client `ip` to `app`, by status.
+async fn statuses(app: &Router, ip: &str, n: usize) -> Vec<StatusCode> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let mut r = Request::get("/items").body(Body::empty()).unwrap();
+        r.extensions_mut().insert(PeerAddr(
+            format!("{ip}:1000").parse::<SocketAddr>().unwrap(),
+        ));
+        out.push(app.clone().oneshot(r).await.unwrap().status());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_killed_under_load_falls_back_and_its_return_is_exact_again() {
+    let mut cluster = PrivateCluster::start();
+    let store = || {
+        RedisStore::new(&cluster.url())
+            .unwrap()
+            .lease_fraction(0.0)
+            .timeout(Duration::from_millis(300))
+            .retry_interval(Duration::from_millis(200))
+    };
+    // two replicas, 3 requests an hour per client
+    let (la, lb) = (
+        layer(store(), Policy::per_hour("general", 3), None),
+        layer(store(), Policy::per_hour("general", 3), None),
+    );
+    let (a, b) = (app(la.clone()), app(lb.clone()));
+    // forty clients over every node's slots: the limit is shared while all nodes answer
+    for k in 0..40 {
+        let ip = format!("198.51.100.{k}");
+        let mut s = statuses(&a, &ip, 2).await;
+        s.extend(statuses(&b, &ip, 2).await);
+        assert_eq!(
+            s,
+            [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS
+            ],
+            "{ip}"
+        );
+    }
+    // a master dies: every request still gets an answer of the limiter (fallback in memory
+    // for the keys of its slots), none fails otherwise
+    cluster.kill(2);
+    for k in 0..40 {
+        for s in statuses(&a, &format!("203.0.113.{k}"), 2).await {
+            assert!(
+                s == StatusCode::OK || s == StatusCode::TOO_MANY_REQUESTS,
+                "{s}"
+            );
+        }
+    }
+    let redis = la.limiter().redis_store().unwrap().clone();
+    let (_, errors, fallbacks, _) = redis.stats();
+    assert!(
+        errors >= 1 && fallbacks >= 1,
+        "errors {errors}, fallbacks {fallbacks}"
+    );
+    // it comes back with its slots: each replica's next probe (one per retry interval)
+    // finds it, and the limit is one again
+    cluster.restart(2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for (app, l) in [(&a, &la), (&b, &lb)] {
+        let store = l.limiter().redis_store().unwrap().clone();
+        loop {
+            // every client of the dead node's slots, so that one of them probes it
+            for k in 0..40 {
+                statuses(app, &format!("203.0.113.{k}"), 1).await;
+            }
+            let (_, errors, _, _) = store.stats();
+            let (ok, errors_after, _, _) = {
+                statuses(app, "203.0.113.250", 1).await;
+                store.stats()
+            };
+            if store.is_available() && errors_after == errors && ok > 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "a replica never came back to the cluster"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    for k in 0..40 {
+        let ip = format!("192.0.2.{k}");
+        let mut s = statuses(&a, &ip, 2).await;
+        s.extend(statuses(&b, &ip, 2).await);
+        assert_eq!(
+            s,
+            [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS
+            ],
+            "{ip} after the node came back"
+        );
+    }
+}
