@@ -550,3 +550,44 @@ async fn a_cluster_master_killed_under_load_falls_back_and_its_return_is_exact_a
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_stops_answering_is_cut_off_by_the_timeout_and_picked_up_again() {
+    let port = free_port();
+    let server = PrivateRedis::start(port);
+    let store = RedisStore::new(&server.url())
+        .unwrap()
+        .lease_fraction(0.0)
+        .timeout(Duration::from_millis(200))
+        .retry_interval(Duration::from_millis(100));
+    let l = layer(store, Policy::per_minute("general", 100_000), None);
+    let app = app(l.clone());
+    let redis = l.limiter().redis_store().unwrap().clone();
+    assert_eq!(status(&app).await, StatusCode::OK);
+    let pid = server.child.as_ref().unwrap().id().to_string();
+    // the process is paused: connections stay open, nothing answers (a Redis in a long
+    // command, or a host that hangs)
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let seen = until(&app, || !redis.is_available()).await;
+    assert!(seen.iter().all(|s| *s == StatusCode::OK), "{seen:?}");
+    for _ in 0..10 {
+        assert_eq!(status(&app).await, StatusCode::OK);
+    }
+    let (_, errors, fallbacks, _) = redis.stats();
+    assert!(
+        errors >= 1 && fallbacks >= 10,
+        "errors {errors}, fallbacks {fallbacks}"
+    );
+    assert!(Command::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let seen = until(&app, || redis.is_available()).await;
+    assert!(seen.iter().all(|s| *s == StatusCode::OK), "{seen:?}");
+    drop(server);
+}
