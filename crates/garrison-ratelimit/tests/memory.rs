@@ -28,8 +28,8 @@ fn a_million_random_keys_fit_under_64_mb_and_the_memory_returns() {
     let limiter = layer.limiter().clone();
     let base = live();
 
-    // A million random keys (an attacker rotating addresses). The bound is a million keys in
-    // 64 shards, so the fullest shards send their last few newcomers to the overflow bucket.
+    // A million random keys (an attacker rotating addresses), all active: the bound is a
+    // million keys over every policy, and this one policy may use all of it.
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
     for _ in 0..1_000_000 {
         x ^= x << 13;
