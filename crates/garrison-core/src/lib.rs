@@ -70,7 +70,7 @@ pub use refusal::refusal;
 pub use route::{RouteLabel, RouteResolver, RouteTable, RouteTableError, UNMATCHED};
 pub use shard::{thread_shard, CachePadded, ShardedCounters};
 pub use text::{
-    hex_decode, hex_encode, hex_write, is_token_byte, push_json_string, redis_cluster_nodes,
-    rfc3339, IpText,
+    hex_decode, hex_encode, hex_write, is_token_byte, percent_escape, push_json_string,
+    redis_cluster_nodes, rfc3339, IpText,
 };
 pub use trace_context::{TraceContext, TraceId};

@@ -295,6 +295,22 @@ pub fn redis_cluster_nodes(url: &str) -> Option<Vec<String>> {
     )
 }
 
+/// The byte a percent escape stands for: `rest` is what follows the `%` (`2Fab` → `0x2F`),
+/// hex digits of either case; `None` when its first two bytes are not both hex digits.
+///
+/// ```
+/// assert_eq!(garrison_core::percent_escape(b"2f/x"), Some(b'/'));
+/// assert_eq!(garrison_core::percent_escape(b"C3"), Some(0xC3));
+/// assert_eq!(garrison_core::percent_escape(b"zz"), None);
+/// assert_eq!(garrison_core::percent_escape(b"4"), None);
+/// ```
+#[inline]
+pub fn percent_escape(rest: &[u8]) -> Option<u8> {
+    let digit = |c: &u8| (*c as char).to_digit(16);
+    let (hi, lo) = (digit(rest.first()?)?, digit(rest.get(1)?)?);
+    Some((hi << 4 | lo) as u8)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, UNIX_EPOCH};

@@ -44,15 +44,6 @@ fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// `path` (without its query) normalised: percent-encoded unreserved characters decoded, other
 /// escapes upper-cased, encoded slashes per `slashes`, repeated slashes merged, and `.` and
 /// `..` segments removed (RFC 3986 §5.2.4). Borrowed when nothing changes, which is the common
@@ -86,13 +77,9 @@ pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Cow<'_, str>, Ba
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let (Some(h), Some(l)) = (
-                    b.get(i + 1).copied().and_then(hex),
-                    b.get(i + 2).copied().and_then(hex),
-                ) else {
+                let Some(c) = garrison::garrison_core::percent_escape(&b[i + 1..]) else {
                     return Err(BadPath::BadEscape);
                 };
-                let c = h << 4 | l;
                 if unreserved(c) {
                     decoded.push(c);
                 } else if c == b'/' || c == b'\\' {
@@ -104,9 +91,10 @@ pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Cow<'_, str>, Ba
                         }
                     }
                 } else {
+                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
                     decoded.push(b'%');
-                    decoded.push(b"0123456789ABCDEF"[usize::from(h)]);
-                    decoded.push(b"0123456789ABCDEF"[usize::from(l)]);
+                    decoded.push(HEX[usize::from(c >> 4)]);
+                    decoded.push(HEX[usize::from(c & 0xf)]);
                 }
                 i += 3;
             }

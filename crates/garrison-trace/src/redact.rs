@@ -116,18 +116,14 @@ fn percent_decoded(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
         match b[i] {
-            b'%' => match (
-                b.get(i + 1).and_then(|&c| hex(c)),
-                b.get(i + 2).and_then(|&c| hex(c)),
-            ) {
-                (Some(h), Some(l)) => {
-                    out.push((h * 16 + l) as u8);
+            b'%' => match garrison_core::percent_escape(&b[i + 1..]) {
+                Some(c) => {
+                    out.push(c);
                     i += 3;
                     continue;
                 }
-                _ => out.push(b'%'),
+                None => out.push(b'%'),
             },
             b'+' => out.push(b' '),
             c => out.push(c),
