@@ -18,9 +18,7 @@ SCRIPT_NAME=instructions
 need valgrind valgrind
 proxy_setup
 
-GARRISON_LISTEN=127.0.0.1:$UPSTREAM_PORT target/release/examples/load_server bare_axum >/dev/null &
-pids+=($!)
-wait_port "$UPSTREAM_PORT"
+start_upstream "$UPSTREAM_PORT"
 
 nginx_config "$work/nginx" 1 "$UPSTREAM_PORT" "$PROXY_PORT" "master_process off;"
 gateway_config "$PROXY_PORT" "$UPSTREAM_PORT" 1 >"$work/on.toml"

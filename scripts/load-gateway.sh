@@ -24,10 +24,7 @@ need wrk wrk
 proxy_setup
 [ -n "${KEEP_LOG:-}" ] && trap 'cat "$work/gateway.log" >&2; cleanup' EXIT
 
-# the upstream: bare axum, one route
-GARRISON_LISTEN=127.0.0.1:$UPSTREAM_PORT "$BIN_DIR/examples/load_server" bare_axum >/dev/null &
-pids+=($!)
-wait_port "$UPSTREAM_PORT"
+start_upstream "$UPSTREAM_PORT"
 
 nginx_config "$work/nginx" "$WORKERS" "$UPSTREAM_PORT" "$NGINX_PORT"
 "$NGINX" -p "$work/nginx" -c "$work/nginx/nginx.conf" -g 'daemon off;' &

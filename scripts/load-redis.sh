@@ -22,9 +22,7 @@ SCRIPT_NAME=load-redis
 need wrk wrk
 proxy_setup
 
-GARRISON_LISTEN=127.0.0.1:$UPSTREAM_PORT "$BIN_DIR/examples/load_server" bare_axum >/dev/null &
-pids+=($!)
-wait_port "$UPSTREAM_PORT"
+start_upstream "$UPSTREAM_PORT"
 
 # one row: replicas, limit, period in seconds, burst, store (redis or memory)
 row() {

@@ -28,6 +28,14 @@ proxy_setup() {
     trap cleanup EXIT
 }
 
+# The upstream every proxy is measured in front of: bare axum with one route, on
+# 127.0.0.1:port, stopped at exit.
+start_upstream() { # port
+    GARRISON_LISTEN=127.0.0.1:$1 "${BIN_DIR:-target/release}/examples/load_server" bare_axum >/dev/null &
+    pids+=($!)
+    wait_port "$1"
+}
+
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     rm -rf "$work"

@@ -2,16 +2,16 @@
 //! the order of the layers.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Path;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
-use garrison::garrison_trace::{BoxFuture, Sampler, SpanRecord, SpanSink, Tracer, Value};
+use garrison::garrison_trace::{Sampler, Tracer, Value};
 use garrison::{Garrison, GarrisonConfig};
-use garrison_workspace::{get as fetch, send, serve_with_peers};
+use garrison_workspace::{get as fetch, send, serve_with_peers, MemorySink};
 use http::Method;
 
 #[allow(dead_code)]
@@ -232,19 +232,9 @@ async fn an_incoming_traceparent_is_joined() {
     assert_eq!(r.headers["x-request-id"].len(), 32);
 }
 
-#[derive(Clone, Default)]
-struct Memory(Arc<Mutex<Vec<SpanRecord>>>);
-
-impl SpanSink for Memory {
-    fn export(&self, batch: Vec<SpanRecord>) -> BoxFuture<'_, Result<(), String>> {
-        self.0.lock().unwrap().extend(batch);
-        Box::pin(async { Ok(()) })
-    }
-}
-
 #[tokio::test]
 async fn a_rate_limited_request_is_still_measured_and_traced() {
-    let sink = Memory::default();
+    let sink = MemorySink::default();
     let tracer = Tracer::builder()
         .sampler(Sampler::Always)
         .sink(sink.clone())

@@ -4,17 +4,14 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use garrison::garrison_trace::{
-    json_logs, BoxFuture, Sampler, SpanRecord, SpanSink, Tracer, Value,
-};
+use garrison::garrison_trace::{json_logs, Sampler, Tracer, Value};
 use garrison::{Garrison, GarrisonConfig};
-use garrison_workspace::{get as fetch, serve_with_peers};
+use garrison_workspace::{get as fetch, serve_with_peers, LogBuffer, MemorySink};
 use http::{Request, Response};
 use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,36 +34,6 @@ async fn boom() -> &'static str {
         panic!("card 4242-4242 declined by a bug");
     }
     "unreachable"
-}
-
-#[derive(Clone, Default)]
-struct Memory(Arc<Mutex<Vec<SpanRecord>>>);
-
-impl SpanSink for Memory {
-    fn export(&self, batch: Vec<SpanRecord>) -> BoxFuture<'_, Result<(), String>> {
-        self.0.lock().unwrap().extend(batch);
-        Box::pin(async { Ok(()) })
-    }
-}
-
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Buffer {
-    type Writer = Buffer;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
 }
 
 /// One HTTP/1.1 keep-alive connection, read by hand: the test sees whether the server kept it.
@@ -131,11 +98,11 @@ fn value(line: &str, prefix: &str) -> Option<u64> {
 
 #[tokio::test]
 async fn a_panicking_handler_is_answered_500_counted_traced_and_logged() {
-    let logs = Buffer::default();
+    let logs = LogBuffer::default();
     let subscriber = tracing_subscriber::registry().with(json_logs().with_writer(logs.clone()));
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let sink = Memory::default();
+    let sink = MemorySink::default();
     // only errors are kept: the panics' traces must be among them
     let tracer = Tracer::builder()
         .sampler(Sampler::ErrorBiased {
@@ -309,7 +276,7 @@ async fn a_hyper_service_fn_that_returns_err_is_answered_500_counted_and_recorde
     use hyper_util::server::conn::auto;
     use hyper_util::service::TowerToHyperService;
 
-    let sink = Memory::default();
+    let sink = MemorySink::default();
     let tracer = Tracer::builder()
         .sampler(Sampler::Always)
         .sink(sink.clone())

@@ -306,22 +306,59 @@ pub mod bench {
     }
 }
 
-/// Runs `promtool check metrics` on `text` and fails with its report on any problem.
-pub fn promtool_check(promtool: &std::path::Path, text: &str) {
+/// A span sink that keeps every exported span, for a test to read.
+#[derive(Clone, Debug, Default)]
+pub struct MemorySink(
+    pub std::sync::Arc<std::sync::Mutex<Vec<garrison::garrison_trace::SpanRecord>>>,
+);
+
+impl garrison::garrison_trace::SpanSink for MemorySink {
+    fn export(
+        &self,
+        batch: Vec<garrison::garrison_trace::SpanRecord>,
+    ) -> garrison::garrison_trace::BoxFuture<'_, Result<(), String>> {
+        self.0.lock().unwrap().extend(batch);
+        Box::pin(async { Ok(()) })
+    }
+}
+
+/// A log writer into memory (`json_logs().with_writer(buffer.clone())`), for a test to read.
+#[derive(Clone, Debug, Default)]
+pub struct LogBuffer(pub std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Runs `cmd` with `input` on its standard input: whether it succeeded, and what it wrote
+/// (standard output, then standard error).
+pub fn run_with_input(cmd: &mut Command, input: &str) -> (bool, String) {
     use std::io::Write as _;
     use std::process::Stdio;
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run promtool");
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     child
         .stdin
         .take()
         .unwrap()
-        .write_all(text.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     let report = format!(
@@ -329,8 +366,16 @@ pub fn promtool_check(promtool: &std::path::Path, text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    (out.status.success(), report)
+}
+
+/// Runs `promtool check metrics` on `text` and fails with its report on any problem.
+pub fn promtool_check(promtool: &std::path::Path, text: &str) {
+    let mut cmd = Command::new(promtool);
+    cmd.args(["check", "metrics"]);
+    let (ok, report) = run_with_input(&mut cmd, text);
     assert!(
-        out.status.success(),
+        ok,
         "promtool rejected the output:\n{report}\n--- output ---\n{text}"
     );
     assert!(

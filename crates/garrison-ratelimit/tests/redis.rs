@@ -459,6 +459,26 @@ async fn statuses(app: &Router, ip: &str, n: usize) -> Vec<StatusCode> {
     out
 }
 
+/// Forty clients (`{net}.0` to `{net}.39`, over every node's slots) under a limit of 3: two
+/// requests through `a` and two through `b` admit three in all, as one limit does.
+async fn limit_is_shared(a: &Router, b: &Router, net: &str, when: &str) {
+    for k in 0..40 {
+        let ip = format!("{net}.{k}");
+        let mut s = statuses(a, &ip, 2).await;
+        s.extend(statuses(b, &ip, 2).await);
+        assert_eq!(
+            s,
+            [
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::OK,
+                StatusCode::TOO_MANY_REQUESTS
+            ],
+            "{ip}{when}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_master_killed_under_load_falls_back_and_its_return_is_exact_again() {
     let mut cluster = PrivateCluster::start();
@@ -476,21 +496,7 @@ async fn a_cluster_master_killed_under_load_falls_back_and_its_return_is_exact_a
     );
     let (a, b) = (app(la.clone()), app(lb.clone()));
     // forty clients over every node's slots: the limit is shared while all nodes answer
-    for k in 0..40 {
-        let ip = format!("198.51.100.{k}");
-        let mut s = statuses(&a, &ip, 2).await;
-        s.extend(statuses(&b, &ip, 2).await);
-        assert_eq!(
-            s,
-            [
-                StatusCode::OK,
-                StatusCode::OK,
-                StatusCode::OK,
-                StatusCode::TOO_MANY_REQUESTS
-            ],
-            "{ip}"
-        );
-    }
+    limit_is_shared(&a, &b, "198.51.100", "").await;
     // a master dies: every request still gets an answer of the limiter (fallback in memory
     // for the keys of its slots), none fails otherwise
     cluster.kill(2);
@@ -534,21 +540,7 @@ async fn a_cluster_master_killed_under_load_falls_back_and_its_return_is_exact_a
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    for k in 0..40 {
-        let ip = format!("192.0.2.{k}");
-        let mut s = statuses(&a, &ip, 2).await;
-        s.extend(statuses(&b, &ip, 2).await);
-        assert_eq!(
-            s,
-            [
-                StatusCode::OK,
-                StatusCode::OK,
-                StatusCode::OK,
-                StatusCode::TOO_MANY_REQUESTS
-            ],
-            "{ip} after the node came back"
-        );
-    }
+    limit_is_shared(&a, &b, "192.0.2", " after the node came back").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

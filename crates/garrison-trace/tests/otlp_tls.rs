@@ -2,6 +2,9 @@
 //! collector whose CA is trusted gets the spans; one signed by an unknown CA gets none, the
 //! requests are served all the same, and the failed exports are counted.
 
+mod common;
+use common::Receiver;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,32 +13,12 @@ use axum::body::Body;
 use axum::routing::get;
 use axum::Router;
 use garrison_trace::{DropReason, OtlpConfig, OtlpSink, Protocol, Sampler, TraceLayer, Tracer};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::TraceServiceServer;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio::sync::mpsc;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tower::ServiceExt;
-
-#[derive(Clone)]
-struct Receiver(mpsc::UnboundedSender<ExportTraceServiceRequest>);
-
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let _ = self.0.send(request.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse {
-            partial_success: None,
-        }))
-    }
-}
 
 /// A CA, and a server certificate for `localhost` and 127.0.0.1 that it signed: (CA PEM,
 /// server certificate PEM, server key PEM).

@@ -2,11 +2,11 @@
 //! registry on Garrison's one `/metrics`, checked by the real `promtool` and by the official
 //! Python client's OpenMetrics parser.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
 use garrison_metrics::{Format, GarrisonRecorder, MetricsRegistry, PrometheusClientCollector};
-use garrison_workspace::{promtool_check, require_tool};
+use garrison_workspace::{promtool_check, require_tool, run_with_input};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 
@@ -88,28 +88,9 @@ for k, v in want.items():
     assert found.get(k) == v, (k, found.get(k))
 print("ok", len(found))
 "#;
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    use std::io::Write as _;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(om.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, report) = run_with_input(Command::new("python3").args(["-c", script]), &om);
     assert!(
-        out.status.success(),
+        ok,
         "the OpenMetrics parser (pip package prometheus-client, from \
          tests/peers/requirements.txt) refused the scrape:\n{report}\n--- scrape ---\n{om}"
     );
