@@ -36,6 +36,19 @@ async fn boom() -> &'static str {
     "unreachable"
 }
 
+/// The JSON log lines of every test in this binary. The subscriber is the process's global
+/// default: one scoped to a test's thread can miss events whose callsite another test's thread
+/// registered first, while no subscriber was set there.
+fn logs() -> &'static LogBuffer {
+    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = LogBuffer::default();
+        let subscriber = tracing_subscriber::registry().with(json_logs().with_writer(logs.clone()));
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    })
+}
+
 /// One HTTP/1.1 keep-alive connection, read by hand: the test sees whether the server kept it.
 struct Connection(TcpStream);
 
@@ -98,9 +111,7 @@ fn value(line: &str, prefix: &str) -> Option<u64> {
 
 #[tokio::test]
 async fn a_panicking_handler_is_answered_500_counted_traced_and_logged() {
-    let logs = LogBuffer::default();
-    let subscriber = tracing_subscriber::registry().with(json_logs().with_writer(logs.clone()));
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = logs();
 
     let sink = MemorySink::default();
     // only errors are kept: the panics' traces must be among them
@@ -231,10 +242,12 @@ async fn a_panicking_handler_is_answered_500_counted_traced_and_logged() {
     );
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    // the other tests of this binary log their own panics into the same buffer
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .filter(|l: &serde_json::Value| l["target"] == "garrison::caught")
+        .filter(|l| ids.iter().any(|id| l["request_id"] == id.as_str()))
         .collect();
     assert_eq!(lines.len(), 3, "{text}");
     for (line, id) in lines.iter().zip(&ids) {
