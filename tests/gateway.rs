@@ -2651,3 +2651,176 @@ async fn a_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
     assert!(got < 256 << 20, "{got}");
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_zero_window_http2_client_holds_no_more_than_the_cap_and_is_cut_off_by_the_send_timeout()
+{
+    // each request gets a 1 MiB body that the gateway can pass on only as the client reads;
+    // `open` counts the upstream connections open now, `most` the most at once
+    let open = Arc::new(AtomicU64::new(0));
+    let most = Arc::new(AtomicU64::new(0));
+    let up = raw_upstream({
+        let (open, most) = (open.clone(), most.clone());
+        move |mut s: TcpStream| {
+            let (open, most) = (open.clone(), most.clone());
+            async move {
+                most.fetch_max(open.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                let total = 1usize << 20;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {total}\r\n\r\n");
+                while read_head(&mut s).await.is_some() {
+                    if s.write_all(head.as_bytes()).await.is_err()
+                        || s.write_all(&vec![b'x'; total]).await.is_err()
+                    {
+                        break;
+                    }
+                }
+                open.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
+    // the idle timeout out of the way: only the send timeout can close the connection
+    let gw = one_route_gateway(
+        up,
+        "workers = 1\nsend_timeout = \"500ms\"\nidle_timeout = \"1h\"",
+        "max_connections_per_address = 2",
+    )
+    .await;
+    // HTTP/2 with every stream's flow-control window at zero: heads come, bodies cannot
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut client, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(tcp)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let mut pending = Vec::new();
+    for i in 0..6 {
+        client = client.ready().await.unwrap();
+        let req = Request::get(format!("http://{}/file/{i}", gw.addr))
+            .body(())
+            .unwrap();
+        pending.push(client.send_request(req, true).unwrap().0);
+    }
+    let mut statuses = Vec::new();
+    let mut held = Vec::new(); // bodies kept, never read
+    for p in pending {
+        let resp = tokio::time::timeout(Duration::from_secs(10), p)
+            .await
+            .expect("every stream gets its head")
+            .unwrap();
+        statuses.push(resp.status().as_u16());
+        held.push(resp.into_body());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503, 503, 503, 503]);
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        2,
+        "no more than the cap at once"
+    );
+    // the responses wait for a client that will never take them: the send timeout closes
+    // its connection, and the upstream connections behind it go with it
+    let closed = tokio::time::timeout(Duration::from_secs(10), driver).await;
+    assert!(closed.is_ok(), "the zero-window client is still connected");
+    eventually("the upstream connections are freed", async || {
+        open.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    assert_eq!(most.load(Ordering::SeqCst), 2);
+    drop(held);
+    let r = get(gw.addr, "/after", &[]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body.len(), 1 << 20);
+}
+
+/// One HTTP/2 frame: its 9-byte header, then `payload`.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_limits_are_announced_and_a_rapid_reset_flood_is_cut_off() {
+    let (up, _u) = upstream(echo).await;
+    let gw = one_route_gateway(up, "workers = 1", "").await;
+    // the streams a client may open at once, as the gateway's SETTINGS say
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let req = Request::get(format!("http://{}/x", gw.addr))
+        .body(())
+        .unwrap();
+    let resp = client.send_request(req, true).unwrap().0.await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(client.current_max_send_streams(), 256);
+
+    // CVE-2023-44487: streams opened and reset at once, faster than they can be accepted
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flood.extend(h2_frame(0x4, 0, 0, &[])); // SETTINGS
+                                            // GET http://x/ in HPACK: :method GET, :scheme http, :path /, :authority "x"
+    let block = [0x82, 0x86, 0x84, 0x01, 0x01, b'x'];
+    for i in 0..500u32 {
+        let id = 2 * i + 1;
+        flood.extend(h2_frame(0x1, 0x5, id, &block)); // HEADERS, END_STREAM | END_HEADERS
+        flood.extend(h2_frame(0x3, 0, id, &8u32.to_be_bytes())); // RST_STREAM, CANCEL
+    }
+    let mut c = TcpStream::connect(gw.addr).await.unwrap();
+    let _ = c.write_all(&flood).await; // the gateway may close before it took it all
+                                       // the frames the gateway sends until it closes the connection
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the flooding connection is still open"),
+        }
+    }
+    let mut goaway = None;
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len = u32::from_be_bytes([0, got[at], got[at + 1], got[at + 2]]) as usize;
+        if got[at + 3] == 0x7 && at + 9 + len <= got.len() && len >= 8 {
+            let code = &got[at + 13..at + 17];
+            goaway = Some(u32::from_be_bytes(code.try_into().unwrap()));
+        }
+        at += 9 + len;
+    }
+    assert_eq!(goaway, Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM");
+    // and everyone else is still served
+    assert_eq!(get(gw.addr, "/after", &[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_admin_listener_serves_64_connections_at_once_and_no_more() {
+    let (up, _u) = upstream(echo).await;
+    let gw = one_route_gateway(up, "", "").await;
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(TcpStream::connect(gw.admin).await.unwrap());
+    }
+    let mut extra = TcpStream::connect(gw.admin).await.unwrap();
+    extra
+        .write_all(b"GET /health/live HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    // without the cap it would be answered at once
+    let early = tokio::time::timeout(Duration::from_millis(500), extra.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "a 65th connection was served beside 64 open ones"
+    );
+    // one of them goes: the waiting one takes its place
+    drop(idle.pop());
+    let n = tokio::time::timeout(Duration::from_secs(10), extra.read(&mut buf))
+        .await
+        .expect("served once a place was free")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+}

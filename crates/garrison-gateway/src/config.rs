@@ -92,7 +92,9 @@ pub struct GatewaySection {
     /// preface and nothing more, is closed then. Default: `"60s"`.
     pub idle_timeout: Duration,
     /// `send_timeout`: the longest a write to a client may wait for the client to read; a
-    /// client that stops reading has its connection closed. Default: `"60s"`.
+    /// client that stops reading has its connection closed. Over HTTP/2, a response that
+    /// waits this long for its stream's flow-control window closes the connection too
+    /// (found between one and two `send_timeout`s after the wait began). Default: `"60s"`.
     pub send_timeout: Duration,
     /// `normalize_path`: before routing, decode percent-encoded unreserved characters, merge
     /// repeated slashes and remove `.` and `..` segments; the upstream gets the normalised

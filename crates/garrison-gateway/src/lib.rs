@@ -87,6 +87,7 @@ pub mod path;
 mod pool;
 mod proxy;
 mod server;
+mod stall;
 mod timer;
 mod tunnel;
 mod upstream;

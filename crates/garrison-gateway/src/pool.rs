@@ -418,6 +418,8 @@ pub struct PooledBody {
     /// timer of the wait in progress (made only when a wait begins).
     idle: Option<Duration>,
     stall: Option<crate::timer::Deadline>,
+    /// Over HTTP/2 to the client: when the body waits for the client (see [`crate::stall`]).
+    client: Option<crate::stall::Waiting>,
 }
 
 /// Why an upstream's response body failed on its way.
@@ -464,6 +466,7 @@ impl PooledBody {
             conn: None,
             idle: None,
             stall: None,
+            client: None,
         })
     }
 
@@ -477,6 +480,7 @@ impl PooledBody {
             conn: Some(Driven { up, slot, keep }),
             idle: None,
             stall: None,
+            client: None,
         });
         // an empty body may never be polled: the connection is free now
         if resp.body().body.is_end_stream() {
@@ -495,6 +499,13 @@ impl PooledBody {
     pub(crate) fn idle_timeout(&mut self, d: Duration) {
         self.idle = Some(d);
     }
+
+    /// Counts the body's waits for the client among its HTTP/2 connection's `stalls`.
+    pub(crate) fn watched(&mut self, stalls: &std::sync::Arc<crate::stall::Stalls>) {
+        if !self.body.is_end_stream() {
+            self.client = Some(crate::stall::Waiting::new(stalls.clone()));
+        }
+    }
 }
 
 impl Body for PooledBody {
@@ -505,9 +516,17 @@ impl Body for PooledBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        if let Some(w) = &mut self.client {
+            w.end();
+        }
         match self.as_mut().poll_upstream(cx) {
             Poll::Ready(frame) => {
-                self.stall = None;
+                let this = &mut *self;
+                this.stall = None;
+                if let (Some(w), Some(Ok(_))) = (&mut this.client, &frame) {
+                    // hyper comes back for more once the client took this much
+                    w.begin();
+                }
                 Poll::Ready(frame.map(|f| f.map_err(UpstreamBodyError::Hyper)))
             }
             Poll::Pending => {

@@ -322,6 +322,11 @@ impl Inner {
         let up = &route.upstream;
         let peer = peer_addr(&req);
         let (mut parts, body) = req.into_parts();
+        // over HTTP/2, the response body's waits for the client are watched (see `stall`)
+        let stalls = match parts.version {
+            Version::HTTP_2 => parts.extensions.remove::<Arc<crate::stall::Stalls>>(),
+            _ => None,
+        };
         let Some(path) = upstream_path(&parts.uri, route.strip.as_deref()) else {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -390,7 +395,7 @@ impl Inner {
         let Lost { failure, unsent } = match self.send(route, at, authority, first).await {
             Ok(resp) => {
                 up.succeeded(at);
-                return response(resp, up);
+                return response(resp, up, stalls.as_ref());
             }
             Err(lost) => {
                 if let Some(answer) = client_blame(watch, &lost.failure) {
@@ -417,7 +422,7 @@ impl Inner {
                 match self.send(route, again, authority, req).await {
                     Ok(resp) => {
                         up.succeeded(again);
-                        return response(resp, up);
+                        return response(resp, up, stalls.as_ref());
                     }
                     Err(lost) => {
                         if let Some(answer) = client_blame(watch, &lost.failure) {
@@ -483,7 +488,7 @@ impl Inner {
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // the upstream would not switch: its answer goes back as any other
-            return response(PooledBody::unpooled(resp), up);
+            return response(PooledBody::unpooled(resp), up, None);
         }
         let Some(theirs) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
             return error(
@@ -500,7 +505,7 @@ impl Inner {
             switch.slot,
             self.tunnels.clone(),
         ));
-        let mut resp = response(PooledBody::unpooled(resp), up);
+        let mut resp = response(PooledBody::unpooled(resp), up, None);
         if let Some(u) = upgrade {
             crate::tunnel::mark_upgrade(resp.headers_mut(), u);
         }
@@ -1001,9 +1006,16 @@ fn forwarded_value(
     put(b"proto=http");
 }
 
-fn response(resp: Response<PooledBody>, up: &Upstream) -> Response<ProxyBody> {
+fn response(
+    resp: Response<PooledBody>,
+    up: &Upstream,
+    stalls: Option<&Arc<crate::stall::Stalls>>,
+) -> Response<ProxyBody> {
     let (mut parts, mut body) = resp.into_parts();
     body.idle_timeout(up.body_idle_timeout);
+    if let Some(stalls) = stalls {
+        body.watched(stalls);
+    }
     remove_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, LayerBody::inner(body))
 }

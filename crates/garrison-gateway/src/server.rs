@@ -506,6 +506,7 @@ impl Worker {
                 let tunnel = ConnectionSlot::new(slot.clone(), stop.clone());
                 let conn = Conn::new(shared.clone(), gen.clone(), peer, tunnel);
                 let requests = conn.requests.clone();
+                let stalls = conn.stalls.clone();
                 let idle = limits.idle_timeout;
                 let send_timeout = limits.send_timeout;
                 let mut stop = stop.clone();
@@ -531,6 +532,11 @@ impl Worker {
                             c.as_mut().graceful_shutdown();
                             let _ = tokio::time::timeout(idle.max(wait), c).await;
                         }
+                        _ = stalls.watch(send_timeout) => {
+                            // an HTTP/2 client left a response waiting for the send timeout:
+                            // closed at once, with every response (and upstream connection)
+                            // it held
+                        }
                     }
                 });
             }
@@ -554,6 +560,10 @@ struct Conn {
     /// Requests the connection has started: its watchdog closes it when this stands still
     /// (see [`idle_watch`]).
     requests: Arc<std::sync::atomic::AtomicU64>,
+    /// Its HTTP/2 responses' waits for the client (see [`crate::stall`]).
+    stalls: Arc<crate::stall::Stalls>,
+    /// Whether it carried an HTTP/2 request yet.
+    h2: std::cell::Cell<bool>,
 }
 
 /// Returns once a connection started no request for `first` after its first byte, or for
@@ -656,6 +666,8 @@ impl Conn {
             slot,
             cached: std::cell::RefCell::new((gen.number, gen.service.clone(), PathRules::of(&gen))),
             requests: Arc::default(),
+            stalls: Arc::default(),
+            h2: std::cell::Cell::new(false),
         }
     }
 }
@@ -681,6 +693,12 @@ impl hyper::service::Service<Request<Incoming>> for Conn {
         req.extensions_mut().insert(PeerAddr(self.peer));
         if may_switch {
             req.extensions_mut().insert(self.slot.clone());
+        }
+        if req.version() == http::Version::HTTP_2 {
+            if !self.h2.replace(true) {
+                self.stalls.start();
+            }
+            req.extensions_mut().insert(self.stalls.clone());
         }
         let mut cached = self.cached.borrow_mut();
         let now = self.shared.factory.number.load(Ordering::Acquire);
