@@ -95,7 +95,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => GarrisonConfig::from_toml(CONFIG)?,
     };
     let garrison = Garrison::from_config(config)?;
-    let listener = garrison_workspace::listen("axum_app").await?;
+    let addr = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("axum_app listening on http://{}", listener.local_addr()?);
     axum::serve(
         listener,
         app(&garrison).into_make_service_with_connect_info::<SocketAddr>(),

@@ -69,7 +69,12 @@ pub(crate) fn app(breakers: &BreakerRegistry, metrics: &MetricsRegistry) -> Rout
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let listener = garrison_workspace::listen("breaker_axum").await?;
+    let addr = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!(
+        "breaker_axum listening on http://{}",
+        listener.local_addr()?
+    );
     let breakers = BreakerRegistry::new();
     breakers.on_transition(|t| {
         println!(

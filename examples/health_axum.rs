@@ -88,7 +88,9 @@ async fn count(State(pool): State<InstrumentedPool<Postgres>>) -> Result<String,
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let listener = garrison_workspace::listen("health_axum").await?;
+    let addr = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("health_axum listening on http://{}", listener.local_addr()?);
     let db_url = std::env::var("GARRISON_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     let redis_url =

@@ -55,7 +55,12 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let garrison = Garrison::from_config(GarrisonConfig::from_toml(CONFIG)?)?;
-    let listener = garrison_workspace::listen("hyper_service").await?;
+    let addr = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!(
+        "hyper_service listening on http://{}",
+        listener.local_addr()?
+    );
     serve(listener, garrison).await?;
     Ok(())
 }

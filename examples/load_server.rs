@@ -59,7 +59,12 @@ async fn main() -> std::io::Result<()> {
             )))
         }
     };
-    let listener = garrison_workspace::listen(&format!("load_server ({variant})")).await?;
+    let addr = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!(
+        "load_server ({variant}) listening on http://{}",
+        listener.local_addr()?
+    );
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),

@@ -53,7 +53,12 @@ async fn work(Query(w): Query<Work>) -> String {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let listener = garrison_workspace::listen("metrics_axum").await?;
+    let addr = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!(
+        "metrics_axum listening on http://{}",
+        listener.local_addr()?
+    );
     let registry = MetricsRegistry::new();
     axum::serve(listener, app(&registry)).await
 }

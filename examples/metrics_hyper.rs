@@ -36,7 +36,12 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let listener = garrison_workspace::listen("metrics_hyper").await?;
+    let addr = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!(
+        "metrics_hyper listening on http://{}",
+        listener.local_addr()?
+    );
     serve(listener, MetricsRegistry::new()).await
 }
 

@@ -48,7 +48,12 @@ pub(crate) fn app(limits: RateLimitLayer, metrics: &MetricsRegistry) -> Router {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let listener = garrison_workspace::listen("ratelimit_axum").await?;
+    let addr = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!(
+        "ratelimit_axum listening on http://{}",
+        listener.local_addr()?
+    );
     let metrics = MetricsRegistry::new();
     let mut builder = limits(&metrics);
     if let Ok(url) = std::env::var("GARRISON_REDIS_URL") {

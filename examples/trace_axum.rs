@@ -67,7 +67,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .with(garrison_trace::json_logs())
         .init();
-    let listener = garrison_workspace::listen("trace_axum").await?;
+    let addr = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("trace_axum listening on http://{}", listener.local_addr()?);
     let metrics = MetricsRegistry::new();
     let mut tracer = Tracer::builder().sampler(SAMPLER);
     if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {

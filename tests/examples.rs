@@ -19,6 +19,10 @@ mod breaker_axum;
 #[path = "../examples/ratelimit_axum.rs"]
 mod ratelimit_axum;
 
+#[allow(dead_code)]
+#[path = "../examples/admission_axum.rs"]
+mod admission_axum;
+
 #[tokio::test]
 async fn metrics_axum_serves_and_measures_by_route_template() {
     let registry = MetricsRegistry::new();
@@ -245,4 +249,38 @@ fn the_readmes_gateway_configuration_is_valid() {
     assert_eq!(routes["login"].max_body_bytes, Some(65536));
     assert_eq!(routes["chat"].upgrades, ["websocket"]);
     assert_eq!(config.gateway.upstreams["shop"].addresses.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_axum_runs_two_waits_four_and_sheds_the_rest() {
+    let metrics = MetricsRegistry::new();
+    let admission = admission_axum::admission(&metrics);
+    // a report holds its slot far longer than a batch request may wait
+    let work = std::time::Duration::from_secs(2);
+    let addr = serve(admission_axum::app(admission, &metrics, work)).await;
+    let reports: Vec<_> = (0..8)
+        .map(|i| tokio::spawn(async move { get(addr, &format!("/reports/{i}"), &[]).await }))
+        .collect();
+    let mut statuses = Vec::new();
+    for r in reports {
+        let r = r.await.unwrap();
+        if r.status == 503 {
+            assert!(r.headers.contains_key("retry-after"));
+        }
+        statuses.push(r.status.as_u16());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 503, 503, 503, 503, 503, 503]);
+    let scrape = get(addr, "/metrics", &[]).await;
+    for needle in [
+        r#"garrison_admission_admitted_total{priority="batch"} 2"#,
+        r#"garrison_admission_shed_total{priority="batch",reason="timeout"} 4"#,
+        r#"garrison_admission_shed_total{priority="batch",reason="queue_full"} 2"#,
+    ] {
+        assert!(
+            scrape.body.contains(needle),
+            "missing {needle} in\n{}",
+            scrape.body
+        );
+    }
 }

@@ -13,20 +13,6 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-/// Binds the address in `GARRISON_LISTEN` (default `127.0.0.1:3000`) and prints the bound
-/// address as the program's first log line, as every Garrison example does.
-pub async fn listen(program: &str) -> std::io::Result<tokio::net::TcpListener> {
-    let addr = std::env::var("GARRISON_LISTEN").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("cannot listen on {addr} (set GARRISON_LISTEN): {e}"),
-        )
-    })?;
-    println!("{program} listening on http://{}", listener.local_addr()?);
-    Ok(listener)
-}
-
 /// Serves `router` on a free loopback port over real sockets and returns its address. The
 /// server runs until the runtime stops.
 pub async fn serve(router: Router) -> SocketAddr {
