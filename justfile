@@ -46,12 +46,21 @@ load-keys:
 ops-rules *ARGS:
     cargo run -q -p garrison-gateway -- ops rules {{ARGS}}
 
-# Formatting, clippy with warnings as errors, and docs with warnings as errors.
+# fmt, clippy and rustdoc with -D warnings, docs as docs.rs builds them, README doctests, publishing checks, cargo package.
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets --all-features -- -D warnings
     RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
     RUSTDOCFLAGS="-D warnings" cargo doc -p garrison --no-deps  # the umbrella on its default features
+    # docs.rs: nightly rustdoc, --cfg docsrs, every feature; RUSTC_BOOTSTRAP lets the stable
+    # toolchain take nightly's `feature(doc_cfg)` (a removed feature such as doc_auto_cfg fails)
+    RUSTC_BOOTSTRAP=1 RUSTDOCFLAGS="--cfg docsrs -D warnings" cargo doc --workspace {{unpublished}} --no-deps --all-features
+    cargo test --doc --workspace --all-features  # each crate's README and the repository's
+    cargo test --test publishing  # metadata, licence files, docs.rs attributes, Markdown links
+    cargo package --workspace {{unpublished}} --allow-dirty  # in dependency order, each verified by a build
+
+# The workspace's packages that are not published.
+unpublished := "--exclude garrison-workspace --exclude garrison-interop-tests"
 
 # Make sure PostgreSQL, MariaDB, Redis, promtool and prometheus are there.
 services:

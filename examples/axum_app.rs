@@ -22,7 +22,7 @@ use axum::Router;
 use garrison::{Garrison, GarrisonConfig};
 
 /// The example's configuration: what is not written here has its default
-/// (see `garrison-config.example.toml`).
+/// (see `crates/garrison/garrison-config.example.toml`).
 pub(crate) const CONFIG: &str = r#"
 [service]
 name = "shop"

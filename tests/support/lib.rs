@@ -369,3 +369,9 @@ pub fn promtool_check(promtool: &std::path::Path, text: &str) {
         "promtool found problems:\n{report}"
     );
 }
+
+/// The repository README's code, compiled as doctests so that it cannot rot (fragments are
+/// marked `ignore`).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;

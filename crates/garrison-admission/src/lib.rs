@@ -1,29 +1,4 @@
-//! Priority admission and load shedding for tower and axum: at most N requests in the
-//! inner service, further requests waiting in a bounded queue ordered by priority then
-//! arrival, each class with its own queue timeout; the rest shed with `503` and
-//! `Retry-After` before they cost anything.
-//!
-//! ```
-//! use std::time::Duration;
-//! use axum::{routing::get, Router};
-//! use garrison_admission::{Admission, AdmissionLayer, Priority};
-//!
-//! let admission = Admission::builder()
-//!     .max_in_flight(32)                                   // work in the service at once
-//!     .max_queue(200)                                      // waiting at most
-//!     .queue_timeout(Priority::Batch, Duration::from_millis(100))
-//!     .build()
-//!     .unwrap();
-//! let app: Router = Router::new()
-//!     .route("/checkout", get(|| async { "paid" }))
-//!     .route("/reports/{id}", get(|| async { "report" }))
-//!     .layer(
-//!         AdmissionLayer::new(admission)
-//!             .route("/checkout", Priority::Critical)
-//!             .route("/reports/{id}", Priority::Batch),
-//!     );
-//! # let _ = app;
-//! ```
+#![doc = include_str!("../README.md")]
 //!
 //! # Behaviour
 //!
@@ -58,6 +33,7 @@
 //!   of a sqlx pool's acquires.
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod admission;
 #[cfg(feature = "health")]

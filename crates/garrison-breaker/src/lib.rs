@@ -1,4 +1,6 @@
-//! Circuit breaking for tower and axum services, in the manner of resilience4j.
+#![doc = include_str!("../README.md")]
+//!
+//! # Overview
 //!
 //! A breaker watches the outcomes of recent calls over a sliding window (the last N calls, or
 //! the last T seconds) and **opens** when, once a minimum number of calls was seen, the share
@@ -19,39 +21,8 @@
 //! and `garrison_breaker_transitions_total{breaker,from,to}`. Every transition is also a
 //! `tracing` event.
 //!
-//! # Example
-//!
-//! ```
-//! use std::time::Duration;
-//!
-//! use axum::{body::Body, http::StatusCode, routing::get, Router};
-//! use garrison_breaker::{BreakerConfig, BreakerRegistry, CircuitBreakerLayer, State, Window};
-//! use tower::ServiceExt;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let breakers = BreakerRegistry::new();
-//! let config = BreakerConfig::default()
-//!     .window(Window::Count(10))
-//!     .minimum_calls(4)
-//!     .failure_rate_threshold(0.5)
-//!     .wait_in_open(Duration::from_secs(30));
-//! let app = Router::new()
-//!     .route("/flaky", get(|| async { StatusCode::BAD_GATEWAY }))
-//!     .layer(CircuitBreakerLayer::new(&breakers, "upstream", config));
-//!
-//! for _ in 0..4 {
-//!     let resp = app.clone().oneshot(http::Request::get("/flaky").body(Body::empty()).unwrap()).await.unwrap();
-//!     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY); // the upstream's own answer
-//! }
-//! assert_eq!(breakers.get("upstream").unwrap().state(), State::Open);
-//!
-//! let resp = app.oneshot(http::Request::get("/flaky").body(Body::empty()).unwrap()).await.unwrap();
-//! assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE); // answered by the breaker
-//! assert!(resp.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 30);
-//! # }
-//! ```
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod breaker;
 mod config;

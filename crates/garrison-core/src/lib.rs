@@ -1,4 +1,6 @@
-//! What Garrison's layers share.
+#![doc = include_str!("../README.md")]
+//!
+//! # Overview
 //!
 //! Every Garrison layer labels requests the same way and agrees on what a failure is, so that
 //! the metrics, the rate limiter, the circuit breaker and the trace layer tell one story:
@@ -16,29 +18,8 @@
 //! - [`TraceContext`]: the trace id a request runs under, placed in request extensions by the
 //!   trace layer (or by your own middleware) and read by the others (metrics exemplars).
 //!
-//! # Example
-//!
-//! ```
-//! use garrison_core::{MethodLabel, RouteResolver, RouteTable, FailureClassifier};
-//! use http::{Method, Request, StatusCode};
-//!
-//! let table = RouteTable::from_patterns(["/users/{id}", "/orders/{id}/items"]).unwrap();
-//! let resolver = RouteResolver::new().with_table(table);
-//!
-//! let req = Request::get("/users/42").body(()).unwrap();
-//! assert_eq!(resolver.resolve(&req).as_str(), "/users/{id}");
-//!
-//! let hostile = Request::get("/wp-admin/../../etc/passwd").body(()).unwrap();
-//! assert_eq!(resolver.resolve(&hostile).as_str(), "unmatched");
-//!
-//! assert_eq!(MethodLabel::from_method(&Method::from_bytes(b"BREW").unwrap()).as_str(), "_OTHER");
-//!
-//! let classifier = FailureClassifier::default();
-//! assert!(classifier.is_failure_status(StatusCode::BAD_GATEWAY));
-//! assert!(!classifier.is_failure_status(StatusCode::NOT_FOUND));
-//! ```
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 mod caught;

@@ -1,37 +1,10 @@
-//! The garrison gateway: a reverse proxy that puts Garrison's whole stack — trace
-//! propagation, RED metrics, health routes, rate limiting and circuit breaking — in front of
-//! HTTP services you cannot change, from one TOML file.
+#![doc = include_str!("../README.md")]
+//!
+//! # Overview
 //!
 //! The binary is the usual way in (`garrison-gateway --config gateway.toml`); this library
 //! is the same gateway for tests and for programs that embed it:
 //!
-//! ```no_run
-//! use garrison_gateway::{Gateway, GatewayConfig};
-//!
-//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = GatewayConfig::from_toml(r#"
-//!     [gateway]
-//!     listen = "0.0.0.0:8080"
-//!
-//!     [gateway.upstreams.shop]
-//!     addresses = ["10.0.0.5:8080", "10.0.0.6:8080"]
-//!
-//!     [gateway.routes.login]
-//!     path = "/auth/login"
-//!     upstream = "shop"
-//!     ratelimit = "auth"          # 5 per 15 minutes per client
-//!
-//!     [gateway.routes.rest]
-//!     prefix = "/"
-//!     upstream = "shop"
-//!     breaker = "critical"
-//! "#)?;
-//! let gateway = Gateway::new(config).await?;
-//! let (main, admin) = gateway.bind().await?;
-//! gateway.serve(main, admin).await?;
-//! # Ok(())
-//! # }
-//! ```
 //!
 //! # What a request goes through
 //!
@@ -78,6 +51,7 @@
 //! HTTP/2's extended `CONNECT` (RFC 8441) is not proxied.
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod admin;
 pub mod config;

@@ -1,5 +1,6 @@
-//! Health routes for tower and axum services: `/health/live`, `/health/ready` and a deep
-//! `/health`, answered from cached results in `application/health+json`.
+#![doc = include_str!("../README.md")]
+//!
+//! # Overview
 //!
 //! - A [`HealthRegistry`] holds named [`Check`]s, each with a [`CheckKind`] (liveness,
 //!   readiness, both, or the deep route only), a criticality (a failing non-critical check
@@ -28,51 +29,8 @@
 //!   [`DbMetrics`] publishes the pools' `db_client_connection_*` families, with the wait time
 //!   measured by [`InstrumentedPool::acquire`].
 //!
-//! # Example
-//!
-//! ```
-//! use std::time::Duration;
-//! use axum::{body::Body, routing::get, Router};
-//! use garrison_health::{check_fn, CheckOptions, CheckResult, HealthRegistry};
-//! use http::{Request, StatusCode};
-//! use tower::ServiceExt;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let health = HealthRegistry::builder()
-//!     .service_id("orders")
-//!     .version("1.4.2")
-//!     .token("s3cret")
-//!     .build();
-//! health
-//!     .register(
-//!         "queue",
-//!         check_fn(|| async { CheckResult::warn("backlog of 900 jobs") }),
-//!         CheckOptions::readiness().interval(Duration::from_secs(5)),
-//!     )
-//!     .unwrap();
-//! health.refresh().await; // results before the first probe
-//!
-//! let app: Router = Router::new()
-//!     .route("/", get(|| async { "hello" }))
-//!     .merge(health.router());
-//!
-//! // without the token: the status only
-//! let resp = app.clone().oneshot(Request::get("/health/ready").body(Body::empty()).unwrap()).await.unwrap();
-//! assert_eq!(resp.status(), StatusCode::OK); // warn is still ready
-//! let body = axum::body::to_bytes(resp.into_body(), 1 << 16).await.unwrap();
-//! assert_eq!(&body[..], br#"{"status":"warn"}"#);
-//!
-//! // with it: the checks
-//! let req = Request::get("/health").header("authorization", "Bearer s3cret").body(Body::empty()).unwrap();
-//! let body = axum::body::to_bytes(app.oneshot(req).await.unwrap().into_body(), 1 << 16).await.unwrap();
-//! let body = std::str::from_utf8(&body).unwrap();
-//! assert!(body.contains(r#""serviceId":"orders""#));
-//! assert!(body.contains(r#""output":"backlog of 900 jobs""#));
-//! # }
-//! ```
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod check;
 mod checks;

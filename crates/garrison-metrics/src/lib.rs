@@ -1,5 +1,6 @@
-//! RED metrics per route for tower and axum services: latency histograms with exemplars,
-//! exposed in the Prometheus text format and OpenMetrics.
+#![doc = include_str!("../README.md")]
+//!
+//! # Overview
 //!
 //! [`MetricsLayer`] records, for every request, following the OpenTelemetry HTTP semantic
 //! conventions in Prometheus form:
@@ -24,34 +25,6 @@
 //! duration bucket it fell in, so a slow bucket links to a trace. Exemplars are served in the
 //! OpenMetrics format, which Prometheus asks for.
 //!
-//! # Example
-//!
-//! ```
-//! use axum::{body::Body, routing::get, Router};
-//! use garrison_metrics::{MetricsLayer, MetricsRegistry};
-//! use tower::ServiceExt;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let registry = MetricsRegistry::new();
-//! let app = Router::new()
-//!     .route("/users/{id}", get(|| async { "hello" }))
-//!     .layer(MetricsLayer::new(&registry))
-//!     .route_service("/metrics", registry.exporter());
-//!
-//! let req = http::Request::get("/users/42").body(Body::empty()).unwrap();
-//! let resp = app.clone().oneshot(req).await.unwrap();
-//! axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap(); // the body ends here
-//!
-//! let req = http::Request::get("/metrics").body(Body::empty()).unwrap();
-//! let resp = app.oneshot(req).await.unwrap();
-//! let text = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-//! let text = std::str::from_utf8(&text).unwrap();
-//! assert!(text.contains(
-//!     r#"http_server_request_duration_seconds_count{http_request_method="GET",http_route="/users/{id}",http_response_status_code="200"} 1"#
-//! ));
-//! # }
-//! ```
 //!
 //! # A plain hyper service
 //!
@@ -72,7 +45,7 @@
 //! # let _ = svc;
 //! ```
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod duration;
 mod exporter;

@@ -1,6 +1,6 @@
-//! Rate limiting for tower and axum: GCRA per client and per route, the IETF `RateLimit`
-//! headers and the `X-RateLimit-*` trio, `429` with `Retry-After`, and a Redis store that
-//! keeps one limit across every replica of a service.
+#![doc = include_str!("../README.md")]
+//!
+//! # Overview
 //!
 //! - [`Policy`]: a named limit (`general`: 100 per minute; `auth`: 5 per 15 minutes), with a
 //!   burst; attached to routes by their label, with a default policy and exempt routes.
@@ -15,46 +15,8 @@
 //! - Metrics through garrison-metrics: `garrison_ratelimit_decisions_total{policy,decision}`,
 //!   `garrison_ratelimit_tracked_keys{policy}` and the store's availability and fallbacks.
 //!
-//! # Example
-//!
-//! ```
-//! use std::time::Duration;
-//! use axum::{body::Body, routing::{get, post}, Router};
-//! use garrison_ratelimit::{KeySource, Policy, RateLimitLayer};
-//! use http::{Request, StatusCode};
-//! use tower::ServiceExt;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let limits = RateLimitLayer::builder()
-//!     .policy(Policy::per_minute("general", 100))
-//!     .policy(Policy::new("auth", 5, Duration::from_secs(15 * 60)))
-//!     .policy(Policy::new("upload", 10, Duration::from_secs(5 * 60)))
-//!     .route("/login", "auth")
-//!     .route("/upload", "upload")
-//!     .policy_key("upload", KeySource::header("x-api-key"))
-//!     .build()
-//!     .unwrap();
-//! let app = Router::new()
-//!     .route("/login", post(|| async { "welcome" }))
-//!     .route("/upload", post(|| async { "stored" }))
-//!     .route("/items", get(|| async { "items" }))
-//!     .layer(limits);
-//!
-//! let login = || Request::post("/login").body(Body::empty()).unwrap();
-//! for _ in 0..5 {
-//!     let ok = app.clone().oneshot(login()).await.unwrap();
-//!     assert_eq!(ok.status(), StatusCode::OK);
-//! }
-//! let refused = app.clone().oneshot(login()).await.unwrap();
-//! assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-//! assert_eq!(refused.headers()["retry-after"], "180");
-//! assert_eq!(refused.headers()["ratelimit-policy"], "\"auth\";q=5;w=900");
-//! assert_eq!(refused.headers()["ratelimit"], "\"auth\";r=0;t=900");
-//! # }
-//! ```
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod gcra;
 mod headers;

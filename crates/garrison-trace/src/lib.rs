@@ -1,6 +1,6 @@
-//! Trace propagation for tower and axum: every request joins its caller's distributed trace,
-//! outgoing calls carry it on, spans reach any OpenTelemetry backend over OTLP, and every
-//! log line names its trace.
+#![doc = include_str!("../README.md")]
+//!
+//! # Overview
 //!
 //! - [`TraceLayer`] (server): W3C `traceparent`, `tracestate` and `baggage` in, a server span
 //!   in the OpenTelemetry HTTP conventions, `x-request-id` in and out, `traceresponse`
@@ -20,35 +20,8 @@
 //! [`valid_baggage`]): strict, bounded, allocation-free, and checked against
 //! opentelemetry's `TraceContextPropagator` in the tests.
 //!
-//! # Example
-//!
-//! ```
-//! use axum::{body::Body, routing::get, Router};
-//! use garrison_trace::{Sampler, TraceLayer, Tracer};
-//! use http::Request;
-//! use tower::ServiceExt;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! // with .sink(OtlpSink::new(OtlpConfig::from_env())?) spans go to a collector
-//! let tracer = Tracer::builder().sampler(Sampler::Ratio(1.0)).build();
-//! let app: Router = Router::new()
-//!     .route("/users/{id}", get(|| async { "hi" }))
-//!     .layer(TraceLayer::new(&tracer).trace_response(true));
-//!
-//! let req = Request::get("/users/7")
-//!     .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-//!     .body(Body::empty())
-//!     .unwrap();
-//! let resp = app.oneshot(req).await.unwrap();
-//! let tr = resp.headers()["traceresponse"].to_str().unwrap();
-//! assert!(tr.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-")); // the caller's trace
-//! assert!(tr.ends_with("-01"));
-//! assert_eq!(resp.headers()["x-request-id"].len(), 32);
-//! # }
-//! ```
 #![deny(missing_docs)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod context;
 pub mod ids;

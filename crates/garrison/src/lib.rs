@@ -1,36 +1,4 @@
-//! Garrison: one tower layer that makes an axum or hyper service observable and
-//! self-protecting — W3C trace propagation, RED metrics with exemplars, health routes,
-//! rate limiting with standard headers and circuit breaking — configured from one TOML
-//! file.
-//!
-//! ```
-//! use axum::{routing::{get, post}, Router};
-//! use garrison::{Garrison, GarrisonConfig};
-//!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let config = GarrisonConfig::from_toml(r#"
-//!     [service]
-//!     name = "shop"
-//!
-//!     [trace]
-//!     ratio = 0.1
-//!
-//!     [ratelimit.routes]
-//!     "/auth/login" = "auth"        # 5 per 15 minutes per client address
-//!
-//!     [breaker.routes]
-//!     "/orders/{id}" = "database"   # opens after 5 calls with half of them failing
-//! "#)?;
-//! let garrison = Garrison::from_config(config)?;
-//!
-//! let app: Router = Router::new()
-//!     .route("/orders/{id}", get(|| async { "order" }))
-//!     .route("/auth/login", post(|| async { "welcome" }))
-//!     .layer(garrison.layer()); // + /metrics, /health/live, /health/ready, /health
-//! # let _ = app;
-//! # Ok(())
-//! # }
-//! ```
+#![doc = include_str!("../README.md")]
 //!
 //! # What the layer does, outermost first
 //!
@@ -56,7 +24,7 @@
 //! # Configuration
 //!
 //! [`GarrisonConfig`] holds every option with its default; `garrison-config.example.toml`
-//! at the repository root documents each one. [`GarrisonConfig::from_toml`] reports every
+//! in this crate documents each one. [`GarrisonConfig::from_toml`] reports every
 //! bad key at once with its path (`ratelimit.policies.auth.limit: must be > 0`), and
 //! [`Garrison::builder`] changes sections in code and adds what a file cannot say (your own
 //! health checks, key sources, registries).
@@ -83,6 +51,7 @@
 //! Default features pull no database driver, Redis client or gRPC stack.
 
 #![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
 mod layer;
@@ -102,9 +71,3 @@ pub use garrison_ratelimit;
 pub use garrison_trace;
 /// The TOML reader of [`GarrisonConfig::from_table`] and [`config::Section`].
 pub use toml;
-
-/// The README's quick start and ten-line example, compiled as doctests so that they cannot rot
-/// (the other snippets there are fragments, marked `ignore`).
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-pub struct ReadmeDoctests;

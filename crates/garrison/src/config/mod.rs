@@ -937,7 +937,7 @@ impl<'de> serde::Deserialize<'de> for GarrisonConfig {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../../../garrison-config.example.toml");
+    const EXAMPLE: &str = include_str!("../../garrison-config.example.toml");
 
     #[test]
     fn the_example_file_parses_to_the_defaults_of_the_code() {
