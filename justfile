@@ -24,8 +24,7 @@ test: services
 bench *ARGS:
     cargo bench -p garrison-workspace -- {{ARGS}}
 
-# End-to-end load runs with wrk on loopback: bare axum, garrison metrics, axum-prometheus, the
-# whole garrison stack, the peer stack; then straight to an upstream vs nginx vs the gateway.
+# wrk end to end, pinned: bare axum, metrics, the stack, the peer stack; then the upstream, nginx, the hyper floor, the gateway off and on.
 load:
     scripts/load.sh
     scripts/load-gateway.sh

@@ -152,7 +152,8 @@ fn main() {
             info_subscriber();
             bare
         }
-        // `garrison_stack-trace-ratelimit` turns those parts off, to see what each one costs
+        // `garrison_stack-trace-ratelimit` turns those parts off, to see what each one costs;
+        // `garrison_stack-otelctx` keeps every part, without the OpenTelemetry context
         v if v.starts_with("garrison_stack") => {
             info_subscriber();
             let _enter = rt.enter();

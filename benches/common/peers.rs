@@ -34,7 +34,11 @@ pub(crate) fn stack_config(variant: &str) -> garrison::GarrisonConfig {
             "health" => config.health.enabled = false,
             "ratelimit" => config.ratelimit.enabled = false,
             "breaker" => config.breaker.enabled = false,
-            other => panic!("no part {other}: use trace, metrics, health, ratelimit or breaker"),
+            // not a part: the trace part without the OpenTelemetry context
+            "otelctx" => config.trace.otel_context = false,
+            other => {
+                panic!("no part {other}: use trace, metrics, health, ratelimit, breaker or otelctx")
+            }
         }
     }
     config

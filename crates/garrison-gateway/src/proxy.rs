@@ -1089,15 +1089,15 @@ pub(crate) fn source_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+/// Whether `e` comes of a timeout: hyper-util's connector reports its connect timeout as an
+/// I/O error of kind `TimedOut` (around tokio's `Elapsed`), somewhere down the source chain.
 fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur = Some(e);
     while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        if err.to_string().contains("timed out") {
+        let io_timeout = err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        if io_timeout || err.is::<tokio::time::error::Elapsed>() {
             return true;
         }
         cur = err.source();
@@ -1108,6 +1108,36 @@ fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error that wraps another, as hyper-util's `ConnectError` does.
+    #[derive(Debug)]
+    struct Wrapping(std::io::Error);
+
+    impl std::fmt::Display for Wrapping {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("tcp connect error")
+        }
+    }
+
+    impl std::error::Error for Wrapping {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connect_timeout_is_told_by_its_error_kind_not_by_its_words() {
+        let elapsed = tokio::time::timeout(std::time::Duration::from_millis(1), std::future::pending::<()>())
+            .await
+            .unwrap_err();
+        let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, elapsed);
+        assert!(timed_out(&Wrapping(timeout)));
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused, though these words say timed out",
+        );
+        assert!(!timed_out(&Wrapping(refused)));
+    }
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_removed() {

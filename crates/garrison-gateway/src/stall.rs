@@ -15,9 +15,14 @@
 //! the parity of the watchdog's tick, so that the watchdog reads two numbers, and a body
 //! changes one, without a list of bodies or a clock read.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures_util::task::AtomicWaker;
 
 /// One client connection's response bodies that wait for the client to take more of them.
 #[derive(Debug, Default)]
@@ -26,26 +31,29 @@ pub(crate) struct Stalls {
     tick: AtomicU32,
     /// Bodies waiting, by the parity of the tick their wait began in.
     waiting: [AtomicU32; 2],
-    /// Woken when the connection carries its first HTTP/2 request: HTTP/1 connections never
-    /// start the watchdog.
-    started: tokio::sync::Notify,
+    /// Set by the connection's first HTTP/2 request: HTTP/1 connections never start the
+    /// watchdog's timer.
+    started: AtomicBool,
+    /// The connection's task, woken when the watchdog starts.
+    task: AtomicWaker,
 }
 
 impl Stalls {
     /// Starts the watchdog of [`watch`](Self::watch), once.
     pub(crate) fn start(&self) {
-        self.started.notify_one();
+        self.started.store(true, Ordering::Relaxed);
+        self.task.wake();
     }
 
-    /// Returns once a body of the connection has waited for the client for `limit` (and at
-    /// most twice that); never for a connection whose watchdog was not started.
-    pub(crate) async fn watch(&self, limit: Duration) {
-        self.started.notified().await;
-        loop {
-            tokio::time::sleep(limit).await;
-            if self.stalled() {
-                return;
-            }
+    /// Ready once a body of the connection has waited for the client for `limit` (and at
+    /// most twice that); never for a connection whose watchdog was not started. Until then a
+    /// poll costs one load: the connection's task polls it at every wake.
+    pub(crate) fn watch(&self, limit: Duration) -> Watch<'_> {
+        Watch {
+            stalls: self,
+            limit,
+            registered: false,
+            sleep: None,
         }
     }
 
@@ -59,6 +67,48 @@ impl Stalls {
         }
         self.tick.store(tick.wrapping_add(1), Ordering::Relaxed);
         false
+    }
+}
+
+/// The watchdog of one connection's [`Stalls`]: see [`Stalls::watch`].
+#[derive(Debug)]
+pub(crate) struct Watch<'a> {
+    stalls: &'a Stalls,
+    limit: Duration,
+    /// Whether the task's waker is with `stalls`, for [`Stalls::start`] to wake.
+    registered: bool,
+    /// The timer of the tick in progress, made when the watchdog starts.
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Future for Watch<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if !this.stalls.started.load(Ordering::Relaxed) {
+            if this.registered {
+                return Poll::Pending;
+            }
+            this.stalls.task.register(cx.waker());
+            this.registered = true;
+            // started between the look and the registration: go on
+            if !this.stalls.started.load(Ordering::Relaxed) {
+                return Poll::Pending;
+            }
+        }
+        let limit = this.limit;
+        let sleep = this
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        loop {
+            std::task::ready!(sleep.as_mut().poll(cx));
+            if this.stalls.stalled() {
+                return Poll::Ready(());
+            }
+            let next = sleep.deadline() + limit;
+            sleep.as_mut().reset(next);
+        }
     }
 }
 
@@ -151,5 +201,22 @@ mod tests {
         stalls.watch(limit).await;
         let waited = began.elapsed();
         assert!(waited >= limit && waited <= 2 * limit, "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_watchdog_waiting_to_start_is_woken_by_the_first_http2_request() {
+        let stalls = Arc::new(Stalls::default());
+        let limit = Duration::from_secs(60);
+        let _w = Waiting::new(stalls.clone());
+        let watching = tokio::spawn({
+            let stalls = stalls.clone();
+            async move { stalls.watch(limit).await }
+        });
+        // the watchdog has polled once, found nothing started, and waits to be woken
+        tokio::task::yield_now().await;
+        assert!(!watching.is_finished());
+        stalls.start();
+        let done = tokio::time::timeout(3 * limit, watching).await;
+        assert!(done.is_ok(), "the start did not wake the watchdog");
     }
 }
