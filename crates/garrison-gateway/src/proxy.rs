@@ -1127,9 +1127,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_connect_timeout_is_told_by_its_error_kind_not_by_its_words() {
-        let elapsed = tokio::time::timeout(std::time::Duration::from_millis(1), std::future::pending::<()>())
-            .await
-            .unwrap_err();
+        let elapsed = tokio::time::timeout(
+            std::time::Duration::from_millis(1),
+            std::future::pending::<()>(),
+        )
+        .await
+        .unwrap_err();
         let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, elapsed);
         assert!(timed_out(&Wrapping(timeout)));
         let refused = std::io::Error::new(
