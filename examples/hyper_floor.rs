@@ -27,8 +27,13 @@ async fn main() -> std::io::Result<()> {
     let client: Client<HttpConnector, Incoming> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let upstream: &'static str = Box::leak(upstream.into_boxed_str());
+    // SIGINT ends it normally, so that a profiler around it writes its output
+    let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            _ = &mut interrupted => return Ok(()),
+        };
         let _ = stream.set_nodelay(true);
         let client = client.clone();
         tokio::spawn(async move {
