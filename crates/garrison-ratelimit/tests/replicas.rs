@@ -186,7 +186,12 @@ fn check(regime: Regime, name: &str, o: &Outcome) {
     eprintln!("{name}: {regime:?} -> {o:?}");
     assert_eq!(o.other, 0, "{name}: requests failed for another reason");
     let expected = o.offered.min(o.allowed) as f64;
-    let slack = (expected * 0.02).max(2.0 * f64::from(regime.keys) + 1.0);
+    // what leases allow: each replica may hold one lease of each key when the run stops,
+    // spent by GCRA and not by a request (a lease is 2% of the burst, one token at least);
+    // on a busy machine every replica does
+    let lease = (f64::from(regime.burst) * 0.02).max(1.0);
+    let leases = regime.replicas as f64 * f64::from(regime.keys) * lease;
+    let slack = (expected * 0.02).max(leases + 1.0);
     let error = o.admitted as f64 - expected;
     assert!(
         error.abs() <= slack,
@@ -225,7 +230,9 @@ async fn a_high_limit_shared_by_several_replicas_is_not_refused_below_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_shared_by_several_replicas_holds_far_above_it() {
-    for (replicas, limit) in [(1, 5_000), (2, 5_000), (3, 2_000), (5, 10), (3, 200)] {
+    // limits low enough that the load offered reaches twice what GCRA allows even on a busy
+    // 2-core machine (one replica offered 10 000 a second there, against 5 000 + burst)
+    for (replicas, limit) in [(1, 1_000), (2, 2_000), (3, 2_000), (5, 10), (3, 200)] {
         let r = regime(replicas, limit, 1, None);
         let name = format!("limit {limit}, {replicas} replicas, far above");
         let o = run(r, &name).await;
