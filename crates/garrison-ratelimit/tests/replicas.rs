@@ -18,6 +18,10 @@ use garrison_ratelimit::{KeySource, PeerAddr, Policy, RateLimitLayer, RedisStore
 use http::{Request, StatusCode};
 use tower::ServiceExt;
 
+/// The tests of this file one at a time: each drives replicas as fast as they go, and two at
+/// once on a 2-core machine would each offer less than the load they are about.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn redis_url() -> String {
     std::env::var("GARRISON_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -217,6 +221,7 @@ fn regime(replicas: usize, limit: u32, keys: u32, offered: Option<u32>) -> Regim
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_high_limit_shared_by_several_replicas_is_not_refused_below_it() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // the failing rows of the report: a limit high against each replica's share; here the
     // load stays below it, so nothing may be refused
     for (replicas, limit) in [(2, 40_000), (3, 40_000), (5, 40_000), (3, 1_000_000)] {
@@ -230,15 +235,16 @@ async fn a_high_limit_shared_by_several_replicas_is_not_refused_below_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_shared_by_several_replicas_holds_far_above_it() {
-    // limits low enough that the load offered reaches twice what GCRA allows even on a busy
-    // 2-core machine (one replica offered 10 000 a second there, against 5 000 + burst)
-    for (replicas, limit) in [(1, 1_000), (2, 2_000), (3, 2_000), (5, 10), (3, 200)] {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    // limits low enough that the load offered stays well above what GCRA allows even on a
+    // busy 2-core machine running other tests (two replicas there offered 6 000 a second)
+    for (replicas, limit) in [(1, 1_000), (2, 1_000), (3, 1_000), (5, 10), (3, 200)] {
         let r = regime(replicas, limit, 1, None);
         let name = format!("limit {limit}, {replicas} replicas, far above");
         let o = run(r, &name).await;
         assert!(
-            o.offered > o.allowed * 2,
-            "{name}: the load did not reach the limit: {o:?}"
+            o.offered * 2 > o.allowed * 3,
+            "{name}: the load did not reach far above the limit: {o:?}"
         );
         check(r, &name, &o);
     }
@@ -246,19 +252,21 @@ async fn a_limit_shared_by_several_replicas_holds_far_above_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_shared_by_several_replicas_holds_near_it_and_for_many_keys() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     // near: about what the limit allows, (burst + rate × run) / run per second in all
     let near = regime(3, 4_000, 1, Some(2_600));
     let o = run(near, "near the limit").await;
     check(near, "near the limit", &o);
-    // many keys, each far above its own limit
-    let many = regime(3, 20, 40, None);
+    // many keys, each far above its own limit (low enough to stay so on a busy machine)
+    let many = regime(3, 10, 40, None);
     let o = run(many, "many keys").await;
-    assert!(o.offered > o.allowed * 2, "many keys: {o:?}");
+    assert!(o.offered * 2 > o.allowed * 3, "many keys: {o:?}");
     check(many, "many keys", &o);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_shared_by_several_replicas_holds_on_a_redis_cluster() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let url = cluster_url();
     // one key (one slot), and many keys over every node's slots
     for (replicas, limit, keys) in [(3, 2_000, 1), (2, 40_000, 1), (3, 20, 40)] {
