@@ -233,22 +233,32 @@ async fn health_axum_reports_the_pool_and_redis_on_all_three_routes() {
     }
 }
 
-/// The gateway configuration the README shows is a valid one, with the options it shows.
+/// The gateway configuration of the gateway's README is a valid one, with the options it
+/// shows; so is the shorter one of the repository's README.
 #[test]
-fn the_readmes_gateway_configuration_is_valid() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme
-        .find("```toml\n[gateway.upstreams.shop]")
-        .expect("the README's gateway configuration")
-        + "```toml\n".len();
-    let len = readme[start..].find("```").unwrap();
-    let config = garrison_gateway::GatewayConfig::from_toml(&readme[start..start + len])
-        .unwrap_or_else(|e| panic!("the README's gateway configuration: {e}"));
-    let routes = &config.gateway.routes;
+fn the_readmes_gateway_configurations_are_valid() {
+    let config = |file: &str| {
+        let readme =
+            std::fs::read_to_string(format!("{}/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let start = readme
+            .find("```toml\n[gateway.upstreams.shop]")
+            .unwrap_or_else(|| panic!("the gateway configuration of {file}"))
+            + "```toml\n".len();
+        let len = readme[start..].find("```").unwrap();
+        garrison_gateway::GatewayConfig::from_toml(&readme[start..start + len])
+            .unwrap_or_else(|e| panic!("the gateway configuration of {file}: {e}"))
+    };
+    let full = config("crates/garrison-gateway/README.md");
+    let routes = &full.gateway.routes;
     assert_eq!(routes["login"].max_body_bytes, Some(65536));
     assert_eq!(routes["chat"].upgrades, ["websocket"]);
-    assert_eq!(config.gateway.upstreams["shop"].addresses.len(), 2);
+    assert_eq!(full.gateway.upstreams["shop"].addresses.len(), 2);
+    let short = config("README.md");
+    assert_eq!(
+        short.gateway.routes["login"].ratelimit.as_deref(),
+        Some("auth")
+    );
+    assert_eq!(short.gateway.upstreams["shop"].addresses.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

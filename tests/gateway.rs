@@ -2543,19 +2543,24 @@ async fn a_crowd_of_stalled_requests_pins_no_more_upstream_connections_than_the_
     // two requests hold the two connections; the other four are refused, not queued forever
     let mut refused = 0;
     let mut waiting = Vec::new();
-    for s in stalled {
-        match tokio::time::timeout(Duration::from_secs(2), async { s.await.unwrap() }).await {
+    for mut s in stalled {
+        match tokio::time::timeout(Duration::from_secs(2), &mut s).await {
             Ok(r) => {
+                let r = r.unwrap();
                 assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
                 assert_eq!(r.headers["retry-after"], "1");
                 refused += 1;
             }
-            Err(_) => waiting.push(()),
+            Err(_) => waiting.push(s),
         }
     }
     assert_eq!(refused, 4);
     assert_eq!(arrived.load(Ordering::Relaxed), 2);
     release.add_permits(100);
+    // the two held requests end, and their connections go back to the pool
+    for s in waiting {
+        assert_eq!(s.await.unwrap().status, StatusCode::OK);
+    }
     // the address was not blamed, and serves again
     let r = get(
         gw.admin,
