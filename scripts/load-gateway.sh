@@ -45,27 +45,8 @@ fi
 proxy_cpu=(); load_cpu=()
 [ "$PIN" = 1 ] && proxy_cpu=(taskset -c 0) && load_cpu=(taskset -c 1)
 
-# the upstream: nginx answering 200 itself, as cheap an upstream as there is
-mkdir -p "$work/upstream/logs"
-cat >"$work/upstream/nginx.conf" <<CONF
-worker_processes 1;
-pid $work/upstream/nginx.pid;
-error_log $work/upstream/logs/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    client_body_temp_path $work/upstream/body;
-    proxy_temp_path $work/upstream/proxy;
-    fastcgi_temp_path $work/upstream/fastcgi;
-    uwsgi_temp_path $work/upstream/uwsgi;
-    scgi_temp_path $work/upstream/scgi;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$UPSTREAM_PORT;
-        location / { return 200 "user 42\n"; }
-    }
-}
-CONF
+# the upstream: nginx answering 200 itself
+nginx_upstream_config "$work/upstream" "$UPSTREAM_PORT"
 "${load_cpu[@]}" "$NGINX" -p "$work/upstream" -c "$work/upstream/nginx.conf" -g 'daemon off;' &
 pids+=($!)
 wait_port "$UPSTREAM_PORT"

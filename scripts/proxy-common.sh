@@ -53,9 +53,38 @@ wait_port() { # port: waits (20 s at most: a server under valgrind starts slowly
 # nginx as the reference proxy, plain proxy_pass with upstream keepalive: writes
 # dir/nginx.conf.
 nginx_config() { # dir, worker processes, upstream port, listen port, [extra main-context line]
-    local dir=$1 workers=$2 upstream=$3 listen=$4 extra=${5:-}
+    local upstream=$3 listen=$4
+    nginx_conf "$1" "$2" "${5:-}" <<SERVER
+    upstream app { server 127.0.0.1:$upstream; keepalive 256; }
+    server {
+        listen 127.0.0.1:$listen;
+        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+SERVER
+}
+
+# nginx answering every request 200 itself, as cheap an upstream as there is: writes
+# dir/nginx.conf.
+nginx_upstream_config() { # dir, listen port
+    nginx_conf "$1" 1 "" <<SERVER
+    keepalive_requests 1000000;
+    server {
+        listen 127.0.0.1:$2;
+        location / { return 200 "user 42\n"; }
+    }
+SERVER
+}
+
+# dir/nginx.conf with its files under dir and the http block's servers from stdin.
+nginx_conf() { # dir, worker processes, extra main-context line
+    local dir=$1 workers=$2 extra=$3
     mkdir -p "$dir/logs"
-    cat >"$dir/nginx.conf" <<CONF
+    {
+        cat <<CONF
 $extra
 worker_processes $workers;
 pid $dir/nginx.pid;
@@ -68,17 +97,10 @@ http {
     fastcgi_temp_path $dir/fastcgi;
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
-    upstream app { server 127.0.0.1:$upstream; keepalive 256; }
-    server {
-        listen 127.0.0.1:$listen;
-        location / {
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
 CONF
+        cat
+        echo "}"
+    } >"$dir/nginx.conf"
 }
 
 # The gateway with every layer on (trace at 10%, a rate limit no run exhausts), or "off".

@@ -1,11 +1,5 @@
 #![doc = include_str!("../README.md")]
 //!
-//! # Overview
-//!
-//! The binary is the usual way in (`garrison-gateway --config gateway.toml`); this library
-//! is the same gateway for tests and for programs that embed it:
-//!
-//!
 //! # What a request goes through
 //!
 //! 1. the connection limits: `header_read_timeout` (slow clients are cut off),

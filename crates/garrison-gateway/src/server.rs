@@ -562,8 +562,6 @@ struct Conn {
     requests: Arc<std::sync::atomic::AtomicU64>,
     /// Its HTTP/2 responses' waits for the client (see [`crate::stall`]).
     stalls: Arc<crate::stall::Stalls>,
-    /// Whether it carried an HTTP/2 request yet.
-    h2: std::cell::Cell<bool>,
 }
 
 /// Returns once a connection started no request for `first` after its first byte, or for
@@ -667,7 +665,6 @@ impl Conn {
             cached: std::cell::RefCell::new((gen.number, gen.service.clone(), PathRules::of(&gen))),
             requests: Arc::default(),
             stalls: Arc::default(),
-            h2: std::cell::Cell::new(false),
         }
     }
 }
@@ -695,9 +692,7 @@ impl hyper::service::Service<Request<Incoming>> for Conn {
             req.extensions_mut().insert(self.slot.clone());
         }
         if req.version() == http::Version::HTTP_2 {
-            if !self.h2.replace(true) {
-                self.stalls.start();
-            }
+            self.stalls.start();
             req.extensions_mut().insert(self.stalls.clone());
         }
         let mut cached = self.cached.borrow_mut();
