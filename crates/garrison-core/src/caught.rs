@@ -46,13 +46,8 @@ pub enum CaughtKind {
 const MAX_MESSAGE: usize = 1024;
 
 fn cut(mut s: String) -> String {
-    if s.len() > MAX_MESSAGE {
-        let mut end = MAX_MESSAGE;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
+    let end = crate::truncate_str(&s, MAX_MESSAGE).len();
+    s.truncate(end);
     s
 }
 

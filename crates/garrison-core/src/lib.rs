@@ -52,6 +52,6 @@ pub use route::{RouteLabel, RouteResolver, RouteTable, RouteTableError, UNMATCHE
 pub use shard::{thread_shard, CachePadded, ShardedCounters};
 pub use text::{
     hex_decode, hex_encode, hex_write, is_token_byte, percent_escape, push_json_string,
-    redis_cluster_nodes, rfc3339, IpText,
+    redis_cluster_nodes, rfc3339, truncate_str, IpText,
 };
 pub use trace_context::{TraceContext, TraceId};

@@ -13,6 +13,25 @@ pub fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary: how
+/// a value is cut to fit an attribute, a log field or a message without splitting a character.
+///
+/// ```
+/// assert_eq!(garrison_core::truncate_str("héllo", 2), "h");
+/// assert_eq!(garrison_core::truncate_str("héllo", 3), "hé");
+/// assert_eq!(garrison_core::truncate_str("abc", 10), "abc");
+/// ```
+pub fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Appends `s` to `out` as a JSON string literal, quotes included, escaping quotes,
 /// backslashes and control characters.
 ///

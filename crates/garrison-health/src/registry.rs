@@ -9,7 +9,6 @@ use parking_lot::{Mutex, RwLock};
 use tokio::task::AbortHandle;
 
 use crate::check::{Check, CheckOptions};
-use crate::report::{Probe, Report};
 use crate::{CheckResult, Status};
 
 /// The result of a check's last run, as probes see it.
@@ -400,41 +399,6 @@ impl HealthRegistry {
             .find(|e| &*e.name == name)
             .cloned()
     }
-
-    /// The report for a probe, from cached results.
-    pub fn report(&self, probe: Probe) -> Report {
-        self.start();
-        let entries: Vec<_> = self
-            .inner
-            .checks
-            .read()
-            .iter()
-            .filter(|e| match probe {
-                Probe::Live => e.opts.kind.live(),
-                Probe::Ready => e.opts.kind.ready(),
-                Probe::Deep => true,
-            })
-            .map(|e| (e.clone(), e.last.read().clone()))
-            .collect();
-        let shutting_down = probe == Probe::Ready && self.is_shutting_down();
-        Report::new(probe, entries, shutting_down)
-    }
-
-    /// `/health/live`: the liveness checks (a process with none is alive).
-    pub fn live(&self) -> Report {
-        self.report(Probe::Live)
-    }
-
-    /// `/health/ready`: the readiness checks; fails during shutdown and while a critical check
-    /// has no result yet.
-    pub fn ready(&self) -> Report {
-        self.report(Probe::Ready)
-    }
-
-    /// `/health`: every check.
-    pub fn deep(&self) -> Report {
-        self.report(Probe::Deep)
-    }
 }
 
 impl Entry {
@@ -459,10 +423,7 @@ impl Entry {
             Ok(Err(_)) => CheckResult::fail("the check was cancelled"),
             Err(_) => {
                 abort.abort();
-                CheckResult::fail(format!(
-                    "timed out after {}",
-                    crate::report::human_duration(timeout)
-                ))
+                CheckResult::fail(format!("timed out after {}", human_duration(timeout)))
             }
         };
         let duration = started.elapsed();
@@ -495,5 +456,29 @@ impl Entry {
                 }
             }
         }
+    }
+}
+
+/// `1.5s`, `250ms`, `2m`: how a timeout reads in an output.
+pub(crate) fn human_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 || !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else if ms.is_multiple_of(60_000) {
+        format!("{}m", ms / 60_000)
+    } else {
+        format!("{}s", ms / 1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_read_in_the_largest_whole_unit() {
+        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(human_duration(Duration::from_secs(2)), "2s");
+        assert_eq!(human_duration(Duration::from_secs(120)), "2m");
     }
 }

@@ -2,7 +2,6 @@
 //! answer to a probe.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
@@ -265,19 +264,42 @@ fn push_number(out: &mut String, v: f64) {
     }
 }
 
-/// `1.5s`, `250ms`, `2m`: how a timeout reads in an output.
-pub(crate) fn human_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms < 1000 || !ms.is_multiple_of(1000) {
-        format!("{ms}ms")
-    } else if ms.is_multiple_of(60_000) {
-        format!("{}m", ms / 60_000)
-    } else {
-        format!("{}s", ms / 1000)
-    }
-}
-
 impl HealthRegistry {
+    /// The report for a probe, from cached results.
+    pub fn report(&self, probe: Probe) -> Report {
+        self.start();
+        let entries: Vec<_> = self
+            .inner
+            .checks
+            .read()
+            .iter()
+            .filter(|e| match probe {
+                Probe::Live => e.opts.kind.live(),
+                Probe::Ready => e.opts.kind.ready(),
+                Probe::Deep => true,
+            })
+            .map(|e| (e.clone(), e.last.read().clone()))
+            .collect();
+        let shutting_down = probe == Probe::Ready && self.is_shutting_down();
+        Report::new(probe, entries, shutting_down)
+    }
+
+    /// `/health/live`: the liveness checks (a process with none is alive).
+    pub fn live(&self) -> Report {
+        self.report(Probe::Live)
+    }
+
+    /// `/health/ready`: the readiness checks; fails during shutdown and while a critical check
+    /// has no result yet.
+    pub fn ready(&self) -> Report {
+        self.report(Probe::Ready)
+    }
+
+    /// `/health`: every check.
+    pub fn deep(&self) -> Report {
+        self.report(Probe::Deep)
+    }
+
     /// Whether a caller with these request headers may see details.
     pub fn allows_details(&self, headers: &HeaderMap) -> bool {
         let c: &Config = &self.inner.config;
@@ -339,7 +361,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers_and_durations() {
+    fn json_numbers_have_three_decimals_at_most() {
         let mut s = String::new();
         push_number(&mut s, 3.0);
         s.push(' ');
@@ -347,9 +369,6 @@ mod tests {
         s.push(' ');
         push_number(&mut s, f64::NAN);
         assert_eq!(s, "3 1.235 null");
-        assert_eq!(human_duration(Duration::from_millis(250)), "250ms");
-        assert_eq!(human_duration(Duration::from_secs(2)), "2s");
-        assert_eq!(human_duration(Duration::from_secs(120)), "2m");
     }
 
     #[test]

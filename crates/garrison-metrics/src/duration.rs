@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use crate::exposition::format_float;
 use crate::exposition::{write_labels, MetricWriter};
 use crate::histogram::{current_shard, Histogram, HistogramSnapshot};
-use crate::registry::{bounds, format_float, Bounds, BuildError};
+use crate::registry::{bounds, Bounds, BuildError};
 
 /// Shards of a [`DurationHistogram`]: threads pick one round-robin.
 const SHARDS: usize = 8;

@@ -58,6 +58,7 @@ mod prometheus_client;
 #[cfg(feature = "metrics")]
 mod recorder;
 mod registry;
+mod render;
 mod table;
 
 pub use duration::DurationHistogram;

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use garrison_core::{ErrorType, FailureClassifier, MethodLabel, SharedClock, TraceId};
 use parking_lot::{Mutex, RwLock};
 
-use crate::exposition::{Collector, Format, MetricWriter};
+use crate::exposition::{format_float, Collector};
 use crate::histogram::{current_shard, Histogram, HistogramSnapshot};
 use crate::table::{IntTable, StrTable};
 
@@ -302,19 +302,6 @@ pub(crate) fn bounds(
     })
 }
 
-/// Formats a float as Prometheus clients do: shortest round-trip form, `1` rather than `1.0`.
-pub(crate) fn format_float(v: f64) -> String {
-    if v.is_infinite() {
-        return if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned();
-    }
-    if v.is_nan() {
-        return "NaN".to_owned();
-    }
-    let mut buf = ryu::Buffer::new();
-    let s = buf.format_finite(v);
-    s.strip_suffix(".0").unwrap_or(s).to_owned()
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct SeriesKey {
     pub(crate) route: u32,
@@ -596,11 +583,6 @@ impl MetricsRegistry {
         MetricsRegistryBuilder::default()
     }
 
-    /// Renders every metric in `format`.
-    pub fn render(&self, format: Format) -> String {
-        crate::exposition::render(&self.shared, format)
-    }
-
     /// Adds a collector whose families are rendered after Garrison's own. Other Garrison
     /// layers (rate limiter, breaker, health) register theirs here.
     pub fn register_collector(&self, collector: Arc<dyn Collector>) {
@@ -645,11 +627,6 @@ impl MetricsRegistry {
     pub fn exporter(&self) -> crate::MetricsExporter {
         crate::MetricsExporter::new(self.clone())
     }
-
-    /// Writes the families of this registry into `w` (used to nest registries).
-    pub fn write_to(&self, w: &mut MetricWriter<'_>) {
-        crate::exposition::write_families(&self.shared, w);
-    }
 }
 
 #[cfg(test)]
@@ -681,15 +658,6 @@ mod tests {
             .try_build()
             .unwrap_err();
         assert!(e.to_string().starts_with("metrics.shards:"));
-    }
-
-    #[test]
-    fn floats_format_like_prometheus_clients() {
-        assert_eq!(format_float(1.0), "1");
-        assert_eq!(format_float(0.005), "0.005");
-        assert_eq!(format_float(2.5), "2.5");
-        assert_eq!(format_float(100_000_000.0), "100000000");
-        assert_eq!(format_float(f64::INFINITY), "+Inf");
     }
 
     #[test]

@@ -572,7 +572,10 @@ fn server_attributes<B>(
         ));
     }
     attributes.push(("http.route", s(route)));
-    attributes.push(("url.path", s(truncate(req.uri().path(), 1024))));
+    attributes.push((
+        "url.path",
+        s(garrison_core::truncate_str(req.uri().path(), 1024)),
+    ));
     attributes.push((
         "url.scheme",
         Value::Str(Cow::Borrowed(match req.uri().scheme_str() {
@@ -587,7 +590,7 @@ fn server_attributes<B>(
             .map(|h| strip_port(h).to_owned())
     });
     if let Some(h) = host {
-        attributes.push(("server.address", s(truncate(&h, 255))));
+        attributes.push(("server.address", s(garrison_core::truncate_str(&h, 255))));
     }
     if let Some(peer) = garrison_core::peer_addr(req) {
         attributes.push((
@@ -598,7 +601,10 @@ fn server_attributes<B>(
         ));
     }
     if let Some(ua) = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok()) {
-        attributes.push(("user_agent.original", s(truncate(ua, 512))));
+        attributes.push((
+            "user_agent.original",
+            s(garrison_core::truncate_str(ua, 512)),
+        ));
     }
     attributes.push((
         "network.protocol.version",
@@ -618,17 +624,6 @@ fn strip_port(host: &str) -> &str {
         return host.split(']').next().map_or(host, |h| &h[1..]);
     }
     host.rsplit_once(':').map_or(host, |(h, _)| h)
-}
-
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 struct Access {

@@ -113,7 +113,7 @@ impl Visit for IdVisitor<'_> {
         };
         slot.clear();
         let _ = write!(slot, "{value:?}");
-        let cut = crate::layer::truncate(slot, 128).len();
+        let cut = garrison_core::truncate_str(slot, 128).len();
         slot.truncate(cut);
     }
 }
@@ -133,7 +133,7 @@ impl JsonVisitor<'_> {
 
     fn text(&mut self, field: &Field, s: &str) {
         if field.name() == "message" {
-            self.message = Some(crate::layer::truncate(s, MAX_FIELD).to_owned());
+            self.message = Some(garrison_core::truncate_str(s, MAX_FIELD).to_owned());
             return;
         }
         self.key(field.name());
@@ -142,7 +142,7 @@ impl JsonVisitor<'_> {
         {
             self.out.push_str("\"[redacted]\"");
         } else {
-            garrison_core::push_json_string(self.out, crate::layer::truncate(s, MAX_FIELD));
+            garrison_core::push_json_string(self.out, garrison_core::truncate_str(s, MAX_FIELD));
         }
     }
 }

@@ -83,7 +83,7 @@ impl Redaction {
 
     /// The path and query of `uri`, with redacted parameter values replaced, at most 2 KiB.
     pub fn path_and_query(&self, uri: &http::Uri) -> String {
-        let path = crate::layer::truncate(uri.path(), 2048);
+        let path = garrison_core::truncate_str(uri.path(), 2048);
         let Some(query) = uri.query() else {
             return path.to_owned();
         };

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use garrison_admission::{Adaptive, Admission, AdmissionCheck, AdmissionLayer, Priority};
-use garrison_breaker::{BreakerConfig, BreakerRegistry, CircuitBreakerLayer, Window};
+use garrison_breaker::{BreakerRegistry, CircuitBreakerLayer};
 use garrison_core::{RouteResolver, RouteTable, SharedClock, TrustedProxies};
 use garrison_health::{
     BreakerCheck, Check, CheckOptions, Details, HealthLayer, HealthRegistry, Paths,
@@ -737,53 +737,6 @@ impl Check for BoxedCheck {
 
 /// The settings of breaker profile `name`: a built-in profile, changed by
 /// `[breaker.profiles.<name>]` when the section has one.
-pub(crate) fn breaker_profile(
-    b: &BreakerSection,
-    name: &str,
-) -> Result<BreakerConfig, garrison_breaker::ConfigError> {
-    let custom = b.profiles.get(name);
-    let base = custom.and_then(|p| p.base.as_deref()).unwrap_or(name);
-    let mut cfg = match base {
-        "default" => BreakerConfig::default(),
-        other => BreakerConfig::profile(other).unwrap_or_default(),
-    };
-    if let Some(p) = custom {
-        if let Some(w) = p.window {
-            cfg = cfg.window(match w {
-                WindowConfig::Calls(n) => Window::Count(n),
-                WindowConfig::Time(d) => Window::Time(d),
-            });
-        }
-        if let Some(n) = p.minimum_calls {
-            cfg = cfg.minimum_calls(n);
-        }
-        if let Some(r) = p.failure_rate {
-            cfg = cfg.failure_rate_threshold(r);
-        }
-        if let Some(r) = p.slow_call_rate {
-            cfg = cfg.slow_call_rate_threshold(r);
-        }
-        if let Some(d) = p.slow_call_duration {
-            cfg = cfg.slow_call_duration(d);
-        }
-        if let Some(d) = p.wait_in_open {
-            cfg = cfg.wait_in_open(d);
-        }
-        if p.wait_multiplier.is_some() || p.max_wait_in_open.is_some() {
-            let snapshot = cfg.wait_growth();
-            cfg = cfg.exponential_wait(
-                p.wait_multiplier.unwrap_or(snapshot.0),
-                p.max_wait_in_open.unwrap_or(snapshot.1),
-            );
-        }
-        if let Some(n) = p.half_open_calls {
-            cfg = cfg.half_open_calls(n);
-        }
-    }
-    cfg.validate()?;
-    Ok(cfg)
-}
-
 fn breaker_layer(
     b: &BreakerSection,
     breakers: &BreakerRegistry,
@@ -792,12 +745,15 @@ fn breaker_layer(
     let config_err = |path: String| {
         move |e: garrison_breaker::ConfigError| ConfigError::one(path, e.to_string())
     };
-    let config = breaker_profile(b, &b.profile).map_err(config_err("breaker.profile".into()))?;
+    let config = b
+        .profile_config(&b.profile)
+        .map_err(config_err("breaker.profile".into()))?;
     let mut layer = CircuitBreakerLayer::new(breakers, &b.name, config);
     if b.per_route {
         layer = layer.per_route(resolver.clone(), b.max_breakers);
         for (route, profile) in &b.routes {
-            let cfg = breaker_profile(b, profile)
+            let cfg = b
+                .profile_config(profile)
                 .map_err(config_err(format!("breaker.routes.{route}")))?;
             layer = layer.route_config(route, cfg);
         }

@@ -17,6 +17,8 @@
 
 mod duration;
 mod parse;
+mod profile;
+mod selector;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 pub use duration::{format_duration, parse_duration};
 pub use parse::{Section, BUILT_IN_PROFILES};
+pub use selector::check_selector;
 
 /// The whole configuration of a Garrison stack: one section per layer.
 #[derive(Clone, Debug, Default, PartialEq)]

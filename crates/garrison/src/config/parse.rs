@@ -1004,7 +1004,7 @@ pub(super) fn validate(c: &GarrisonConfig, out: &mut Vec<ConfigIssue>) {
                 continue;
             }
         }
-        if let Err(e) = crate::stack::breaker_profile(b, name) {
+        if let Err(e) = b.profile_config(name) {
             let text = e.to_string();
             let detail = text.strip_prefix("breaker.").unwrap_or(&text);
             let (key, reason) = detail.split_once(": ").unwrap_or(("", detail));
@@ -1140,7 +1140,7 @@ pub(super) fn validate(c: &GarrisonConfig, out: &mut Vec<ConfigIssue>) {
     if o.p95_threshold.is_zero() {
         err("ops.p95_threshold".into(), "must be > 0".into());
     }
-    if let Err(e) = crate::ops::check_selector(&o.selector) {
+    if let Err(e) = super::check_selector(&o.selector) {
         err("ops.selector".into(), e);
     }
     if o.runbook_url.is_empty() {
