@@ -13,7 +13,9 @@ use garrison_metrics::{Collector, MetricType, MetricWriter};
 use crate::gcra::Decision;
 use crate::headers::PolicyHeaders;
 use crate::key::KeyHasher;
-use crate::store::memory::{KeyBudget, MemoryTable};
+use crate::policy::Quota;
+use crate::store::memory::MemoryStore;
+use crate::store::{Answer, Ask, Nanos, Store};
 use crate::{ClientKey, Policy};
 
 /// What a decision was, for the `garrison_ratelimit_decisions_total` counter.
@@ -38,7 +40,7 @@ type Counters = garrison_core::ShardedCounters<4>;
 #[derive(Debug)]
 pub(crate) struct PolicyState {
     pub(crate) policy: Policy,
-    pub(crate) table: MemoryTable,
+    quota: Quota,
     pub(crate) headers: &'static PolicyHeaders,
     counters: Counters,
     /// The overflow bucket's share of the decisions over the last sweep interval (`f64`
@@ -73,11 +75,14 @@ pub const OVERFLOW_WARN_SHARE: f64 = 0.01;
 /// ```
 pub struct RateLimiter {
     pub(crate) policies: Box<[PolicyState]>,
-    clock: SharedClock,
-    epoch: Tick,
+    /// Every policy's keys in this process: the store, or the fallback of a shared one.
+    memory: MemoryStore,
+    /// The store every replica shares, when there is one.
+    shared: Option<Box<dyn Store>>,
+    nanos: Nanos,
     pub(crate) hasher: KeyHasher,
     #[cfg(feature = "redis")]
-    pub(crate) redis: Option<Arc<crate::RedisStore>>,
+    redis: Option<Arc<crate::RedisStore>>,
 }
 
 impl fmt::Debug for RateLimiter {
@@ -100,15 +105,14 @@ impl RateLimiter {
         overflow_factor: u32,
         sweep_every: Duration,
     ) -> Self {
-        let budget = KeyBudget::new(max_keys, policies.len());
         let sweep_ns = u64::try_from(sweep_every.as_nanos()).unwrap_or(u64::MAX);
+        let quotas: Vec<Quota> = policies.iter().map(Policy::quota).collect();
         Self {
+            memory: MemoryStore::new(&quotas, max_keys, overflow_factor, sweep_ns),
             policies: policies
                 .into_iter()
-                .enumerate()
-                .map(|(i, p)| PolicyState {
-                    table: MemoryTable::new(p.quota(), budget.clone(), i, sweep_ns)
-                        .overflow_factor(overflow_factor),
+                .map(|p| PolicyState {
+                    quota: p.quota(),
                     headers: PolicyHeaders::new(&p),
                     counters: Counters::default(),
                     overflow_share: AtomicU64::new(0),
@@ -116,29 +120,71 @@ impl RateLimiter {
                     policy: p,
                 })
                 .collect(),
-            epoch: clock.tick(),
-            clock,
+            shared: None,
+            nanos: Nanos::new(clock),
             hasher,
             #[cfg(feature = "redis")]
             redis: None,
         }
     }
 
+    /// Decides policies in `store`, which every replica shares, rather than in memory
+    /// (memory stays the store's fallback).
+    #[cfg(feature = "redis")]
+    pub(crate) fn share(&mut self, store: crate::RedisStore) {
+        let store = Arc::new(store);
+        self.redis = Some(store.clone());
+        self.shared = Some(Box::new(store));
+    }
+
     /// Nanoseconds on the limiter's clock (never 0, so that 0 can mean "no state").
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        self.nanos_at(self.clock.tick())
+        self.nanos.now()
     }
 
     /// `t`, a tick of the limiter's clock, in the nanoseconds of [`now`](Self::now).
     #[inline]
     pub(crate) fn nanos_at(&self, t: Tick) -> u64 {
-        t.nanos_since(self.epoch).saturating_add(1)
+        self.nanos.at(t)
     }
 
     /// The clock the limiter reads.
     pub fn clock(&self) -> &SharedClock {
-        &self.clock
+        self.nanos.clock()
+    }
+
+    /// One request of `key` under policy `policy` (counting every request in one bucket when
+    /// `global`) at `now`, asked of the shared store when there is one, else of memory.
+    #[inline]
+    pub(crate) fn decide(&self, policy: usize, key: ClientKey, global: bool, now: u64) -> Answer {
+        let p = &self.policies[policy];
+        let ask = Ask {
+            policy,
+            name: p.policy.name(),
+            quota: &p.quota,
+            key,
+            global,
+            now,
+        };
+        match &self.shared {
+            None => Answer::Decided(self.memory.check(&ask)),
+            Some(store) => store.decide(ask, &self.nanos),
+        }
+    }
+
+    /// [`decide`](Self::decide) in this process's memory, now: for a shared store that
+    /// cannot be reached.
+    pub(crate) fn decide_in_memory(&self, policy: usize, key: ClientKey, global: bool) -> Decision {
+        let p = &self.policies[policy];
+        self.memory.check(&Ask {
+            policy,
+            name: p.policy.name(),
+            quota: &p.quota,
+            key,
+            global,
+            now: self.now(),
+        })
     }
 
     /// The index of the policy named `name`.
@@ -155,7 +201,7 @@ impl RateLimiter {
     /// store, when configured, is not asked). `None` when there is no such policy.
     pub fn check(&self, policy: &str, key: ClientKey) -> Option<Decision> {
         let i = self.index(policy)?;
-        let d = self.policies[i].table.check(key, self.now());
+        let d = self.memory.table(i).check(key, self.now());
         self.count(i, outcome(&d));
         Some(d)
     }
@@ -168,10 +214,10 @@ impl RateLimiter {
     /// in the log when it is above [`OVERFLOW_WARN_SHARE`].
     pub fn sweep(&self) -> usize {
         let now = self.now();
-        for p in self.policies.iter() {
+        for (p, table) in self.policies.iter().zip(self.memory.tables()) {
             let decisions = p.counters.get(Outcome::Allowed as usize)
                 + p.counters.get(Outcome::Limited as usize);
-            let overflowed = p.table.overflowed();
+            let overflowed = table.overflowed();
             let mut seen = p.overflow_seen.lock();
             let (d, o) = (
                 decisions - seen.0.min(decisions),
@@ -193,7 +239,7 @@ impl RateLimiter {
                 );
             }
         }
-        self.policies.iter().map(|p| p.table.sweep(now)).sum()
+        self.memory.tables().map(|t| t.sweep(now)).sum()
     }
 
     /// The share of `policy`'s decisions its overflow buckets made over the last sweep
@@ -213,12 +259,12 @@ impl RateLimiter {
 
     /// Keys tracked in memory, over all policies.
     pub fn tracked_keys(&self) -> usize {
-        self.policies.iter().map(|p| p.table.len()).sum()
+        self.memory.tables().map(|t| t.len()).sum()
     }
 
     /// Bytes the in-memory tables hold now.
     pub fn memory_bytes(&self) -> usize {
-        self.policies.iter().map(|p| p.table.memory_bytes()).sum()
+        self.memory.tables().map(|t| t.memory_bytes()).sum()
     }
 
     /// The Redis store, when one is configured: its availability (for health checks) and
@@ -275,11 +321,11 @@ impl Collector for RateLimiter {
             MetricType::Gauge,
             "Client keys the in-memory store tracks, by policy.",
         );
-        for p in self.policies.iter() {
+        for (p, table) in self.policies.iter().zip(self.memory.tables()) {
             w.sample_u64(
                 "garrison_ratelimit_tracked_keys",
                 &[("policy", p.policy.name())],
-                p.table.len() as u64,
+                table.len() as u64,
             );
         }
         w.family(
@@ -287,11 +333,11 @@ impl Collector for RateLimiter {
             MetricType::Counter,
             "Requests of new keys counted in a shared overflow bucket because the key table was full.",
         );
-        for p in self.policies.iter() {
+        for (p, table) in self.policies.iter().zip(self.memory.tables()) {
             w.sample_u64(
                 "garrison_ratelimit_overflow",
                 &[("policy", p.policy.name())],
-                p.table.overflowed(),
+                table.overflowed(),
             );
         }
         w.family(
@@ -306,9 +352,8 @@ impl Collector for RateLimiter {
                 f64::from_bits(p.overflow_share.load(Ordering::Relaxed)),
             );
         }
-        #[cfg(feature = "redis")]
-        if let Some(r) = &self.redis {
-            r.collect(w);
+        if let Some(store) = &self.shared {
+            store.collect(w);
         }
     }
 }

@@ -7,7 +7,7 @@ use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tower::Service;
 
-use super::{Allowance, PendingVerdict, Verdict};
+use super::decision::{Allowance, PendingVerdict, Verdict};
 
 pin_project! {
     /// The response future of [`RateLimitService`](super::RateLimitService).

@@ -5,7 +5,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use tower::Service;
 
-use super::{ResponseFuture, Shared, Verdict};
+use super::decision::{Shared, Verdict};
+use super::ResponseFuture;
 
 /// The service made by [`RateLimitLayer`](super::RateLimitLayer).
 #[derive(Clone)]

@@ -27,9 +27,67 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use super::{Answer, Ask, Nanos, Store};
 use crate::gcra::{self, Decision};
 use crate::policy::Quota;
 use crate::ClientKey;
+
+/// The in-process store: a table per policy, all under one budget of keys.
+#[derive(Debug)]
+pub(crate) struct MemoryStore {
+    tables: Box<[MemoryTable]>,
+}
+
+impl MemoryStore {
+    /// Tables for policies of these quotas, `max_keys` over all of them.
+    pub(crate) fn new(
+        quotas: &[Quota],
+        max_keys: usize,
+        overflow_factor: u32,
+        sweep_ns: u64,
+    ) -> Self {
+        let budget = KeyBudget::new(max_keys, quotas.len());
+        Self {
+            tables: quotas
+                .iter()
+                .enumerate()
+                .map(|(i, &q)| {
+                    MemoryTable::new(q, budget.clone(), i, sweep_ns)
+                        .overflow_factor(overflow_factor)
+                })
+                .collect(),
+        }
+    }
+
+    /// The table of policy `i`.
+    #[inline]
+    pub(crate) fn table(&self, i: usize) -> &MemoryTable {
+        &self.tables[i]
+    }
+
+    /// Every policy's table, in the policies' order.
+    pub(crate) fn tables(&self) -> impl Iterator<Item = &MemoryTable> {
+        self.tables.iter()
+    }
+
+    /// Decides `ask` in memory.
+    #[inline]
+    pub(crate) fn check(&self, ask: &Ask<'_>) -> Decision {
+        let table = &self.tables[ask.policy];
+        if ask.global {
+            table.check_global(ask.now)
+        } else {
+            table.check(ask.key, ask.now)
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    #[inline]
+    fn decide(&self, ask: Ask<'_>, _clock: &Nanos) -> Answer {
+        Answer::Decided(self.check(&ask))
+    }
+}
 
 /// Keys are already seeded hashes: the table uses them as they are.
 #[derive(Default, Clone, Copy, Debug)]
@@ -204,11 +262,6 @@ impl MemoryTable {
     #[cfg(test)]
     fn alone(quota: Quota, max_keys: usize, sweep_every: u64) -> Self {
         Self::new(quota, KeyBudget::new(max_keys, 1), 0, sweep_every)
-    }
-
-    #[cfg(feature = "redis")]
-    pub(crate) fn quota(&self) -> &Quota {
-        &self.quota
     }
 
     #[inline]

@@ -2,20 +2,16 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use garrison_metrics::{MetricType, MetricWriter};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::{Answer, Ask, Fallback, Nanos, Store};
 use crate::gcra::Decision;
-use crate::layer::{PendingVerdict, Shared, Verdict};
-use crate::limiter::RateLimiter;
 use crate::ClientKey;
 
 const SCRIPT: &str = include_str!("gcra.lua");
@@ -464,14 +460,12 @@ impl RedisStore {
     /// Runs the script for `want` requests; `Err` on any failure or timeout.
     async fn call(
         &self,
-        policy: &str,
+        redis_key: String,
         emission: u64,
         tolerance: u64,
-        key: ClientKey,
         want: u32,
         back: u32,
     ) -> Result<(u32, Decision), ()> {
-        let redis_key = format!("{}:{policy}:{key}", self.prefix);
         let emission_us = (emission / 1000).max(1);
         let tolerance_us = (tolerance / 1000).max(emission_us);
         let attempt = async {
@@ -557,7 +551,16 @@ impl RedisStore {
                 .is_ok()
     }
 
-    pub(crate) fn collect(&self, w: &mut MetricWriter<'_>) {
+    /// Who decides while Redis cannot be reached, counted.
+    fn fallback(&self) -> Fallback {
+        self.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+        match self.fail {
+            FailMode::Open => Fallback::Memory,
+            FailMode::Closed => Fallback::Refuse(self.retry_interval),
+        }
+    }
+
+    fn collect(&self, w: &mut MetricWriter<'_>) {
         let labels = [("store", "redis")];
         w.family(
             "garrison_ratelimit_store_available",
@@ -600,90 +603,66 @@ impl RedisStore {
     }
 }
 
-/// A decision that waits for Redis.
-pub(crate) struct Pending {
-    idx: usize,
-    fut: Pin<Box<dyn Future<Output = Result<Decision, Duration>> + Send>>,
-}
-
-impl Pending {
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, shared: &Shared) -> Poll<Verdict> {
-        self.fut.as_mut().poll(cx).map(|r| match r {
-            Ok(d) => shared.verdict(self.idx, d),
-            Err(retry) => Verdict::Refused(shared.unavailable(self.idx, retry)),
-        })
-    }
-}
-
-/// Decides a request of policy `idx` and `key` with the Redis store `store`.
-pub(crate) fn decide(
-    store: &Arc<crate::RedisStore>,
-    limiter: &Arc<RateLimiter>,
-    idx: usize,
-    key: ClientKey,
-    shared: &Arc<Shared>,
-) -> Verdict {
-    let now = limiter.now();
-    let p = &limiter.policies[idx];
-    let max = store.batch(p.table.quota().burst);
-    let (want, back) = match store.take(idx, key, now, max) {
-        Take::Decided(d) => return shared.verdict(idx, d),
-        Take::Ask { want, back } => (want, back),
-    };
-    if !store.should_try(now) {
-        store.settle(idx, key, want, None, now);
-        return match fallback(store, limiter, idx, key, now) {
-            Ok(d) => shared.verdict(idx, d),
-            Err(retry) => Verdict::Refused(shared.unavailable(idx, retry)),
-        };
-    }
-    let store = store.clone();
-    let limiter = limiter.clone();
-    let fut = async move {
-        // a request dropped while it waits (its client went away) must not leave the key's
-        // lease marked as refilling
-        let mut unsettled = Unsettled {
-            store: &store,
-            idx,
+impl Store for Arc<RedisStore> {
+    fn decide(&self, ask: Ask<'_>, clock: &Nanos) -> Answer {
+        let Ask {
+            policy: idx,
+            name,
+            quota,
             key,
-            want,
+            now,
+            ..
+        } = ask;
+        let max = self.batch(quota.burst);
+        let (want, back) = match self.take(idx, key, now, max) {
+            Take::Decided(d) => return Answer::Decided(d),
+            Take::Ask { want, back } => (want, back),
         };
-        let p = &limiter.policies[idx];
-        let q = *p.table.quota();
-        match store
-            .call(p.policy.name(), q.emission, q.tolerance, key, want, back)
-            .await
-        {
-            Ok((granted, d)) => {
-                unsettled.want = 0;
-                store.mark_up();
-                let now = limiter.now();
-                store.settle(idx, key, want, Some((granted, &d)), now);
-                let mut d = d;
-                d.remaining = d.remaining.saturating_add(granted.saturating_sub(1));
-                Ok(d)
-            }
-            Err(()) => {
-                unsettled.want = 0;
-                let now = limiter.now();
-                store.settle(idx, key, want, None, now);
-                store.mark_down(now);
-                fallback(&store, &limiter, idx, key, now)
-            }
+        if !self.should_try(now) {
+            self.settle(idx, key, want, None, now);
+            return Answer::Failed(self.fallback());
         }
-    };
-    Verdict::Pending(PendingVerdict::new(
-        Pending {
-            idx,
-            fut: Box::pin(fut),
-        },
-        shared.clone(),
-    ))
+        let store = self.clone();
+        let clock = clock.clone();
+        let redis_key = format!("{}:{name}:{key}", self.prefix);
+        let (emission, tolerance) = (quota.emission, quota.tolerance);
+        Answer::Waiting(Box::pin(async move {
+            // a request dropped while it waits (its client went away) must not leave the
+            // key's lease marked as refilling
+            let mut unsettled = Unsettled {
+                store: &store,
+                idx,
+                key,
+                want,
+            };
+            match store.call(redis_key, emission, tolerance, want, back).await {
+                Ok((granted, d)) => {
+                    unsettled.want = 0;
+                    store.mark_up();
+                    store.settle(idx, key, want, Some((granted, &d)), clock.now());
+                    let mut d = d;
+                    d.remaining = d.remaining.saturating_add(granted.saturating_sub(1));
+                    Ok(d)
+                }
+                Err(()) => {
+                    unsettled.want = 0;
+                    let now = clock.now();
+                    store.settle(idx, key, want, None, now);
+                    store.mark_down(now);
+                    Err(store.fallback())
+                }
+            }
+        }))
+    }
+
+    fn collect(&self, w: &mut MetricWriter<'_>) {
+        RedisStore::collect(self, w);
+    }
 }
 
 /// Settles a lease call that did not finish, when dropped (`want` 0: it finished).
 struct Unsettled<'a> {
-    store: &'a crate::RedisStore,
+    store: &'a RedisStore,
     idx: usize,
     key: ClientKey,
     want: u32,
@@ -694,19 +673,5 @@ impl Drop for Unsettled<'_> {
         if self.want > 1 {
             self.store.settle(self.idx, self.key, self.want, None, 0);
         }
-    }
-}
-
-fn fallback(
-    store: &crate::RedisStore,
-    limiter: &RateLimiter,
-    idx: usize,
-    key: ClientKey,
-    now: u64,
-) -> Result<Decision, Duration> {
-    store.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-    match store.fail {
-        FailMode::Open => Ok(limiter.policies[idx].table.check(key, now)),
-        FailMode::Closed => Err(store.retry_interval),
     }
 }
