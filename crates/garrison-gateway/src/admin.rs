@@ -20,10 +20,64 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::{json, Value};
 
-use crate::server::Gateway;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::gateway::{Gateway, Generation};
 
 /// The admin API's response body.
 pub type AdminBody = Full<Bytes>;
+
+/// Connections the admin listener serves at once; more wait in the kernel's backlog.
+const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// The longest an admin connection stays open.
+const ADMIN_CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Serves the admin API of `gw` on `listener` until the gateway shuts down.
+pub(crate) async fn serve(gw: Gateway, listener: TcpListener) {
+    let mut stop = gw.shared.shutdown.subscribe();
+    // scrapers, probes and operators: a few connections at once, never a crowd
+    let slots = Arc::new(tokio::sync::Semaphore::new(ADMIN_MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let svc = hyper::service::service_fn(move |req| {
+                let gw = gw.clone();
+                async move { Ok::<_, Infallible>(handle(&gw, req).await) }
+            });
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            b.http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10));
+            // at most a minute each, whatever the client does
+            let _ = tokio::time::timeout(
+                ADMIN_CONNECTION_LIFETIME,
+                b.serve_connection(TokioIo::new(stream), svc),
+            )
+            .await;
+        });
+    }
+}
 
 pub(crate) async fn handle<B>(gw: &Gateway, req: Request<B>) -> Response<AdminBody> {
     let gen = gw.current();
@@ -183,7 +237,7 @@ fn breaker(s: &garrison::garrison_breaker::BreakerSnapshot) -> Value {
 }
 
 /// The admission controller's state: limit, in flight, queue by class, admitted and shed.
-fn admission(gen: &crate::server::Generation) -> Value {
+fn admission(gen: &Generation) -> Value {
     use garrison::garrison_admission::{Priority, ShedReason};
     let Some(a) = gen.garrison().admission() else {
         return json!({ "enabled": false });
@@ -216,7 +270,7 @@ fn admission(gen: &crate::server::Generation) -> Value {
     })
 }
 
-fn ratelimit(gen: &crate::server::Generation) -> Value {
+fn ratelimit(gen: &Generation) -> Value {
     let Some(l) = gen.garrison().rate_limiter() else {
         return json!({ "enabled": false });
     };

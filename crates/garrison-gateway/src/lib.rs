@@ -48,8 +48,12 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod admin;
+mod body;
 pub mod config;
 pub mod demo;
+mod failure;
+mod forwarding;
+mod gateway;
 mod metrics;
 pub mod path;
 mod pool;
@@ -60,8 +64,10 @@ mod timer;
 mod tunnel;
 mod upstream;
 
+pub use body::{ClientBody, UpstreamBody};
 pub use config::{GatewayConfig, GatewaySection, RouteConfig, UpstreamConfig, DEFAULT_CONFIG};
+pub use gateway::{Gateway, GatewayService, Generation};
 pub use pool::PooledBody;
-pub use proxy::{ClientBody, Proxy, ProxyBody, UpstreamBody};
-pub use server::{bind, Gateway, GatewayService, Generation};
+pub use proxy::{Proxy, ProxyBody};
+pub use server::bind;
 pub use upstream::{AddressState, Upstream};

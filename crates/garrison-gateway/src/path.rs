@@ -143,6 +143,11 @@ pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<Cow<'_, str>, Ba
     })
 }
 
+/// A request the gateway refuses before any part of the stack chooses a route for it: the
+/// proxy answers it `400` with this reason (so the stack still measures and traces it).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Refused(pub(crate) &'static str);
+
 #[cfg(test)]
 mod tests {
     use super::*;

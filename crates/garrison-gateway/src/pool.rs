@@ -30,7 +30,8 @@ use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
-use crate::proxy::{broken, source_chain, Failure, Lost, UpstreamBody};
+use crate::body::UpstreamBody;
+use crate::failure::{broken, source_chain, Failure, Lost};
 
 /// The idle connections of one upstream: `workers` × `addresses` LIFO lists.
 #[derive(Debug)]

@@ -28,9 +28,11 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::Service;
 
+use crate::body::UpstreamBody;
+use crate::failure::{broken, source_chain, Failure, Lost};
+use crate::forwarding::connection_tokens;
 use crate::metrics::{TunnelEnd, TunnelStats};
 use crate::pool::{connect_tcp, unsent};
-use crate::proxy::{broken, connection_tokens, source_chain, Failure, Lost, UpstreamBody};
 
 /// What a request that may be tunnelled asks for: the `Upgrade` value to send on (the
 /// offered protocols that `allowed` names), the client connection's half of the switch, and
