@@ -1,20 +1,23 @@
 //! `AdmissionLayer`, its service and its response future.
 
+mod future;
+mod queued;
+mod service;
+
+pub use future::ResponseFuture;
+pub use queued::Queued;
+pub use service::AdmissionService;
+
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
-use garrison_core::{IpNet, LayerBody, RouteResolver, RouteTable, RouteTableError};
-use http::{HeaderName, Request, Response, StatusCode};
-use pin_project_lite::pin_project;
-use tower::{Layer, Service};
+use garrison_core::{IpNet, RouteResolver, RouteTable, RouteTableError};
+use http::{HeaderName, Request};
+use tower::Layer;
 
-use crate::{Acquire, Admission, Permit, Priority, Shed};
+use crate::{Admission, Permit, Priority};
 
 /// The header trusted callers set a priority in: `x-priority`.
 pub const DEFAULT_PRIORITY_HEADER: &str = "x-priority";
@@ -180,41 +183,11 @@ impl AdmissionLayer {
         let priority = self.rules.priority(req);
         match self.rules.admission.try_acquire(priority) {
             Some(permit) => Ok(permit),
-            None => Err(Queued {
-                acquire: self.rules.admission.enqueue(priority),
-                retry_after: self.rules.retry_after,
-            }),
+            None => Err(Queued::new(
+                self.rules.admission.enqueue(priority),
+                self.rules.retry_after,
+            )),
         }
-    }
-}
-
-pin_project! {
-    /// A request waiting in the admission queue, from [`AdmissionLayer::admit`]: a future of
-    /// its permit, or of the `503` to send when it is shed. Dropped, it leaves the queue.
-    pub struct Queued {
-        #[pin]
-        acquire: Acquire,
-        retry_after: u64,
-    }
-}
-
-impl fmt::Debug for Queued {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Queued").finish_non_exhaustive()
-    }
-}
-
-impl Future for Queued {
-    type Output = Result<Permit, Response<Bytes>>;
-
-    // the rejection is the answer itself, handed on by value once
-    #[allow(clippy::result_large_err)]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let retry_after = *this.retry_after;
-        this.acquire
-            .poll(cx)
-            .map(|r| r.map_err(|shed| shed_response(shed, retry_after)))
     }
 }
 
@@ -225,149 +198,6 @@ impl<S> Layer<S> for AdmissionLayer {
         AdmissionService {
             inner,
             layer: self.clone(),
-        }
-    }
-}
-
-/// The service made by [`AdmissionLayer`].
-#[derive(Clone)]
-pub struct AdmissionService<S> {
-    inner: S,
-    layer: AdmissionLayer,
-}
-
-impl<S: fmt::Debug> fmt::Debug for AdmissionService<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AdmissionService")
-            .field("inner", &self.inner)
-            .field("admission", &self.layer.rules.admission)
-            .finish()
-    }
-}
-
-/// The answer to a shed request.
-fn shed_response(shed: Shed, retry_after: u64) -> Response<Bytes> {
-    let body = format!(
-        "{{\"error\":\"overloaded\",\"reason\":\"{}\",\"priority\":\"{}\",\"retry_after_seconds\":{retry_after}}}",
-        shed.reason, shed.priority
-    );
-    garrison_core::refusal(
-        StatusCode::SERVICE_UNAVAILABLE,
-        retry_after,
-        Bytes::from(body),
-    )
-}
-
-impl<S, ReqB, ResB> Service<Request<ReqB>> for AdmissionService<S>
-where
-    S: Service<Request<ReqB>, Response = Response<ResB>> + Clone,
-    ResB: http_body::Body<Data = Bytes>,
-{
-    type Response = Response<LayerBody<ResB>>;
-    type Error = S::Error;
-    type Future = ResponseFuture<S, Request<ReqB>>;
-
-    #[inline]
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    #[inline]
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        let queued = match self.layer.admit(&req) {
-            Ok(permit) => {
-                return ResponseFuture {
-                    state: State::Called {
-                        fut: self.inner.call(req),
-                        permit: Some(permit),
-                    },
-                }
-            }
-            Err(queued) => queued,
-        };
-        // wait for a slot with the service that was polled ready; a clone stays here
-        let clone = self.inner.clone();
-        let ready = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture {
-            // boxed: the waiting path's state (a timer, the request) stays out of the fast
-            // path's future
-            state: State::Waiting {
-                waiting: Box::pin(Waiting {
-                    queued,
-                    call: Some((ready, req)),
-                }),
-            },
-        }
-    }
-}
-
-pin_project! {
-    /// The response future of [`AdmissionService`]: waits for a slot if it must, then calls
-    /// the inner service and holds the slot until its response is ready.
-    pub struct ResponseFuture<S: Service<R>, R> {
-        #[pin]
-        state: State<S, R>,
-    }
-}
-
-pin_project! {
-    #[project = Proj]
-    enum State<S: Service<R>, R> {
-        Waiting { waiting: Pin<Box<Waiting<S, R>>> },
-        Called { #[pin] fut: S::Future, permit: Option<Permit> },
-        Shed { resp: Option<Response<Bytes>> },
-    }
-}
-
-pin_project! {
-    struct Waiting<S, R> {
-        #[pin]
-        queued: Queued,
-        call: Option<(S, R)>,
-    }
-}
-
-impl<S: Service<R>, R> fmt::Debug for ResponseFuture<S, R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-impl<S, R, ResB> Future for ResponseFuture<S, R>
-where
-    S: Service<R, Response = Response<ResB>>,
-    ResB: http_body::Body<Data = Bytes>,
-{
-    type Output = Result<Response<LayerBody<ResB>>, S::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut state = self.project().state;
-        loop {
-            match state.as_mut().project() {
-                Proj::Called { fut, permit } => {
-                    let result = ready!(fut.poll(cx));
-                    drop(permit.take());
-                    return Poll::Ready(result.map(|r| r.map(LayerBody::inner)));
-                }
-                Proj::Shed { resp } => {
-                    let resp = resp.take().expect("ResponseFuture polled after completion");
-                    return Poll::Ready(Ok(resp.map(LayerBody::local)));
-                }
-                Proj::Waiting { waiting } => {
-                    let w = waiting.as_mut().project();
-                    match ready!(w.queued.poll(cx)) {
-                        Ok(permit) => {
-                            let (mut svc, req) = w.call.take().expect("called once");
-                            let fut = svc.call(req);
-                            state.set(State::Called {
-                                fut,
-                                permit: Some(permit),
-                            });
-                        }
-                        Err(resp) => state.set(State::Shed { resp: Some(resp) }),
-                    }
-                }
-            }
         }
     }
 }
