@@ -59,6 +59,7 @@ pub use admission::{
     Acquire, Adaptive, Admission, AdmissionBuilder, BuildError, Permit, Shed, ShedReason,
     DEFAULT_QUEUE_TIMEOUTS,
 };
+pub use garrison_core::{Part, RequestInfo};
 #[cfg(feature = "health")]
 pub use health::AdmissionCheck;
 pub use layer::{

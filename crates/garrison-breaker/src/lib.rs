@@ -32,6 +32,7 @@ mod window;
 
 pub use breaker::{Breaker, BreakerSnapshot, CallOutcome, Permit, Rejected, State, Transition};
 pub use config::{BreakerConfig, ConfigError, Window};
+pub use garrison_core::{Part, RequestInfo};
 pub use layer::{
     BreakerBody, CircuitBreakerLayer, CircuitBreakerService, Fallback, ResponseFuture,
 };

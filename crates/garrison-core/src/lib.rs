@@ -15,6 +15,8 @@
 //!   `Forwarded` only from trusted proxies;
 //! - [`CatchPanicLayer`] and [`Caught`]: a panic or an error of the service answered `500`
 //!   and described for the metrics, the breaker and the trace;
+//! - [`Part`] and [`RequestInfo`]: how each part is asked about a request, by its own layer
+//!   and by the umbrella, with the route, method, clock tick and trace learnt once;
 //! - [`TraceContext`]: the trace id a request runs under, placed in request extensions by the
 //!   trace layer (or by your own middleware) and read by the others (metrics exemplars).
 //!
@@ -28,6 +30,7 @@ mod client;
 mod clock;
 mod future;
 mod method;
+mod part;
 mod refusal;
 mod route;
 mod shard;
@@ -47,6 +50,7 @@ pub use client::{
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Tick, TokioClock};
 pub use future::LayerFuture;
 pub use method::MethodLabel;
+pub use part::{Part, RequestInfo};
 pub use refusal::refusal;
 pub use route::{RouteLabel, RouteResolver, RouteTable, RouteTableError, UNMATCHED};
 pub use shard::{thread_shard, CachePadded, ShardedCounters};

@@ -2,7 +2,7 @@
 
 use std::task::{Context, Poll};
 
-use garrison_core::LayerBody;
+use garrison_core::{LayerBody, Part, RequestInfo};
 use http::{Method, Request, Response};
 use tower::{Layer, Service};
 
@@ -58,6 +58,16 @@ impl HealthLayer {
     #[inline]
     pub fn answer<B>(&self, req: &Request<B>) -> Option<Response<bytes::Bytes>> {
         answer(&self.health, req)
+    }
+}
+
+/// The health routes as a part of a stack: [`HealthLayer::answer`].
+impl Part for HealthLayer {
+    type Entry = Option<Response<bytes::Bytes>>;
+
+    #[inline]
+    fn enter<B>(&self, req: &Request<B>, _info: &RequestInfo<'_>) -> Self::Entry {
+        self.answer(req)
     }
 }
 

@@ -48,6 +48,7 @@ pub use check::{
 };
 #[allow(unused_imports, unreachable_pub)] // empty without the check features
 pub use checks::*;
+pub use garrison_core::{Part, RequestInfo};
 pub use layer::{HealthLayer, HealthService, ResponseFuture};
 pub use registry::{
     Details, HealthRegistry, HealthRegistryBuilder, Observation, Paths, RegisterError, StatusCodes,

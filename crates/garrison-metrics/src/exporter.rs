@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use garrison_core::{LayerBody, LayerFuture};
+use garrison_core::{LayerBody, LayerFuture, Part, RequestInfo};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, Service};
@@ -111,6 +111,16 @@ impl ScrapeLayer {
     #[inline]
     pub fn answer<B>(&self, req: &Request<B>) -> Option<Response<Bytes>> {
         answer(&self.exporter, &self.path, req)
+    }
+}
+
+/// The scrape route as a part of a stack: [`ScrapeLayer::answer`].
+impl Part for ScrapeLayer {
+    type Entry = Option<Response<Bytes>>;
+
+    #[inline]
+    fn enter<B>(&self, req: &Request<B>, _info: &RequestInfo<'_>) -> Self::Entry {
+        self.answer(req)
     }
 }
 

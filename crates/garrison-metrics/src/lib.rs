@@ -64,7 +64,7 @@ mod table;
 pub use duration::DurationHistogram;
 pub use exporter::{MetricsExporter, ScrapeLayer, ScrapeService};
 pub use exposition::{Collector, Format, MetricType, MetricWriter};
-pub use garrison_core::{RouteTable, TraceContext, TraceId};
+pub use garrison_core::{Part, RequestInfo, RouteTable, TraceContext, TraceId};
 pub use histogram::HistogramSnapshot;
 pub use layer::{Measurement, MetricsBody, MetricsLayer, MetricsService, ResponseFuture};
 pub use process::ProcessStats;

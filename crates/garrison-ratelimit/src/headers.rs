@@ -212,10 +212,14 @@ impl PolicyHeaders {
     }
 
     pub(crate) fn apply_decision(&self, set: HeaderSet, d: &Decision, h: &mut HeaderMap) {
-        // room for the two headers that come next, as [`Allowance::apply`] leaves
-        self.apply(set, d.remaining, d.reset_secs(), h, 2);
+        self.apply(set, d.remaining, d.reset_secs(), h, ROOM_AFTER);
     }
 }
+
+/// Headers a stack adds to a response after the limiter's, left room for so that the map
+/// grows once at most: the `content-length` axum's router sets after every layer, and a
+/// trace part's `x-request-id` and `traceresponse`.
+pub(crate) const ROOM_AFTER: usize = 3;
 
 /// The headers of `set` with the constant values of a policy (`policy`, `limit`) and empty
 /// ones where [`PolicyHeaders::apply`] writes a request's numbers.

@@ -26,7 +26,7 @@ mod limiter;
 mod policy;
 mod store;
 
-pub use garrison_core::{ForwardedHeader, IpNet, PeerAddr, TrustedProxies};
+pub use garrison_core::{ForwardedHeader, IpNet, Part, PeerAddr, RequestInfo, TrustedProxies};
 pub use gcra::Decision;
 pub use headers::{
     HeaderSet, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,

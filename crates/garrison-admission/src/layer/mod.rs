@@ -13,7 +13,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use garrison_core::{IpNet, RouteResolver, RouteTable, RouteTableError};
+use garrison_core::{IpNet, Part, RequestInfo, RouteResolver, RouteTable, RouteTableError};
 use http::{HeaderName, Request};
 use tower::Layer;
 
@@ -188,6 +188,16 @@ impl AdmissionLayer {
                 self.rules.retry_after,
             )),
         }
+    }
+}
+
+/// Admission as a part of a stack: [`admit`](AdmissionLayer::admit).
+impl Part for AdmissionLayer {
+    type Entry = Result<Permit, Queued>;
+
+    #[inline]
+    fn enter<B>(&self, req: &Request<B>, _info: &RequestInfo<'_>) -> Self::Entry {
+        self.admit(req)
     }
 }
 

@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use garrison_core::RouteResolver;
+use garrison_core::{Part, RequestInfo, RouteResolver};
 use parking_lot::RwLock;
 use tower::Layer;
 
@@ -219,33 +219,6 @@ impl CircuitBreakerLayer {
         self.shared.admit(req, None, None)
     }
 
-    /// [`admit`](Self::admit) for a request whose route label `route` the caller has
-    /// resolved already, with the resolver given to [`per_route`](Self::per_route): a
-    /// stack that runs several parts resolves the route once.
-    #[allow(clippy::result_large_err)]
-    #[inline]
-    pub fn admit_route<B>(
-        &self,
-        req: &http::Request<B>,
-        route: &str,
-    ) -> Result<crate::Permit, http::Response<Bytes>> {
-        self.shared.admit(req, Some(route), None)
-    }
-
-    /// [`admit_route`](Self::admit_route) at `now`, a tick the caller has just read from
-    /// the clock of the layer's [`BreakerRegistry`](crate::BreakerRegistry): a stack that
-    /// asks several parts reads the clock once.
-    #[allow(clippy::result_large_err)]
-    #[inline]
-    pub fn admit_route_at<B>(
-        &self,
-        req: &http::Request<B>,
-        route: &str,
-        now: garrison_core::Tick,
-    ) -> Result<crate::Permit, http::Response<Bytes>> {
-        self.shared.admit(req, Some(route), Some(now))
-    }
-
     /// The clock of the layer's breakers.
     pub fn clock(&self) -> &garrison_core::SharedClock {
         self.shared.registry.clock()
@@ -346,6 +319,19 @@ impl Shared {
                     .breaker(&format!("{}:{key}", self.name), config.clone())
             })
             .clone()
+    }
+}
+
+/// The breaker as a part of a stack: [`admit`](CircuitBreakerLayer::admit) with the route of
+/// `info` (resolved with the resolver given to
+/// [`per_route`](CircuitBreakerLayer::per_route)) and its tick (read from the clock of the
+/// layer's [`BreakerRegistry`]), when it has one.
+impl Part for CircuitBreakerLayer {
+    type Entry = Result<crate::Permit, http::Response<Bytes>>;
+
+    #[inline]
+    fn enter<B>(&self, req: &http::Request<B>, info: &RequestInfo<'_>) -> Self::Entry {
+        self.shared.admit(req, Some(info.route()), info.now())
     }
 }
 

@@ -9,7 +9,7 @@ pub use body::MetricsBody;
 pub use future::ResponseFuture;
 pub use service::MetricsService;
 
-use garrison_core::{RouteResolver, RouteTable};
+use garrison_core::{Part, RequestInfo, RouteResolver, RouteTable};
 use tower::Layer;
 
 use crate::MetricsRegistry;
@@ -82,61 +82,8 @@ impl MetricsLayer {
     /// ```
     #[inline]
     pub fn start<B>(&self, req: &http::Request<B>) -> Measurement {
-        self.start_route(req, self.resolver.resolve(req).as_str())
-    }
-
-    /// [`start`](Self::start) for a request whose route label `route` the caller has
-    /// resolved already, with the layer's resolver: a stack that runs several parts resolves
-    /// the route once.
-    #[inline]
-    pub fn start_route<B>(&self, req: &http::Request<B>, route: &str) -> Measurement {
-        Measurement(service::start(
-            &self.registry.shared,
-            route,
-            req,
-            None,
-            None,
-        ))
-    }
-
-    /// [`start_route`](Self::start_route) at `now`, a tick the caller has just read from
-    /// the registry's [`clock`](crate::MetricsRegistry::clock): a stack that asks
-    /// several parts reads the clock once.
-    #[inline]
-    pub fn start_route_at<B>(
-        &self,
-        req: &http::Request<B>,
-        route: &str,
-        now: garrison_core::Tick,
-    ) -> Measurement {
-        Measurement(service::start(
-            &self.registry.shared,
-            route,
-            req,
-            Some(now),
-            None,
-        ))
-    }
-
-    /// [`start_route_at`](Self::start_route_at) for a stack that has just started the
-    /// request's trace itself: `trace` is the exemplar's trace id (`None`: the request is
-    /// not sampled, no exemplar), instead of one read from the request's
-    /// [`TraceContext`](garrison_core::TraceContext).
-    #[inline]
-    pub fn start_route_traced<B>(
-        &self,
-        req: &http::Request<B>,
-        route: &str,
-        now: Option<garrison_core::Tick>,
-        trace: Option<garrison_core::TraceId>,
-    ) -> Measurement {
-        Measurement(service::start(
-            &self.registry.shared,
-            route,
-            req,
-            now,
-            Some(trace),
-        ))
+        let route = self.resolver.resolve(req);
+        self.enter(req, &RequestInfo::new(req, route.as_str()))
     }
 
     /// The clock the layer's registry reads.
@@ -177,6 +124,19 @@ impl Measurement {
     /// (`error_type="service_error"`).
     pub fn failed(mut self) {
         self.0.finish(garrison_core::ErrorType::Service);
+    }
+}
+
+/// The metrics as a part of a stack: the measurement of a request under the route, method,
+/// tick and trace of `info` (the tick must come from the registry's
+/// [`clock`](crate::MetricsRegistry::clock); the exemplar's trace is the trace part's when it
+/// ran, else the request's [`TraceContext`](garrison_core::TraceContext)).
+impl Part for MetricsLayer {
+    type Entry = Measurement;
+
+    #[inline]
+    fn enter<B>(&self, req: &http::Request<B>, info: &RequestInfo<'_>) -> Measurement {
+        Measurement(service::start(&self.registry.shared, req, info))
     }
 }
 

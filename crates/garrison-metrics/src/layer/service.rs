@@ -1,7 +1,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use garrison_core::{MethodLabel, RouteResolver, TraceContext, TraceId};
+use garrison_core::{RequestInfo, RouteResolver, TraceContext};
 use http::{header, Request, Response};
 use tower::Service;
 
@@ -70,27 +70,24 @@ where
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         let route = self.resolver.resolve(&req);
-        let guard = start(&self.shared, route.as_str(), &req, None, None);
+        let guard = start(&self.shared, &req, &RequestInfo::new(&req, route.as_str()));
         ResponseFuture::new(self.inner.call(req), guard)
     }
 }
 
-/// Starts measuring `req` under the route label `route`: its method, request size and trace
-/// (`trace`: the exemplar's trace id when the caller knows it, `None` to read the request's
-/// [`TraceContext`]).
+/// Starts measuring `req` under the route and method of `info`: its request size and trace
+/// (the trace part's decision in `info`, else the request's [`TraceContext`]).
 #[inline]
 pub(crate) fn start<B>(
     shared: &Arc<Shared>,
-    route: &str,
     req: &Request<B>,
-    at: Option<garrison_core::Tick>,
-    trace: Option<Option<TraceId>>,
+    info: &RequestInfo<'_>,
 ) -> RequestGuard {
-    let method = MethodLabel::from_method(req.method());
-    let route = shared.route_id(route);
+    let method = info.method();
+    let route = shared.route_id(info.route());
     let trace = if !shared.exemplars {
         None
-    } else if let Some(given) = trace {
+    } else if let Some(given) = info.trace() {
         given
     } else {
         let given = req.extensions().get::<TraceContext>();
@@ -108,20 +105,20 @@ pub(crate) fn start<B>(
         method,
         request_body_size(req),
         trace,
-        at,
+        info.now(),
     )
 }
 
 /// The trace of the current OpenTelemetry span, when it is sampled: a service traced by its own
 /// OpenTelemetry layer (outside this one) gets its exemplars too.
 #[cfg(feature = "otel")]
-fn current_otel_trace() -> Option<TraceId> {
+fn current_otel_trace() -> Option<garrison_core::TraceId> {
     use opentelemetry::trace::TraceContextExt;
     opentelemetry::Context::map_current(|cx| {
         let span = cx.span();
         let sc = span.span_context();
         (sc.is_sampled() && sc.is_valid())
-            .then(|| TraceId::from_bytes(sc.trace_id().to_bytes()))
+            .then(|| garrison_core::TraceId::from_bytes(sc.trace_id().to_bytes()))
             .flatten()
     })
 }

@@ -15,6 +15,7 @@ use garrison_core::{RouteResolver, TrustedProxies};
 use http::{Request, Response, StatusCode};
 
 use crate::gcra::Decision;
+use crate::headers::ROOM_AFTER;
 use crate::limiter::{outcome, Outcome, RateLimiter};
 use crate::store::{Answer, Fallback, Waiting};
 use crate::{ClientKey, HeaderSet, KeySource};
@@ -70,19 +71,18 @@ impl Allowance {
     /// Adds the configured rate-limit headers (`RateLimit-Policy`, `RateLimit`,
     /// `X-RateLimit-*`) to a response's `headers`.
     ///
-    /// `headers` is left with room for two more, so that it grows once at most: the
-    /// `content-length` that axum's router sets after every layer, and a request id.
+    /// `headers` is left with room for the three a stack adds after the limiter's, so that
+    /// it grows once at most: the `content-length` that axum's router sets after every
+    /// layer, and a trace part's `x-request-id` and `traceresponse`.
     #[inline]
     pub fn apply(&self, headers: &mut http::HeaderMap) {
-        self.apply_with_room(headers, 2);
-    }
-
-    /// [`apply`](Self::apply), leaving room in `headers` for `room` more headers that are
-    /// added next, so that the map grows once, here, if it must grow at all.
-    #[inline]
-    pub fn apply_with_room(&self, headers: &mut http::HeaderMap, room: usize) {
-        self.headers
-            .apply(self.set, self.remaining, self.reset_secs, headers, room);
+        self.headers.apply(
+            self.set,
+            self.remaining,
+            self.reset_secs,
+            headers,
+            ROOM_AFTER,
+        );
     }
 
     /// Requests left in the client's quota after this one.

@@ -13,6 +13,7 @@ pub use service::RateLimitService;
 use std::fmt;
 use std::sync::Arc;
 
+use garrison_core::{Part, RequestInfo};
 use http::Request;
 use tower::Layer;
 
@@ -104,32 +105,24 @@ impl RateLimitLayer {
         self.shared.decide(req, None, None)
     }
 
-    /// [`check`](Self::check) for a request whose route label `route` the caller has
-    /// resolved already, with the layer's resolver: a stack that runs several parts resolves
-    /// the route once.
-    #[inline]
-    pub fn check_route<B>(&self, req: &Request<B>, route: &str) -> Verdict {
-        self.shared.decide(req, Some(route), None)
-    }
-
-    /// [`check_route`](Self::check_route) at `now`, a tick the caller has just read from
-    /// the [limiter's clock](RateLimiter::clock): a stack that asks several parts reads the
-    /// clock once. (A shared Redis store keeps its own time.)
-    #[inline]
-    pub fn check_route_at<B>(
-        &self,
-        req: &Request<B>,
-        route: &str,
-        now: garrison_core::Tick,
-    ) -> Verdict {
-        self.shared.decide(req, Some(route), Some(now))
-    }
-
     /// The key `req` is counted under by `policy` (for logs and tests; the key is a hash).
     pub fn key_of<B>(&self, policy: &str, req: &Request<B>) -> Option<ClientKey> {
         let s = &self.shared;
         let i = s.limiter.index(policy)?;
         Some(s.limiter.hasher.key(&s.sources[i], &s.proxies, req))
+    }
+}
+
+/// The rate limiter as a part of a stack: [`check`](RateLimitLayer::check) with the route of
+/// `info` (resolved with the layer's resolver) and its tick (read from the
+/// [limiter's clock](RateLimiter::clock); a shared Redis store keeps its own time), when it
+/// has one.
+impl Part for RateLimitLayer {
+    type Entry = Verdict;
+
+    #[inline]
+    fn enter<B>(&self, req: &Request<B>, info: &RequestInfo<'_>) -> Verdict {
+        self.shared.decide(req, Some(info.route()), info.now())
     }
 }
 

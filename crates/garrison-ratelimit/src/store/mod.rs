@@ -18,6 +18,8 @@ use crate::ClientKey;
 
 /// One request for a store to decide.
 #[derive(Clone, Copy, Debug)]
+// without the `redis` feature, the memory store is the only one, and it needs less
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) struct Ask<'a> {
     /// The policy's index in the limiter.
     pub(crate) policy: usize,
@@ -32,6 +34,7 @@ pub(crate) struct Ask<'a> {
 }
 
 /// A store's answer.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Answer {
     Decided(Decision),
     /// The store cannot decide now (a shared store that cannot be reached).

@@ -79,14 +79,6 @@ impl TracedRequest {
         ctx.is_recording().then_some(ctx.trace_id)
     }
 
-    /// How many headers [`respond_parts`](Self::respond_parts) adds to the response: the
-    /// request id, and `traceresponse` when it is on. A stack that adds its own headers
-    /// first can make room for these in the same growth of the map.
-    #[inline]
-    pub fn response_headers(&self) -> usize {
-        1 + usize::from(self.trace_response)
-    }
-
     /// [`respond`](Self::respond) for a response taken apart: `head` gets the headers, and
     /// the span ends when `body` ends. A stack that changes several parts of a response puts
     /// it together once instead of once per part.

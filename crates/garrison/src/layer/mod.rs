@@ -3,10 +3,11 @@
 //!
 //! Each part is also a layer of its own crate; stacked as seven layers, every request, its
 //! future and its response would be moved through seven services and seven futures. Here
-//! one service asks each part in turn (`TraceLayer::start`, `MetricsLayer::start`,
-//! `HealthLayer::answer`, `ScrapeLayer::answer`, `RateLimitLayer::check`,
-//! `AdmissionLayer::admit`, `CircuitBreakerLayer::admit`), calls the inner service once, and
-//! one future hands the response back through the parts in reverse.
+//! one service starts the trace (`TraceLayer::start`), learns what the parts share once
+//! (`RequestInfo`: the route, the method, one clock tick, the trace), asks each part in turn
+//! through the interface their own layers use (`Part::enter`: metrics, health, scrape, rate
+//! limit, admission, breaker), calls the inner service once, and one future hands the
+//! response back through the parts in reverse.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +17,7 @@ use std::task::{ready, Context, Poll};
 use bytes::Bytes;
 use garrison_admission::{AdmissionLayer, Queued};
 use garrison_breaker::CircuitBreakerLayer;
-use garrison_core::{Caught, LayerBody, RouteResolver, SharedClock};
+use garrison_core::{Caught, LayerBody, Part, RequestInfo, RouteResolver, SharedClock};
 use garrison_health::HealthLayer;
 use garrison_metrics::{Measurement, MetricsBody, MetricsLayer, ScrapeLayer};
 use garrison_ratelimit::{Allowance, PendingVerdict, RateLimitLayer, Verdict};
@@ -140,6 +141,8 @@ where
     #[inline]
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let parts = &*self.parts;
+        // 1. trace: the one part that adds to the request (its id, its trace context), so it
+        // starts before the route is resolved
         let traced = parts.trace.as_ref().map(|t| t.start(&mut req));
         let measure;
         let mut held = Held::default();
@@ -150,40 +153,52 @@ where
             step: {
                 let _entered = traced.as_ref().map(TracedRequest::enter);
                 let route = parts.resolver.resolve(&req);
-                let now = parts.clock.as_ref().map(SharedClock::tick);
-                measure = parts.metrics.as_ref().map(|m| match &traced {
-                    // the exemplar's trace id from the trace part, not from the request's
-                    // extensions
-                    Some(t) => {
-                        m.start_route_traced(&req, route.as_str(), now, t.recorded_trace_id())
-                    }
-                    None => match now {
-                        Some(t) => m.start_route_at(&req, route.as_str(), t),
-                        None => m.start_route(&req, route.as_str()),
-                    },
-                });
-                let local = parts
-                    .health
-                    .as_ref()
-                    .and_then(|h| h.answer(&req))
-                    .or_else(|| parts.scrape.as_ref().and_then(|s| s.answer(&req)));
+                let info = parts.info(&req, route.as_str(), traced.as_ref());
+                // 2. metrics
+                measure = parts.metrics.as_ref().map(|m| m.enter(&req, &info));
+                // 3. the health routes and the scrape, answered here
+                let local = match &parts.health {
+                    Some(health) => health.enter(&req, &info),
+                    None => None,
+                };
+                let local = match (local, &parts.scrape) {
+                    (None, Some(scrape)) => scrape.enter(&req, &info),
+                    (local, _) => local,
+                };
+                // 4. to 6.: rate limit, admission, breaker
                 let gate = match local {
                     Some(resp) => Gate::Answer(resp),
-                    None => gate(
-                        parts,
-                        &req,
-                        route.as_str(),
-                        Stage::RateLimit,
-                        &mut held,
-                        now,
-                    ),
+                    None => gate(parts, &req, &info, Stage::RateLimit, &mut held),
                 };
+                // 7. your service
                 Step::after(gate, &self.parts, &mut self.inner, req)
             },
             traced,
             measure,
             held,
         }
+    }
+}
+
+impl Parts {
+    /// What every part is told of `req`, of route label `route`: the clock read once for the
+    /// parts that share it, and the trace part's decision.
+    #[inline]
+    fn info<'a, B>(
+        &self,
+        req: &Request<B>,
+        route: &'a str,
+        traced: Option<&TracedRequest>,
+    ) -> RequestInfo<'a> {
+        let mut info = RequestInfo::new(req, route);
+        if let Some(clock) = &self.clock {
+            info = info.at(clock.tick());
+        }
+        if let Some(t) = traced {
+            // the exemplar's trace id from the trace part, not from the request's extensions
+            info = info.traced(t.recorded_trace_id());
+        }
+        info
     }
 }
 
@@ -194,48 +209,38 @@ enum Gate {
     /// Answered by a part (a `429`, a `503`).
     Answer(Response<Bytes>),
     /// It must wait first.
-    Wait(Wait),
+    Wait(WaitFor),
 }
 
-/// Takes `req` (of route label `route`) through the parts from `from` on; what they let
-/// through is held in `held`. `now`: the parts' clock read once for them all, if it was.
+/// Takes `req` through the parts from `from` on; what they let through is held in `held`.
 #[inline]
 fn gate<B>(
     parts: &Parts,
     req: &Request<B>,
-    route: &str,
+    info: &RequestInfo<'_>,
     from: Stage,
     held: &mut Held,
-    now: Option<garrison_core::Tick>,
 ) -> Gate {
     if from <= Stage::RateLimit {
         if let Some(limits) = &parts.ratelimit {
-            let verdict = match now {
-                Some(t) => limits.check_route_at(req, route, t),
-                None => limits.check_route(req, route),
-            };
-            match verdict {
+            match limits.enter(req, info) {
                 Verdict::Pass => {}
                 Verdict::Allowed(a) => held.allowance = Some(a),
                 Verdict::Refused(resp) => return Gate::Answer(resp),
-                Verdict::Pending(p) => return Gate::Wait(Wait::RateLimit(p)),
+                Verdict::Pending(p) => return Gate::Wait(WaitFor::Store(p)),
             }
         }
     }
     if from <= Stage::Admission {
         if let Some(admission) = &parts.admission {
-            match admission.admit(req) {
+            match admission.enter(req, info) {
                 Ok(permit) => held.admitted = Some(permit),
-                Err(queued) => return Gate::Wait(Wait::Admission(Box::pin(queued))),
+                Err(queued) => return Gate::Wait(WaitFor::Slot(Box::pin(queued))),
             }
         }
     }
     if let Some(breaker) = &parts.breaker {
-        let permit = match now {
-            Some(t) => breaker.admit_route_at(req, route, t),
-            None => breaker.admit_route(req, route),
-        };
-        match permit {
+        match breaker.enter(req, info) {
             Ok(permit) => held.breaker = Some(permit),
             Err(resp) => return Gate::Answer(resp),
         }
@@ -243,16 +248,17 @@ fn gate<B>(
     Gate::Open
 }
 
-/// What a request waits for before it can go on: the shared rate-limit store, or a slot.
-enum Wait {
-    RateLimit(PendingVerdict),
-    Admission(Pin<Box<Queued>>),
+/// What a request waits for before it can go on: the shared rate-limit store's verdict, or an
+/// admission slot.
+enum WaitFor {
+    Store(PendingVerdict),
+    Slot(Pin<Box<Queued>>),
 }
 
 /// The slow path's state, boxed so that the fast path's future stays small: the wait, and
 /// the ready service and the request to call once it is over.
-struct Waiting<S, ReqB> {
-    wait: Wait,
+struct Parked<S, ReqB> {
+    wait: WaitFor,
     parts: Arc<Parts>,
     svc: S,
     req: Option<Request<ReqB>>,
@@ -268,7 +274,7 @@ pin_project! {
         Local { resp: Option<Response<Bytes>> },
         // the service panicked when it was called
         Caught { caught: Option<Caught> },
-        Waiting { waiting: Box<Waiting<S, ReqB>> },
+        Parked { parked: Box<Parked<S, ReqB>> },
     }
 }
 
@@ -292,8 +298,8 @@ impl<S: Service<Request<ReqB>> + Clone, ReqB> Step<S, ReqB> {
             Gate::Answer(resp) => Step::local(resp),
             Gate::Wait(wait) => {
                 let clone = svc.clone();
-                Step::Waiting {
-                    waiting: Box::new(Waiting {
+                Step::Parked {
+                    parked: Box::new(Parked {
                         wait,
                         parts: parts.clone(),
                         svc: std::mem::replace(svc, clone),
@@ -325,7 +331,7 @@ impl<S: Service<Request<ReqB>>, ReqB> std::fmt::Debug for GarrisonFuture<S, ReqB
             Step::Called { .. } => "called",
             Step::Local { .. } => "answered by the stack",
             Step::Caught { .. } => "panicked",
-            Step::Waiting { .. } => "waiting",
+            Step::Parked { .. } => "waiting",
         };
         f.debug_struct("GarrisonFuture")
             .field("step", &step)
@@ -388,10 +394,10 @@ where
                     let (head, body) = resp.into_parts();
                     break (head, LayerBody::local(body));
                 }
-                StepProj::Waiting { waiting } => {
-                    let w = &mut **waiting;
+                StepProj::Parked { parked } => {
+                    let w = &mut **parked;
                     let (from, req) = match &mut w.wait {
-                        Wait::RateLimit(pending) => match ready!(Pin::new(pending).poll(cx)) {
+                        WaitFor::Store(pending) => match ready!(Pin::new(pending).poll(cx)) {
                             Verdict::Pass => (Stage::Admission, w.req.take()),
                             Verdict::Allowed(a) => {
                                 this.held.allowance = Some(a);
@@ -403,7 +409,7 @@ where
                             }
                             Verdict::Pending(_) => unreachable!("a store answers once"),
                         },
-                        Wait::Admission(queued) => match ready!(queued.as_mut().poll(cx)) {
+                        WaitFor::Slot(queued) => match ready!(queued.as_mut().poll(cx)) {
                             Ok(permit) => {
                                 this.held.admitted = Some(permit);
                                 (Stage::Breaker, w.req.take())
@@ -417,7 +423,8 @@ where
                     let req = req.expect("GarrisonFuture polled after completion");
                     let route = w.parts.resolver.resolve(&req);
                     // time has passed while waiting: each part reads its clock again
-                    let gate = gate(&w.parts, &req, route.as_str(), from, this.held, None);
+                    let info = RequestInfo::new(&req, route.as_str());
+                    let gate = gate(&w.parts, &req, &info, from, this.held);
                     Step::after(gate, &w.parts, &mut w.svc, req)
                 }
             };
@@ -430,11 +437,7 @@ where
         // head or wraps its body in place, instead of moving the whole response
         let (mut head, body) = result;
         if let Some(a) = this.held.allowance.take() {
-            // the trace part's headers, and the `content-length` axum's router sets after
-            // every layer
-            let trace = this.traced.as_ref();
-            let room = 1 + trace.map_or(0, TracedRequest::response_headers);
-            a.apply_with_room(&mut head.headers, room);
+            a.apply(&mut head.headers);
         }
         let body = match this.measure.take() {
             Some(m) => m.respond_parts(&head, body),
