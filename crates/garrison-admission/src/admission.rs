@@ -237,7 +237,7 @@ impl AdmissionBuilder {
             epoch: Instant::now(),
             in_time: AtomicUsize::new(0),
             last_decrease: AtomicU64::new(0),
-            admitted: Admitted::default(),
+            admitted: AdmittedCounts::default(),
             shed: Default::default(),
             wait: [wait(), wait(), wait(), wait(), wait()],
         });
@@ -297,14 +297,14 @@ pub(crate) struct Inner {
     epoch: Instant,
     in_time: AtomicUsize,
     last_decrease: AtomicU64,
-    admitted: Admitted,
+    admitted: AdmittedCounts,
     shed: [[AtomicU64; 3]; 5],
     wait: [DurationHistogram; 5],
 }
 
 /// Admissions by class, counted in one of a few shards per thread so that threads
 /// admitting at once do not write one cache line.
-type Admitted = garrison_core::ShardedCounters<5>;
+type AdmittedCounts = garrison_core::ShardedCounters<5>;
 
 #[derive(Default)]
 struct Queue {
@@ -442,7 +442,7 @@ impl Admission {
         i.dispatch(&mut q, now);
         drop(q);
         Acquire {
-            state: State::Waiting {
+            state: AcquireState::Waiting {
                 admission: self.inner.clone(),
                 rx,
                 seq,
@@ -612,7 +612,7 @@ pin_project! {
     /// gives back a slot it was handed meanwhile).
     pub struct Acquire {
         #[pin]
-        state: State,
+        state: AcquireState,
     }
 
     impl PinnedDrop for Acquire {
@@ -631,7 +631,7 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State {
+    enum AcquireState {
         Ready { result: Option<Result<Permit, Shed>> },
         Waiting {
             admission: Arc<Inner>,
@@ -648,7 +648,7 @@ pin_project! {
 impl Acquire {
     fn ready(result: Result<Permit, Shed>) -> Self {
         Self {
-            state: State::Ready {
+            state: AcquireState::Ready {
                 result: Some(result),
             },
         }
@@ -701,7 +701,7 @@ impl Future for Acquire {
             }
             StateProj::Done => panic!("Acquire polled after completion"),
         };
-        this.state.set(State::Done);
+        this.state.set(AcquireState::Done);
         Poll::Ready(out)
     }
 }

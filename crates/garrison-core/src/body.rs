@@ -12,13 +12,13 @@ pin_project! {
     /// body, or the small body of a response the layer made (a `429`, a `503`).
     pub struct LayerBody<B> {
         #[pin]
-        kind: Kind<B>,
+        kind: BodyKind<B>,
     }
 }
 
 pin_project! {
     #[project = Proj]
-    enum Kind<B> {
+    enum BodyKind<B> {
         Inner { #[pin] body: B },
         Rejection { data: Option<Bytes> },
     }
@@ -28,14 +28,14 @@ impl<B> LayerBody<B> {
     /// The inner service's body.
     pub fn inner(body: B) -> Self {
         Self {
-            kind: Kind::Inner { body },
+            kind: BodyKind::Inner { body },
         }
     }
 
     /// A body the layer made.
     pub fn local(data: Bytes) -> Self {
         Self {
-            kind: Kind::Rejection {
+            kind: BodyKind::Rejection {
                 data: (!data.is_empty()).then_some(data),
             },
         }
@@ -43,7 +43,7 @@ impl<B> LayerBody<B> {
 
     /// Whether the layer made this body rather than the inner service.
     pub fn is_local(&self) -> bool {
-        matches!(self.kind, Kind::Rejection { .. })
+        matches!(self.kind, BodyKind::Rejection { .. })
     }
 }
 
@@ -81,16 +81,16 @@ impl<B: Body<Data = Bytes>> Body for LayerBody<B> {
     #[inline]
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Inner { body } => body.is_end_stream(),
-            Kind::Rejection { data } => data.is_none(),
+            BodyKind::Inner { body } => body.is_end_stream(),
+            BodyKind::Rejection { data } => data.is_none(),
         }
     }
 
     #[inline]
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Inner { body } => body.size_hint(),
-            Kind::Rejection { data } => {
+            BodyKind::Inner { body } => body.size_hint(),
+            BodyKind::Rejection { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }

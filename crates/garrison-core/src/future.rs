@@ -16,13 +16,13 @@ pin_project! {
     /// ready at once.
     pub struct LayerFuture<F> {
         #[pin]
-        kind: Kind<F>,
+        kind: FutureKind<F>,
     }
 }
 
 pin_project! {
     #[project = Proj]
-    enum Kind<F> {
+    enum FutureKind<F> {
         Inner { #[pin] fut: F },
         Local { resp: Option<Response<Bytes>> },
     }
@@ -32,21 +32,21 @@ impl<F> LayerFuture<F> {
     /// Waits for the inner service's future.
     pub fn inner(fut: F) -> Self {
         Self {
-            kind: Kind::Inner { fut },
+            kind: FutureKind::Inner { fut },
         }
     }
 
     /// Answers with `resp` at once.
     pub fn local(resp: Response<Bytes>) -> Self {
         Self {
-            kind: Kind::Local { resp: Some(resp) },
+            kind: FutureKind::Local { resp: Some(resp) },
         }
     }
 }
 
 impl<F> std::fmt::Debug for LayerFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let local = matches!(self.kind, Kind::Local { .. });
+        let local = matches!(self.kind, FutureKind::Local { .. });
         f.debug_struct("LayerFuture")
             .field("local", &local)
             .finish_non_exhaustive()

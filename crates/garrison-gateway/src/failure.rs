@@ -43,7 +43,7 @@ impl From<Failure> for Lost {
 
 /// The failure of a request whose connection broke after it went out: its own body's
 /// limit, when that is what ended it.
-pub(crate) fn broken(e: &(dyn std::error::Error + 'static)) -> Failure {
+pub(crate) fn failure_after_send(e: &(dyn std::error::Error + 'static)) -> Failure {
     let mut cur = Some(e);
     while let Some(err) = cur {
         if err.is::<LengthLimitError>() {

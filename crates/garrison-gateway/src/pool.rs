@@ -31,14 +31,14 @@ use parking_lot::Mutex;
 use tokio::net::TcpStream;
 
 use crate::body::UpstreamBody;
-use crate::failure::{broken, source_chain, Failure, Lost};
+use crate::failure::{failure_after_send, source_chain, Failure, Lost};
 
 /// The idle connections of one upstream: `workers` × `addresses` LIFO lists.
 #[derive(Debug)]
 pub(crate) struct Http1Pool {
     /// Each its own allocation, counted by its own worker's requests only: no reference
     /// count or lock shared by two workers.
-    slots: Box<[Arc<Slot>]>,
+    slots: Box<[Arc<WorkerPools>]>,
     addresses: usize,
     connect_timeout: Duration,
     /// Connections open to each address, over every worker, and the most there may be.
@@ -60,7 +60,7 @@ impl Drop for Place {
 /// body of its connections does; its idle connections close with it.
 #[derive(Debug)]
 #[repr(align(128))]
-struct Slot {
+struct WorkerPools {
     idle: Mutex<Vec<Idle>>,
     idle_timeout: Duration,
     /// Whether this slot's worker runs a task that closes connections idle too long.
@@ -78,13 +78,13 @@ const TICKS: u64 = 4;
 const MAX_IDLE: usize = 1024;
 
 struct Idle {
-    up: Box<Upstream>,
+    up: Box<PooledConn>,
     tick: u64,
 }
 
 /// Both halves of one HTTP/1.1 connection, boxed once per connection so that a check-out,
 /// a response body and a check-in move a pointer.
-struct Upstream {
+struct PooledConn {
     tx: SendRequest<UpstreamBody>,
     link: Link,
     _place: Place,
@@ -147,7 +147,7 @@ impl Link {
     }
 }
 
-impl Upstream {
+impl PooledConn {
     /// Whether a request can be sent: `false` when the connection has ended. A connection
     /// that asked for its next request before it went idle is not driven first (one its
     /// upstream closed meanwhile gives the request back unsent).
@@ -176,7 +176,7 @@ impl Http1Pool {
     ) -> Self {
         let slots = (0..workers.max(1) * addresses.max(1))
             .map(|_| {
-                Arc::new(Slot {
+                Arc::new(WorkerPools {
                     idle: Mutex::new(Vec::new()),
                     idle_timeout,
                     reaping: AtomicBool::new(false),
@@ -267,7 +267,7 @@ impl Http1Pool {
                         req = copy;
                         replayed = true;
                     }
-                    (None, _) => return Err(broken(e.error()).into()),
+                    (None, _) => return Err(failure_after_send(e.error()).into()),
                 },
             }
         }
@@ -275,10 +275,10 @@ impl Http1Pool {
 
     async fn connect(
         &self,
-        slot: &Arc<Slot>,
+        slot: &Arc<WorkerPools>,
         at: usize,
         authority: &Authority,
-    ) -> Result<Box<Upstream>, Failure> {
+    ) -> Result<Box<PooledConn>, Failure> {
         let open = &self.open[at % self.open.len()];
         if open.fetch_add(1, Ordering::Relaxed) >= self.max_open {
             open.fetch_sub(1, Ordering::Relaxed);
@@ -293,7 +293,7 @@ impl Http1Pool {
         if !slot.reaping.swap(true, Ordering::Relaxed) {
             tokio::spawn(reap(Arc::downgrade(slot)));
         }
-        Ok(Box::new(Upstream {
+        Ok(Box::new(PooledConn {
             tx,
             link: Link(Some(conn)),
             _place: place,
@@ -357,7 +357,7 @@ fn replay_copy(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
 
 /// Closes the connections of `slot` that stayed idle for the idle timeout, until the slot
 /// is gone (a reload replaced its pool, and its last response body ended).
-async fn reap(slot: Weak<Slot>) {
+async fn reap(slot: Weak<WorkerPools>) {
     let every = match slot.upgrade() {
         Some(s) => (s.idle_timeout / TICKS as u32).max(Duration::from_millis(1)),
         None => return,
@@ -383,8 +383,8 @@ async fn reap(slot: Weak<Slot>) {
 /// The HTTP/1.1 connection a response body comes on: driven while the body streams, and
 /// given back to its slot at the end unless the upstream said `Connection: close`.
 struct Driven {
-    up: Box<Upstream>,
-    slot: Arc<Slot>,
+    up: Box<PooledConn>,
+    slot: Arc<WorkerPools>,
     keep: bool,
 }
 
@@ -471,7 +471,11 @@ impl PooledBody {
         })
     }
 
-    fn pooled(resp: Response<Incoming>, slot: Arc<Slot>, up: Box<Upstream>) -> Response<Self> {
+    fn pooled(
+        resp: Response<Incoming>,
+        slot: Arc<WorkerPools>,
+        up: Box<PooledConn>,
+    ) -> Response<Self> {
         let keep = !resp
             .headers()
             .get(http::header::CONNECTION)

@@ -28,7 +28,7 @@ pub(crate) const GRAIN: Duration = Duration::from_millis(10);
 /// The deadlines of one thread.
 #[derive(Default)]
 struct Table {
-    slots: Vec<Slot>,
+    slots: Vec<TimerSlot>,
     free: Vec<usize>,
     /// Deadlines in use that have not fired: the ticking task runs while there are any (a
     /// fired deadline that a connection keeps for its next request does not keep it).
@@ -45,7 +45,7 @@ struct Table {
 impl Table {
     /// Starts the ticking task if none runs and there is a runtime to run it; whether one
     /// runs now.
-    fn tick_if_idle(&mut self, table: &Shared) -> bool {
+    fn tick_if_idle(&mut self, table: &SharedTable) -> bool {
         if self.ticking {
             return true;
         }
@@ -60,7 +60,7 @@ impl Table {
     }
 }
 
-struct Slot {
+struct TimerSlot {
     /// The tick at which it is due.
     due: u64,
     /// Its time, kept only where no runtime ticks (it is then checked when polled).
@@ -70,15 +70,15 @@ struct Slot {
     used: bool,
 }
 
-type Shared = Arc<Mutex<Table>>;
+type SharedTable = Arc<Mutex<Table>>;
 
 thread_local! {
-    static TABLE: Shared = Arc::default();
+    static TABLE: SharedTable = Arc::default();
 }
 
 /// A deadline armed in its thread's table: ready once it has passed.
 pub(crate) struct Deadline {
-    table: Shared,
+    table: SharedTable,
     index: usize,
 }
 
@@ -95,7 +95,7 @@ impl Deadline {
         let index = {
             let mut t = table.lock();
             let ticking = t.tick_if_idle(&table);
-            let slot = Slot {
+            let slot = TimerSlot {
                 due: t.ticks.saturating_add(ticks),
                 at: (!ticking).then(|| Instant::now() + after),
                 waker: None,

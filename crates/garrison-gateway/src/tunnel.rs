@@ -29,7 +29,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tower::Service;
 
 use crate::body::UpstreamBody;
-use crate::failure::{broken, source_chain, Failure, Lost};
+use crate::failure::{failure_after_send, source_chain, Failure, Lost};
 use crate::forwarding::connection_tokens;
 use crate::metrics::{TunnelEnd, TunnelStats};
 use crate::pool::{connect_tcp, unsent};
@@ -142,7 +142,9 @@ impl<'a> Service<Request<UpstreamBody>> for TunnelClient<'a> {
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
             });
-            tx.send_request(req).await.map_err(|e| broken(&e).into())
+            tx.send_request(req)
+                .await
+                .map_err(|e| failure_after_send(&e).into())
         })
     }
 }

@@ -66,7 +66,7 @@ pub use exporter::{MetricsExporter, ScrapeLayer, ScrapeService};
 pub use exposition::{Collector, Format, MetricType, MetricWriter};
 pub use garrison_core::{Part, RequestInfo, RouteTable, TraceContext, TraceId};
 pub use histogram::HistogramSnapshot;
-pub use layer::{Measurement, MetricsBody, MetricsLayer, MetricsService, ResponseFuture};
+pub use layer::{MeasuredRequest, MetricsBody, MetricsLayer, MetricsService, ResponseFuture};
 pub use process::ProcessStats;
 #[cfg(feature = "prometheus-client")]
 pub use prometheus_client::PrometheusClientCollector;

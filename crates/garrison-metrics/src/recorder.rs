@@ -48,13 +48,13 @@ pub struct GarrisonRecorder {
 struct Inner {
     buckets: Vec<f64>,
     max_series: usize,
-    series: RwLock<HashMap<Key, Series>>,
+    series: RwLock<HashMap<Key, RecorderSeries>>,
     help: RwLock<HashMap<String, (Option<Unit>, String)>>,
     dropped: AtomicU64,
 }
 
 #[derive(Clone, Debug)]
-enum Series {
+enum RecorderSeries {
     Counter(Arc<AtomicU64>),
     Gauge(Arc<AtomicU64>),
     Histogram(Arc<Observed>),
@@ -134,12 +134,12 @@ impl GarrisonRecorder {
         }
     }
 
-    /// Series not recorded because the cap was reached.
+    /// RecorderSeries not recorded because the cap was reached.
     pub fn series_dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
 
-    fn register(&self, key: &Key, make: impl FnOnce() -> Series) -> Option<Series> {
+    fn register(&self, key: &Key, make: impl FnOnce() -> RecorderSeries) -> Option<RecorderSeries> {
         if let Some(s) = self.inner.series.read().get(key) {
             return Some(s.clone());
         }
@@ -178,15 +178,15 @@ impl Recorder for GarrisonRecorder {
     }
 
     fn register_counter(&self, key: &Key, _: &Metadata<'_>) -> Counter {
-        match self.register(key, || Series::Counter(Arc::default())) {
-            Some(Series::Counter(c)) => Counter::from_arc(c),
+        match self.register(key, || RecorderSeries::Counter(Arc::default())) {
+            Some(RecorderSeries::Counter(c)) => Counter::from_arc(c),
             _ => Counter::noop(),
         }
     }
 
     fn register_gauge(&self, key: &Key, _: &Metadata<'_>) -> Gauge {
-        match self.register(key, || Series::Gauge(Arc::default())) {
-            Some(Series::Gauge(g)) => Gauge::from_arc(g),
+        match self.register(key, || RecorderSeries::Gauge(Arc::default())) {
+            Some(RecorderSeries::Gauge(g)) => Gauge::from_arc(g),
             _ => Gauge::noop(),
         }
     }
@@ -194,12 +194,12 @@ impl Recorder for GarrisonRecorder {
     fn register_histogram(&self, key: &Key, _: &Metadata<'_>) -> Histogram {
         let buckets = &self.inner.buckets;
         let made = || {
-            Series::Histogram(Arc::new(Observed(
+            RecorderSeries::Histogram(Arc::new(Observed(
                 DurationHistogram::new(buckets).expect("checked at build"),
             )))
         };
         match self.register(key, made) {
-            Some(Series::Histogram(h)) => Histogram::from_arc(h),
+            Some(RecorderSeries::Histogram(h)) => Histogram::from_arc(h),
             _ => Histogram::noop(),
         }
     }
@@ -246,9 +246,9 @@ impl Collector for GarrisonRecorder {
         let mut families: BTreeMap<String, Family> = BTreeMap::new();
         for (key, s) in series {
             let kind = match s {
-                Series::Counter(_) => Kind::Counter,
-                Series::Gauge(_) => Kind::Gauge,
-                Series::Histogram(_) => Kind::Histogram,
+                RecorderSeries::Counter(_) => Kind::Counter,
+                RecorderSeries::Gauge(_) => Kind::Gauge,
+                RecorderSeries::Histogram(_) => Kind::Histogram,
             };
             let name = prometheus_name(key.name(), kind == Kind::Counter);
             let labels = key
@@ -277,18 +277,20 @@ impl Collector for GarrisonRecorder {
                     .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect();
                 match s {
-                    Series::Counter(c) => w.sample_u64(&name, &labels, c.load(Ordering::Relaxed)),
-                    Series::Gauge(g) => {
+                    RecorderSeries::Counter(c) => {
+                        w.sample_u64(&name, &labels, c.load(Ordering::Relaxed))
+                    }
+                    RecorderSeries::Gauge(g) => {
                         w.sample_f64(&name, &labels, f64::from_bits(g.load(Ordering::Relaxed)))
                     }
-                    Series::Histogram(h) => w.histogram(&name, &labels, &h.0),
+                    RecorderSeries::Histogram(h) => w.histogram(&name, &labels, &h.0),
                 }
             }
         }
         w.family(
             "garrison_metrics_recorder_series_dropped",
             MetricType::Counter,
-            "Series of the metrics crate not recorded because the recorder's cap was reached.",
+            "RecorderSeries of the metrics crate not recorded because the recorder's cap was reached.",
         );
         w.sample_u64(
             "garrison_metrics_recorder_series_dropped",
@@ -299,7 +301,7 @@ impl Collector for GarrisonRecorder {
 }
 
 /// One family at a scrape: its kind, and its series with their labels.
-type Family = (Kind, Vec<(Vec<(String, String)>, Series)>);
+type Family = (Kind, Vec<(Vec<(String, String)>, RecorderSeries)>);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {

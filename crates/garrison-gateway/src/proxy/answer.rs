@@ -25,14 +25,14 @@ pub(super) fn client_blame(
 ) -> Option<Response<ProxyBody>> {
     let watch = watch?;
     if watch.broke() {
-        return Some(error(
+        return Some(gateway_error(
             StatusCode::BAD_REQUEST,
             "the request body is malformed or incomplete",
             None,
         ));
     }
     if watch.waiting() && matches!(failure, Failure::Timeout | Failure::Broken(_)) {
-        return Some(error(
+        return Some(gateway_error(
             StatusCode::REQUEST_TIMEOUT,
             "the request body came too slowly",
             None,
@@ -42,27 +42,27 @@ pub(super) fn client_blame(
 }
 
 /// The gateway's answer when the upstream of `route` gave none.
-pub(super) fn failed(route: &Route, failure: Failure) -> Response<ProxyBody> {
+pub(super) fn unanswered(route: &Route, failure: Failure) -> Response<ProxyBody> {
     let up = &route.upstream;
     let name = Some(up.name());
     match failure {
         Failure::Connect(e) => {
             tracing::warn!(upstream = up.name(), error = %e, "upstream unreachable");
-            error(StatusCode::BAD_GATEWAY, "upstream unreachable", name)
+            gateway_error(StatusCode::BAD_GATEWAY, "upstream unreachable", name)
         }
         Failure::TooLarge => too_large(route.max_body),
         Failure::Broken(e) => {
             tracing::warn!(upstream = up.name(), error = %e, "upstream connection failed");
-            error(StatusCode::BAD_GATEWAY, "upstream connection failed", name)
+            gateway_error(StatusCode::BAD_GATEWAY, "upstream connection failed", name)
         }
-        Failure::ConnectTimeout => error(
+        Failure::ConnectTimeout => gateway_error(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream connect timed out",
             name,
         ),
-        Failure::Timeout => error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out", name),
+        Failure::Timeout => gateway_error(StatusCode::GATEWAY_TIMEOUT, "upstream timed out", name),
         Failure::Saturated => {
-            let mut resp = error(
+            let mut resp = gateway_error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream connection limit reached",
                 name,
@@ -76,7 +76,7 @@ pub(super) fn failed(route: &Route, failure: Failure) -> Response<ProxyBody> {
 
 /// The upstream's response as the client gets it: hop-by-hop headers removed, the body
 /// bounded by the upstream's idle timeout and, over HTTP/2, watched for a client that stalls.
-pub(super) fn response(
+pub(super) fn client_response(
     resp: Response<PooledBody>,
     up: &Upstream,
     stalls: Option<&Arc<crate::stall::Stalls>>,
@@ -91,7 +91,7 @@ pub(super) fn response(
 }
 
 /// The gateway's own error: a small JSON body, never cached.
-pub(crate) fn error(
+pub(crate) fn gateway_error(
     status: StatusCode,
     message: &str,
     upstream: Option<&str>,
@@ -128,7 +128,7 @@ pub(super) fn declared_over(h: &HeaderMap, limit: usize) -> bool {
 /// `413` for a request body over `limit` bytes.
 pub(super) fn too_large(limit: usize) -> Response<ProxyBody> {
     tracing::debug!(limit, "a request body over its route's limit");
-    error(
+    gateway_error(
         StatusCode::PAYLOAD_TOO_LARGE,
         &format!("the request body is larger than {limit} bytes"),
         None,
@@ -141,7 +141,7 @@ mod tests {
 
     #[test]
     fn errors_are_small_json_bodies_that_are_never_cached() {
-        let r = error(
+        let r = gateway_error(
             StatusCode::GATEWAY_TIMEOUT,
             "upstream timed out",
             Some("a\"b"),

@@ -34,7 +34,7 @@ use crate::forwarding::{
 use crate::metrics::TunnelStats;
 use crate::pool::{Http1Pool, PooledBody};
 use crate::upstream::Upstream;
-use answer::{declared_over, error, response, too_large};
+use answer::{client_response, declared_over, gateway_error, too_large};
 use target::upstream_path;
 
 /// The proxy's response body: the upstream's, streamed, or the gateway's own error.
@@ -187,10 +187,10 @@ impl Service<Request<Incoming>> for Proxy {
 impl Inner {
     async fn forward(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         if let Some(refused) = req.extensions().get::<crate::path::Refused>() {
-            return error(StatusCode::BAD_REQUEST, refused.0, None);
+            return gateway_error(StatusCode::BAD_REQUEST, refused.0, None);
         }
         let Ok(found) = self.router.at(req.uri().path()) else {
-            return error(StatusCode::NOT_FOUND, "no route for this path", None);
+            return gateway_error(StatusCode::NOT_FOUND, "no route for this path", None);
         };
         let route = &self.routes[*found.value];
         let up = &route.upstream;
@@ -202,7 +202,7 @@ impl Inner {
             _ => None,
         };
         let Some(path) = upstream_path(&parts.uri, route.strip.as_deref()) else {
-            return error(
+            return gateway_error(
                 StatusCode::BAD_REQUEST,
                 "the path cannot be forwarded",
                 None,
@@ -274,7 +274,7 @@ impl Inner {
         )
         .await;
         match sent {
-            Ok(resp) => response(resp, up, stalls.as_ref()),
+            Ok(resp) => client_response(resp, up, stalls.as_ref()),
             Err(answer) => answer,
         }
     }
@@ -308,10 +308,10 @@ impl Inner {
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // the upstream would not switch: its answer goes back as any other
-            return response(PooledBody::unpooled(resp), up, None);
+            return client_response(PooledBody::unpooled(resp), up, None);
         }
         let Some(theirs) = resp.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
-            return error(
+            return gateway_error(
                 StatusCode::BAD_GATEWAY,
                 "upstream upgrade failed",
                 Some(up.name()),
@@ -325,7 +325,7 @@ impl Inner {
             switch.slot,
             self.tunnels.clone(),
         ));
-        let mut resp = response(PooledBody::unpooled(resp), up, None);
+        let mut resp = client_response(PooledBody::unpooled(resp), up, None);
         if let Some(u) = upgrade {
             crate::tunnel::mark_upgrade(resp.headers_mut(), u);
         }

@@ -15,12 +15,12 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower::{Layer, Service, ServiceExt};
 
-use super::answer::{client_blame, failed};
-use super::target::request;
+use super::answer::{client_blame, unanswered};
+use super::target::upstream_request;
 use super::{worker, HttpClient, Inner, ProxyBody, Route, Transport};
 use crate::body::{BodyWatch, UpstreamBody};
 use crate::config::UpstreamProtocol;
-use crate::failure::{broken, source_chain, timed_out, Failure, Lost};
+use crate::failure::{failure_after_send, source_chain, timed_out, Failure, Lost};
 use crate::pool::{Http1Pool, PooledBody, SendFuture};
 use crate::upstream::Upstream;
 
@@ -48,7 +48,7 @@ where
     let up = &route.upstream;
     let mut retried = false;
     let (mut at, mut authority) = up.pick(None);
-    let mut req = request(parts, authority, path, up.host, body);
+    let mut req = upstream_request(parts, authority, path, up.host, body);
     loop {
         let lost = match send(at, authority, req).await {
             Ok(resp) => {
@@ -60,7 +60,7 @@ where
         if let Some(answer) = client_blame(watch, &lost.failure) {
             return Err(answer);
         }
-        charge(up, at, &lost.failure);
+        count_against(up, at, &lost.failure);
         let nothing_sent = matches!(
             lost.failure,
             Failure::Connect(_) | Failure::ConnectTimeout | Failure::Saturated
@@ -73,17 +73,17 @@ where
             _ => None,
         };
         let Some((parts, body)) = again else {
-            return Err(failed(route, lost.failure));
+            return Err(unanswered(route, lost.failure));
         };
         retried = true;
         (at, authority) = up.pick(Some(at));
-        req = request(parts, authority, path, up.host, body);
+        req = upstream_request(parts, authority, path, up.host, body);
     }
 }
 
 /// Counts `failure` against address `at` of `up`, unless the request is to blame (a body
 /// over its limit).
-fn charge(up: &Upstream, at: usize, failure: &Failure) {
+fn count_against(up: &Upstream, at: usize, failure: &Failure) {
     if !matches!(failure, Failure::TooLarge | Failure::Saturated) {
         up.failed(at);
     }
@@ -147,7 +147,7 @@ impl Inner {
                     Failure::Connect(source_chain(&e))
                 }
             }
-            Ok(Err(e)) => broken(&e),
+            Ok(Err(e)) => failure_after_send(&e),
         };
         Err(failure.into())
     }

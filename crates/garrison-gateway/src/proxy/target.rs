@@ -10,7 +10,7 @@ use crate::config::HostMode;
 
 /// The request for `authority`: `parts` with the absolute URI of `path` there, and its `Host`
 /// as the upstream's `host` mode says.
-pub(super) fn request(
+pub(super) fn upstream_request(
     mut parts: http::request::Parts,
     authority: &Authority,
     path: &PathAndQuery,

@@ -66,7 +66,7 @@ impl MetricsLayer {
 impl MetricsLayer {
     /// Starts measuring `req`, for a stack that runs the metrics itself rather than as a
     /// layer (the `garrison` umbrella's one service). Hand the inner service's response to
-    /// [`Measurement::respond`]; a measurement dropped before that records the request as
+    /// [`MeasuredRequest::respond`]; a measurement dropped before that records the request as
     /// cancelled.
     ///
     /// ```
@@ -81,7 +81,7 @@ impl MetricsLayer {
     /// assert!(text.contains("http_server_request_duration_seconds_count"));
     /// ```
     #[inline]
-    pub fn start<B>(&self, req: &http::Request<B>) -> Measurement {
+    pub fn start<B>(&self, req: &http::Request<B>) -> MeasuredRequest {
         let route = self.resolver.resolve(req);
         self.enter(req, &RequestInfo::new(req, route.as_str()))
     }
@@ -94,9 +94,9 @@ impl MetricsLayer {
 
 /// One request being measured, from [`MetricsLayer::start`] until its response body ends.
 #[derive(Debug)]
-pub struct Measurement(guard::RequestGuard);
+pub struct MeasuredRequest(guard::RequestGuard);
 
-impl Measurement {
+impl MeasuredRequest {
     /// The inner service answered `resp`: its status is recorded, and its body measured
     /// until it ends (or is dropped: `error_type="cancelled"`).
     #[inline]
@@ -132,11 +132,11 @@ impl Measurement {
 /// [`clock`](crate::MetricsRegistry::clock); the exemplar's trace is the trace part's when it
 /// ran, else the request's [`TraceContext`](garrison_core::TraceContext)).
 impl Part for MetricsLayer {
-    type Entry = Measurement;
+    type Entry = MeasuredRequest;
 
     #[inline]
-    fn enter<B>(&self, req: &http::Request<B>, info: &RequestInfo<'_>) -> Measurement {
-        Measurement(service::start(&self.registry.shared, req, info))
+    fn enter<B>(&self, req: &http::Request<B>, info: &RequestInfo<'_>) -> MeasuredRequest {
+        MeasuredRequest(service::start(&self.registry.shared, req, info))
     }
 }
 

@@ -139,7 +139,7 @@ struct Lease {
 }
 
 /// What a request of a key does first.
-enum Take {
+enum LeaseStep {
     /// Decided from what this replica holds.
     Decided(Decision),
     /// Ask Redis for `want` tokens (more than one: a lease), giving back `back` unspent ones.
@@ -307,14 +307,14 @@ impl RedisStore {
 
     /// Decides from this replica's lease or remembered refusal of `key`, or says what to ask
     /// Redis for. `max` is the largest lease of the policy (1: no leases).
-    fn take(&self, idx: usize, key: ClientKey, now: u64, max: u32) -> Take {
+    fn take(&self, idx: usize, key: ClientKey, now: u64, max: u32) -> LeaseStep {
         if self.lease_fraction <= 0.0 {
-            return Take::Ask { want: 1, back: 0 };
+            return LeaseStep::Ask { want: 1, back: 0 };
         }
         let mut shard = self.lease_shard((idx, key.0)).lock();
         let Some(lease) = shard.get_mut(&(idx, key.0)) else {
             if max <= 1 || !self.room_for_lease(&mut shard, now) {
-                return Take::Ask { want: 1, back: 0 };
+                return LeaseStep::Ask { want: 1, back: 0 };
             }
             let size = FIRST_LEASE.min(max);
             shard.insert(
@@ -325,14 +325,14 @@ impl RedisStore {
                     ..Lease::default()
                 },
             );
-            return Take::Ask {
+            return LeaseStep::Ask {
                 want: size,
                 back: 0,
             };
         };
         if now < lease.denied_until {
             self.stats.lease_hits.fetch_add(1, Ordering::Relaxed);
-            return Take::Decided(Decision {
+            return LeaseStep::Decided(Decision {
                 allowed: false,
                 remaining: 0,
                 reset: lease.full_at.saturating_sub(now),
@@ -342,7 +342,7 @@ impl RedisStore {
         if lease.tokens > 0 && now < lease.expires {
             lease.tokens -= 1;
             self.stats.lease_hits.fetch_add(1, Ordering::Relaxed);
-            return Take::Decided(Decision {
+            return LeaseStep::Decided(Decision {
                 allowed: true,
                 remaining: lease.remaining.saturating_add(lease.tokens),
                 reset: lease.full_at.saturating_sub(now),
@@ -350,7 +350,7 @@ impl RedisStore {
             });
         }
         if lease.refilling || max <= 1 {
-            return Take::Ask { want: 1, back: 0 };
+            return LeaseStep::Ask { want: 1, back: 0 };
         }
         // the lease is spent or expired: the next one is sized on how fast this one went
         let back = lease.tokens;
@@ -365,7 +365,7 @@ impl RedisStore {
         lease.tokens = 0;
         lease.granted = 0;
         lease.refilling = true;
-        Take::Ask {
+        LeaseStep::Ask {
             want: lease.size,
             back,
         }
@@ -615,8 +615,8 @@ impl Store for Arc<RedisStore> {
         } = ask;
         let max = self.batch(quota.burst);
         let (want, back) = match self.take(idx, key, now, max) {
-            Take::Decided(d) => return Answer::Decided(d),
-            Take::Ask { want, back } => (want, back),
+            LeaseStep::Decided(d) => return Answer::Decided(d),
+            LeaseStep::Ask { want, back } => (want, back),
         };
         if !self.should_try(now) {
             self.settle(idx, key, want, None, now);

@@ -19,7 +19,7 @@ use garrison_admission::{AdmissionLayer, Queued};
 use garrison_breaker::CircuitBreakerLayer;
 use garrison_core::{Caught, LayerBody, Part, RequestInfo, RouteResolver, SharedClock};
 use garrison_health::HealthLayer;
-use garrison_metrics::{Measurement, MetricsBody, MetricsLayer, ScrapeLayer};
+use garrison_metrics::{MeasuredRequest, MetricsBody, MetricsLayer, ScrapeLayer};
 use garrison_ratelimit::{Allowance, PendingVerdict, RateLimitLayer, Verdict};
 use garrison_trace::{TraceBody, TraceLayer, TracedRequest};
 use http::{Request, Response};
@@ -320,7 +320,7 @@ pin_project! {
         #[pin]
         step: Step<S, ReqB>,
         traced: Option<TracedRequest>,
-        measure: Option<Measurement>,
+        measure: Option<MeasuredRequest>,
         held: Held,
     }
 }
