@@ -51,7 +51,8 @@ pub use checks::*;
 pub use garrison_core::{Part, RequestInfo};
 pub use layer::{HealthLayer, HealthService, ResponseFuture};
 pub use registry::{
-    Details, HealthRegistry, HealthRegistryBuilder, Observation, Paths, RegisterError, StatusCodes,
+    Details, HealthRegistry, HealthRegistryBuilder, Observation, Paths, RegisterError,
+    StatusChange, StatusCodes,
 };
 pub use report::{Probe, Report, HEALTH_JSON};
 pub use status::{CheckResult, Measurement, Observed, Status};

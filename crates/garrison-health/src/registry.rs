@@ -31,8 +31,28 @@ impl Observation {
     }
 }
 
+/// A change of a check's status, as [`HealthRegistry::on_change`] hands it to its callbacks.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct StatusChange<'a> {
+    /// The check's name.
+    pub check: &'a str,
+    /// The status before (`None`: the check's first run).
+    pub from: Option<Status>,
+    /// The status now.
+    pub to: Status,
+    /// Why, when the check is not passing.
+    pub reason: Option<&'a str>,
+}
+
+type Listener = Arc<dyn Fn(&StatusChange<'_>) + Send + Sync>;
+
+/// The callbacks of [`HealthRegistry::on_change`], shared by every check of a registry.
+pub(crate) type Listeners = Arc<RwLock<Vec<Listener>>>;
+
 pub(crate) struct Entry {
     pub(crate) name: Arc<str>,
+    listeners: Listeners,
     pub(crate) check: Arc<dyn Check>,
     pub(crate) opts: CheckOptions,
     pub(crate) last: RwLock<Option<Arc<Observation>>>,
@@ -120,6 +140,7 @@ pub(crate) struct Config {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
+    listeners: Listeners,
     pub(crate) checks: RwLock<Vec<Arc<Entry>>>,
     shutting_down: AtomicBool,
     tasks: Mutex<Vec<AbortHandle>>,
@@ -250,6 +271,7 @@ impl HealthRegistryBuilder {
         HealthRegistry {
             inner: Arc::new(Inner {
                 config: self.config,
+                listeners: Listeners::default(),
                 checks: RwLock::new(Vec::new()),
                 shutting_down: AtomicBool::new(false),
                 tasks: Mutex::new(Vec::new()),
@@ -294,6 +316,7 @@ impl HealthRegistry {
         }
         let entry = Arc::new(Entry {
             name: name.into(),
+            listeners: self.inner.listeners.clone(),
             check: Arc::new(check),
             opts,
             last: RwLock::new(None),
@@ -364,6 +387,30 @@ impl HealthRegistry {
         if !self.inner.shutting_down.swap(true, Ordering::Relaxed) {
             tracing::info!("health: shutdown started, readiness now fails");
         }
+    }
+
+    /// Calls `f` after every change of a check's status, its first result included (in the
+    /// task that ran the check: keep it short, or hand the change to a task of your own).
+    ///
+    /// ```
+    /// use garrison_health::{check_fn, CheckOptions, CheckResult, HealthRegistry, Status};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let health = HealthRegistry::new();
+    /// health.on_change(|c| {
+    ///     if c.to == Status::Fail {
+    ///         eprintln!("{} fails: {}", c.check, c.reason.unwrap_or(""));
+    ///     }
+    /// });
+    /// health
+    ///     .register("queue", check_fn(|| async { CheckResult::fail("full") }), CheckOptions::default())
+    ///     .unwrap();
+    /// health.refresh().await;
+    /// # }
+    /// ```
+    pub fn on_change(&self, f: impl Fn(&StatusChange<'_>) + Send + Sync + 'static) {
+        self.inner.listeners.write().push(Arc::new(f));
     }
 
     /// Whether [`begin_shutdown`](Self::begin_shutdown) was called.
@@ -442,18 +489,29 @@ impl Entry {
         self.runs.fetch_add(1, Ordering::Relaxed);
         let was = before.map(|b| b.status());
         if was != Some(now) {
-            let reason = obs.result.reason().unwrap_or("");
-            let was = was.map_or("unknown", Status::as_str);
+            let reason = obs.result.reason();
+            let from = was.map_or("unknown", Status::as_str);
+            let why = reason.unwrap_or("");
             match now {
                 Status::Pass => {
-                    tracing::info!(check = %self.name, from = was, to = "pass", "health check passes")
+                    tracing::info!(check = %self.name, from, to = "pass", "health check passes")
                 }
                 Status::Warn => {
-                    tracing::warn!(check = %self.name, from = was, to = "warn", reason, "health check warns")
+                    tracing::warn!(check = %self.name, from, to = "warn", reason = why, "health check warns")
                 }
                 Status::Fail => {
-                    tracing::error!(check = %self.name, from = was, to = "fail", reason, "health check fails")
+                    tracing::error!(check = %self.name, from, to = "fail", reason = why, "health check fails")
                 }
+            }
+            let listeners = self.listeners.read().clone();
+            let change = StatusChange {
+                check: &self.name,
+                from: was,
+                to: now,
+                reason,
+            };
+            for f in &listeners {
+                f(&change);
             }
         }
     }

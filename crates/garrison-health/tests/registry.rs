@@ -486,3 +486,56 @@ async fn status_changes_are_logged_once_not_per_run() {
     assert!(logged[1].contains("fails"), "{logged:?}");
     assert!(logged[2].contains("passes"), "{logged:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn on_change_is_told_each_change_of_status_once_with_its_reason() {
+    let health = HealthRegistry::new();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    health.on_change(move |c| {
+        log.lock().unwrap().push((
+            c.check.to_owned(),
+            c.from,
+            c.to,
+            c.reason.map(str::to_owned),
+        ));
+    });
+    let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = up.clone();
+    health
+        .register(
+            "queue",
+            check_fn(move || {
+                let up = flag.load(Ordering::Relaxed);
+                async move {
+                    if up {
+                        CheckResult::pass()
+                    } else {
+                        CheckResult::fail("full")
+                    }
+                }
+            }),
+            CheckOptions::default(),
+        )
+        .unwrap();
+    health.refresh().await;
+    health.refresh().await; // no change: not told again
+    up.store(false, Ordering::Relaxed);
+    health.refresh().await;
+    up.store(true, Ordering::Relaxed);
+    health.refresh().await;
+    let q = || "queue".to_owned();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            (q(), None, Status::Pass, None),
+            (
+                q(),
+                Some(Status::Pass),
+                Status::Fail,
+                Some("full".to_owned())
+            ),
+            (q(), Some(Status::Fail), Status::Pass, None),
+        ]
+    );
+}

@@ -35,6 +35,7 @@ use crate::metrics::TunnelStats;
 use crate::pool::{Http1Pool, PooledBody};
 use crate::upstream::Upstream;
 use answer::{client_response, declared_over, gateway_error, too_large};
+use send::{Attempts, Next};
 use target::upstream_path;
 
 /// The proxy's response body: the upstream's, streamed, or the gateway's own error.
@@ -259,24 +260,25 @@ impl Inner {
         // A request refused by one address goes to another. The pool of an HTTP/1.1
         // upstream gives back a request it did not send, body and all; hyper-util's client
         // (h2c) keeps it, so a request without a body is copied for it first.
-        let h2c_copy = (body.is_end_stream()
+        let mut h2c_copy = (body.is_end_stream()
             && up.has_alternatives()
             && matches!(*route.transport, Transport::H2c(_)))
         .then(|| parts.clone());
-        let sent = send::attempts(
-            route,
-            parts,
-            Either::Left(body),
-            &path,
-            watch,
-            h2c_copy,
-            |at, authority, req| self.send(route, at, authority, req),
-        )
-        .await;
-        match sent {
-            Ok(resp) => client_response(resp, up, stalls.as_ref()),
-            Err(answer) => answer,
-        }
+        let (mut attempts, mut authority, mut req) =
+            Attempts::first(route, parts, Either::Left(body), &path);
+        let resp = loop {
+            match self.send(route, attempts.at(), authority, req).await {
+                Ok(resp) => {
+                    attempts.succeeded();
+                    break resp;
+                }
+                Err(lost) => match attempts.after(lost, watch, &mut h2c_copy, &path) {
+                    Next::Again(a, r) => (authority, req) = (a, r),
+                    Next::Answer(answer) => return answer,
+                },
+            }
+        };
+        client_response(resp, up, stalls.as_ref())
     }
 
     /// [`forward`](Self::forward) for a request that asks to switch protocols: sent over a
@@ -292,19 +294,19 @@ impl Inner {
     ) -> Response<ProxyBody> {
         let up = &route.upstream;
         crate::tunnel::mark_upgrade(&mut parts.headers, switch.upgrade);
-        let sent = send::attempts(
-            route,
-            parts,
-            Either::Left(body),
-            path,
-            None,
-            None,
-            |_, authority, req| self.open(route, authority, req),
-        )
-        .await;
-        let mut resp = match sent {
-            Ok(resp) => resp,
-            Err(answer) => return answer,
+        let (mut attempts, mut authority, mut req) =
+            Attempts::first(route, parts, Either::Left(body), path);
+        let mut resp = loop {
+            match self.open(route, authority, req).await {
+                Ok(resp) => {
+                    attempts.succeeded();
+                    break resp;
+                }
+                Err(lost) => match attempts.after(lost, None, &mut None, path) {
+                    Next::Again(a, r) => (authority, req) = (a, r),
+                    Next::Answer(answer) => return answer,
+                },
+            }
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // the upstream would not switch: its answer goes back as any other

@@ -1,9 +1,8 @@
-//! The way out: one loop that sends a request to an address of its upstream and, when that
-//! address took none of it, once more to the next; each attempt through the route's
-//! transport (the worker's HTTP/1.1 pool or h2c client) or, for a request that asks to switch
-//! protocols, on a connection of its own.
+//! The way out: the attempts of a request (an address of its upstream and, when that address
+//! took none of it, once more the next), each sent through the route's transport (the
+//! worker's HTTP/1.1 pool or h2c client) or, for a request that asks to switch protocols, on
+//! a connection of its own.
 
-use std::future::Future;
 use std::task::{Context, Poll};
 
 use http::uri::{Authority, PathAndQuery};
@@ -24,48 +23,72 @@ use crate::failure::{failure_after_send, source_chain, timed_out, Failure, Lost}
 use crate::pool::{Http1Pool, PooledBody, SendFuture};
 use crate::upstream::Upstream;
 
-/// Sends a request of `route` (`parts` and `body`, for `path`) with `send` to an address of
-/// its upstream and, when that address took none of it (refused, not connected in time, or
-/// every connection busy) and the upstream has another, once more to the next one. The
-/// request comes back from a failed attempt when none of it went out; `copy` stands in for
-/// it when the transport keeps it (h2c, for a request without a body).
-///
-/// `Err`: the client's answer when no address answered, or when the client's own body made
-/// the attempt fail (`watch`).
-pub(super) async fn attempts<'r, R, F, Fut>(
+/// Where the attempts of one request stand: the address tried last, and whether the one
+/// retry is spent. A request goes to an address of its upstream and, when that address took
+/// none of it (refused, not connected in time, or every connection busy) and the upstream
+/// has another, once more to the next one. The caller's loop sends (through the route's
+/// transport, or on a connection of its own for a tunnel) and asks [`after`](Self::after)
+/// what follows a failure.
+pub(super) struct Attempts<'r> {
     route: &'r Route,
-    parts: http::request::Parts,
-    body: UpstreamBody,
-    path: &PathAndQuery,
-    watch: Option<&BodyWatch>,
-    mut copy: Option<http::request::Parts>,
-    mut send: F,
-) -> Result<R, Response<ProxyBody>>
-where
-    F: FnMut(usize, &'r Authority, Request<UpstreamBody>) -> Fut,
-    Fut: Future<Output = Result<R, Lost>>,
-{
-    let up = &route.upstream;
-    let mut retried = false;
-    let (mut at, mut authority) = up.pick(None);
-    let mut req = upstream_request(parts, authority, path, up.host, body);
-    loop {
-        let lost = match send(at, authority, req).await {
-            Ok(resp) => {
-                up.succeeded(at);
-                return Ok(resp);
-            }
-            Err(lost) => lost,
+    at: usize,
+    retried: bool,
+}
+
+impl<'r> Attempts<'r> {
+    /// The first attempt of a request of `route` (`parts` and `body`, for `path`): its
+    /// address, picked, and the request for it.
+    #[inline]
+    pub(super) fn first(
+        route: &'r Route,
+        parts: http::request::Parts,
+        body: UpstreamBody,
+        path: &PathAndQuery,
+    ) -> (Self, &'r Authority, Request<UpstreamBody>) {
+        let up = &route.upstream;
+        let (at, authority) = up.pick(None);
+        let req = upstream_request(parts, authority, path, up.host, body);
+        let attempts = Self {
+            route,
+            at,
+            retried: false,
         };
+        (attempts, authority, req)
+    }
+
+    /// The address of the attempt under way.
+    #[inline]
+    pub(super) fn at(&self) -> usize {
+        self.at
+    }
+
+    /// The attempt under way was answered.
+    #[inline]
+    pub(super) fn succeeded(&self) {
+        self.route.upstream.succeeded(self.at);
+    }
+
+    /// What follows the failure `lost` of the attempt under way: the next attempt (its
+    /// address and its request: the one given back, none of it sent, or `copy`, which
+    /// stands in for it when the transport keeps it), or the client's answer when no
+    /// attempt is left, or when the client's own body made this one fail (`watch`).
+    pub(super) fn after(
+        &mut self,
+        lost: Lost,
+        watch: Option<&BodyWatch>,
+        copy: &mut Option<http::request::Parts>,
+        path: &PathAndQuery,
+    ) -> Next<'r> {
         if let Some(answer) = client_blame(watch, &lost.failure) {
-            return Err(answer);
+            return Next::Answer(answer);
         }
-        count_against(up, at, &lost.failure);
+        let up = &self.route.upstream;
+        count_against(up, self.at, &lost.failure);
         let nothing_sent = matches!(
             lost.failure,
             Failure::Connect(_) | Failure::ConnectTimeout | Failure::Saturated
         );
-        let again = match (retried, nothing_sent && up.has_alternatives()) {
+        let again = match (self.retried, nothing_sent && up.has_alternatives()) {
             (false, true) => lost.unsent.map(|req| req.into_parts()).or_else(|| {
                 copy.take()
                     .map(|parts| (parts, Either::Right(Empty::new())))
@@ -73,12 +96,24 @@ where
             _ => None,
         };
         let Some((parts, body)) = again else {
-            return Err(unanswered(route, lost.failure));
+            return Next::Answer(unanswered(self.route, lost.failure));
         };
-        retried = true;
-        (at, authority) = up.pick(Some(at));
-        req = upstream_request(parts, authority, path, up.host, body);
+        self.retried = true;
+        let (at, authority) = up.pick(Some(self.at));
+        self.at = at;
+        Next::Again(
+            authority,
+            upstream_request(parts, authority, path, up.host, body),
+        )
     }
+}
+
+/// What follows a failed attempt.
+pub(super) enum Next<'r> {
+    /// Another attempt: the address's authority and the request for it.
+    Again(&'r Authority, Request<UpstreamBody>),
+    /// No more: the client's answer.
+    Answer(Response<ProxyBody>),
 }
 
 /// Counts `failure` against address `at` of `up`, unless the request is to blame (a body
