@@ -445,3 +445,56 @@ async fn pool_metrics_follow_the_pool() {
     drop(b);
     assert_eq!(orders.stats().max, 2);
 }
+
+/// A round trip slower than `warn_response_time` warns (the statement takes at least 200 ms
+/// on the server, so the warning does not depend on the machine's speed), and the same
+/// statement under the default threshold passes.
+async fn slow_round_trip_warns<DB>(name: &str, pool: Pool<DB>, sleep: &'static str)
+where
+    DB: garrison_health::CheckedDatabase,
+{
+    let health = registry();
+    health
+        .register(
+            name,
+            PoolCheck::new(pool.clone())
+                .query(sleep)
+                .warn_response_time(Duration::from_millis(100)),
+            CheckOptions::readiness(),
+        )
+        .unwrap();
+    health
+        .register(
+            "patient",
+            PoolCheck::new(pool).query(sleep),
+            CheckOptions::readiness(),
+        )
+        .unwrap();
+    health.refresh().await;
+    let addr = serve(health.router()).await;
+    let (status, body) = get(addr, "/health", Some("t0ken")).await;
+    assert_eq!(status, StatusCode::OK, "warn is still ready: {body}");
+    assert_eq!(body["status"], "warn", "{body}");
+    let rt = &body["checks"][format!("{name}:responseTime")][0];
+    assert_eq!(rt["status"], "warn", "{rt}");
+    assert!(rt["observedValue"].as_f64().unwrap() >= 200.0, "{rt}");
+    assert!(
+        rt["output"]
+            .as_str()
+            .unwrap()
+            .contains("warned from 100 ms"),
+        "{rt}"
+    );
+    let patient = &body["checks"]["patient:responseTime"][0];
+    assert_eq!(patient["status"], "pass", "5 s by default: {patient}");
+}
+
+#[tokio::test]
+async fn postgres_slow_round_trip_warns_before_it_fails() {
+    slow_round_trip_warns("postgres", pg(4).await, "SELECT pg_sleep(0.2)").await;
+}
+
+#[tokio::test]
+async fn mariadb_slow_round_trip_warns_before_it_fails() {
+    slow_round_trip_warns("mariadb", mysql(4).await, "SELECT SLEEP(0.2)").await;
+}

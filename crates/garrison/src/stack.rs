@@ -681,7 +681,8 @@ fn register_checks(
                     name,
                     pool::<sqlx::Postgres>(check).map_err(|e| ConfigError::one(path(), e))?,
                 )
-                .check(),
+                .check()
+                .warn_response_time(check.warn_response_time),
             ),
             #[cfg(feature = "mysql")]
             CheckType::Mysql => Box::new(
@@ -689,7 +690,8 @@ fn register_checks(
                     name,
                     pool::<sqlx::MySql>(check).map_err(|e| ConfigError::one(path(), e))?,
                 )
-                .check(),
+                .check()
+                .warn_response_time(check.warn_response_time),
             ),
             #[cfg(feature = "sqlite")]
             CheckType::Sqlite => Box::new(
@@ -697,7 +699,8 @@ fn register_checks(
                     name,
                     pool::<sqlx::Sqlite>(check).map_err(|e| ConfigError::one(path(), e))?,
                 )
-                .check(),
+                .check()
+                .warn_response_time(check.warn_response_time),
             ),
             #[allow(unreachable_patterns)] // validation refused types without their feature
             _ => unreachable!("validated: the check type's feature is on"),

@@ -230,3 +230,32 @@ fn it_deserializes_through_serde_as_a_section_of_another_file() {
         .to_string();
     assert!(err.contains("metrics.max_series: must be > 0"), "{err}");
 }
+
+#[test]
+fn a_checks_warn_response_time_is_read_and_must_be_positive() {
+    let c = GarrisonConfig::from_toml(
+        r#"
+        [health.checks.db]
+        type = "http"
+        url = "http://127.0.0.1:9/health"
+        warn_response_time = "750ms"
+
+        [health.checks.other]
+        type = "http"
+        url = "http://127.0.0.1:9/health"
+        "#,
+    )
+    .unwrap();
+    let checks = &c.health.checks;
+    assert_eq!(checks["db"].warn_response_time, Duration::from_millis(750));
+    assert_eq!(checks["other"].warn_response_time, Duration::from_secs(5));
+    let found = problems(
+        r#"
+        [health.checks.db]
+        type = "http"
+        url = "http://127.0.0.1:9/health"
+        warn_response_time = "0s"
+        "#,
+    );
+    assert_eq!(found, ["health.checks.db.warn_response_time: must be > 0"]);
+}

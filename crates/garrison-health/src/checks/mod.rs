@@ -46,4 +46,5 @@ pub use self::redis::RedisCheck;
 #[cfg(feature = "sqlx")]
 pub use self::sqlx::{
     CheckedDatabase, DbMetrics, InstrumentedPool, PoolCheck, PoolStats, DEFAULT_WAIT_BUCKETS,
+    DEFAULT_WARN_RESPONSE_TIME,
 };

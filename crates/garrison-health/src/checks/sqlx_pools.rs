@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use garrison_metrics::{Collector, DurationHistogram, MetricType, MetricWriter, MetricsRegistry};
 use parking_lot::RwLock;
@@ -52,9 +52,12 @@ impl PoolStats {
     }
 }
 
-/// A sqlx pool's health: a `SELECT 1` round trip (`db:responseTime`, ms), the pool's
-/// utilisation (`db:utilization`, percent; `warn` from 80% by default) and its connections
-/// (`db:connections`, in use, with `size`, `idle`, `used`, `max`).
+/// The round trip from which a [`PoolCheck`] warns by default: 5 s.
+pub const DEFAULT_WARN_RESPONSE_TIME: Duration = Duration::from_secs(5);
+
+/// A sqlx pool's health: a `SELECT 1` round trip (`db:responseTime`, ms; `warn` from 5 s by
+/// default), the pool's utilisation (`db:utilization`, percent; `warn` from 80% by default)
+/// and its connections (`db:connections`, in use, with `size`, `idle`, `used`, `max`).
 ///
 /// The round trip never waits for the application's connections: when every connection is
 /// in use it only takes an idle one, and otherwise reports the exhausted pool as a `warn`
@@ -75,6 +78,7 @@ pub struct PoolCheck<DB: Database> {
     pool: Pool<DB>,
     query: Cow<'static, str>,
     warn_at: f64,
+    warn_after: Duration,
 }
 
 impl<DB: Database> fmt::Debug for PoolCheck<DB> {
@@ -82,6 +86,7 @@ impl<DB: Database> fmt::Debug for PoolCheck<DB> {
         f.debug_struct("PoolCheck")
             .field("query", &self.query)
             .field("warn_at", &self.warn_at)
+            .field("warn_after", &self.warn_after)
             .finish_non_exhaustive()
     }
 }
@@ -93,12 +98,20 @@ impl<DB: Database> PoolCheck<DB> {
             pool,
             query: Cow::Borrowed("SELECT 1"),
             warn_at: 0.8,
+            warn_after: DEFAULT_WARN_RESPONSE_TIME,
         }
     }
 
     /// The statement of the round trip. Default: `SELECT 1`.
     pub fn query(mut self, sql: impl Into<Cow<'static, str>>) -> Self {
         self.query = sql.into();
+        self
+    }
+
+    /// The round trip from which the check warns, before the database is slow enough for
+    /// its timeout to fail it. Default: [`DEFAULT_WARN_RESPONSE_TIME`].
+    pub fn warn_response_time(mut self, after: Duration) -> Self {
+        self.warn_after = after;
         self
     }
 
@@ -230,9 +243,19 @@ impl<DB: CheckedDatabase> PoolCheck<DB> {
         let mut conn = conn;
         let start = Instant::now();
         match DB::round_trip(&mut conn, &self.query).await {
-            Ok(_) => m
-                .observed(ms(start.elapsed()), "ms")
-                .field("acquireMs", ms(acquired)),
+            Ok(_) => {
+                let took = start.elapsed();
+                let m = m.observed(ms(took), "ms").field("acquireMs", ms(acquired));
+                if took >= self.warn_after {
+                    m.warn(format!(
+                        "slow round trip: {} ms, warned from {} ms",
+                        ms(took).round(),
+                        self.warn_after.as_millis()
+                    ))
+                } else {
+                    m
+                }
+            }
             Err(e) => {
                 // a connection that failed a trivial statement is not worth keeping
                 conn.close_on_drop();

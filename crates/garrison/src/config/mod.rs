@@ -307,6 +307,9 @@ pub struct CheckConfig {
     pub timeout: Duration,
     /// `interval`: time between runs (how long a result is cached). Default: `"10s"`.
     pub interval: Duration,
+    /// `warn_response_time`: a database check (`postgres`, `mysql`, `sqlite`) whose round
+    /// trip takes this long warns, before the `timeout` fails it. Default: `"5s"`.
+    pub warn_response_time: Duration,
 }
 
 /// The `type` of a `[health.checks.<name>]`.

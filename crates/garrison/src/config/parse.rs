@@ -494,6 +494,7 @@ fn health(s: &mut Section<'_>, c: &mut HealthConfig) {
             critical: true,
             timeout: garrison_health::DEFAULT_TIMEOUT,
             interval: garrison_health::DEFAULT_INTERVAL,
+            warn_response_time: Duration::from_secs(5),
         };
         if cs.table.get("url").is_none() {
             cs.err("url", "required");
@@ -512,6 +513,7 @@ fn health(s: &mut Section<'_>, c: &mut HealthConfig) {
         cs.bool("critical", &mut check.critical);
         cs.set_duration("timeout", &mut check.timeout);
         cs.set_duration("interval", &mut check.interval);
+        cs.set_duration("warn_response_time", &mut check.warn_response_time);
         cs.finish();
         c.checks.insert(name.to_owned(), check);
     }
@@ -872,6 +874,9 @@ pub(super) fn validate(c: &GarrisonConfig, out: &mut Vec<ConfigIssue>) {
         }
         if check.timeout.is_zero() {
             err(format!("{path}.timeout"), "must be > 0".into());
+        }
+        if check.warn_response_time.is_zero() {
+            err(format!("{path}.warn_response_time"), "must be > 0".into());
         }
         if check.interval.is_zero() {
             err(format!("{path}.interval"), "must be > 0".into());
