@@ -140,6 +140,8 @@ pub(crate) struct Config {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
+    /// When the registry was built: the service's uptime in reports.
+    born: tokio::time::Instant,
     listeners: Listeners,
     pub(crate) checks: RwLock<Vec<Arc<Entry>>>,
     shutting_down: AtomicBool,
@@ -271,6 +273,7 @@ impl HealthRegistryBuilder {
         HealthRegistry {
             inner: Arc::new(Inner {
                 config: self.config,
+                born: tokio::time::Instant::now(),
                 listeners: Listeners::default(),
                 checks: RwLock::new(Vec::new()),
                 shutting_down: AtomicBool::new(false),
@@ -411,6 +414,12 @@ impl HealthRegistry {
     /// ```
     pub fn on_change(&self, f: impl Fn(&StatusChange<'_>) + Send + Sync + 'static) {
         self.inner.listeners.write().push(Arc::new(f));
+    }
+
+    /// How long the registry has lived: the service's uptime, reported as `uptime` (seconds)
+    /// in a detailed report.
+    pub fn uptime(&self) -> Duration {
+        self.inner.born.elapsed()
     }
 
     /// Whether [`begin_shutdown`](Self::begin_shutdown) was called.

@@ -83,8 +83,9 @@ impl Report {
         self.probe
     }
 
-    /// The report as `application/health+json`: with `details`, the checks, outputs and
-    /// service facts; without, only the status.
+    /// The report as `application/health+json`: with `details`, the service facts, the
+    /// report's `time` and the service's `uptime` (seconds), the output and the checks;
+    /// without, only the status.
     pub fn to_json(&self, registry: &HealthRegistry, details: bool) -> String {
         let mut out = String::with_capacity(if details {
             256 * (self.entries.len() + 1)
@@ -110,6 +111,14 @@ impl Report {
                 garrison_core::push_json_string(&mut out, v);
             }
         }
+        // when the report was made, and for how long the service has been up
+        push_key(&mut out, "time");
+        garrison_core::push_json_string(
+            &mut out,
+            &garrison_core::rfc3339(std::time::SystemTime::now(), 3),
+        );
+        push_key(&mut out, "uptime");
+        push_number(&mut out, registry.uptime().as_secs_f64());
         if self.shutting_down {
             push_key(&mut out, "output");
             out.push_str("\"shutting down\"");

@@ -340,10 +340,12 @@ async fn the_layer_answers_health_paths_and_passes_the_rest() {
             (status, String::from_utf8(body.to_vec()).unwrap())
         }
     };
-    assert_eq!(
-        call("GET", "/health/live").await,
-        (StatusCode::OK, r#"{"status":"pass","checks":{}}"#.into())
-    );
+    let (status, live) = call("GET", "/health/live").await;
+    assert_eq!(status, StatusCode::OK);
+    let live: Value = serde_json::from_str(&live).unwrap();
+    assert_eq!(live["status"], "pass", "{live}");
+    assert_eq!(live["checks"], serde_json::json!({}), "{live}");
+    assert_eq!(live["uptime"], 0, "{live}");
     assert_eq!(
         call("GET", "/orders").await,
         (StatusCode::OK, "orders".into())
@@ -538,4 +540,20 @@ async fn on_change_is_told_each_change_of_status_once_with_its_reason() {
             (q(), Some(Status::Fail), Status::Pass, None),
         ]
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_detailed_report_says_when_it_was_made_and_how_long_the_service_has_been_up() {
+    let health = HealthRegistry::builder().token("t0ken").build();
+    tokio::time::advance(Duration::from_secs(90)).await;
+    let app = Router::new().merge(health.router());
+    let (status, body) = probe(&app, "/health", Some("t0ken")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["uptime"], 90, "{body}");
+    assert_eq!(health.uptime(), Duration::from_secs(90));
+    let time = body["time"].as_str().unwrap();
+    assert!(time.len() == 24 && time.ends_with('Z'), "{time}");
+    // without the token: the status only
+    let (_, minimal) = probe(&app, "/health", None).await;
+    assert_eq!(minimal, serde_json::json!({"status": "pass"}));
 }
