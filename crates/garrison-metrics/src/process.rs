@@ -132,10 +132,57 @@ pub(crate) fn collect_process(w: &mut MetricWriter<'_>) {
     w.sample_f64("process_start_time_seconds", &[], p.start_time_seconds);
 }
 
-pub(crate) fn collect_runtime(w: &mut MetricWriter<'_>) {
+/// How often the scheduling-delay probe wakes.
+pub(crate) const LAG_PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The tokio counterpart of an event loop's lag: a task that sleeps [`LAG_PROBE_INTERVAL`] at
+/// a time and measures how late it woke. A runtime whose threads are kept busy (a blocking
+/// call, a long poll, too much work) wakes it late. Started on the runtime of the first
+/// scrape; it ends when its registry is dropped.
+#[derive(Debug, Default)]
+pub(crate) struct LagProbe {
+    started: std::sync::atomic::AtomicBool,
+    /// The last delay measured, in nanoseconds.
+    delay_ns: std::sync::atomic::AtomicU64,
+}
+
+impl LagProbe {
+    /// Starts the probe on `handle`'s runtime, once.
+    fn start(self: &std::sync::Arc<Self>, handle: &tokio::runtime::Handle) {
+        use std::sync::atomic::Ordering;
+        if self.started.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let probe = std::sync::Arc::downgrade(self);
+        handle.spawn(async move {
+            loop {
+                let asleep = tokio::time::Instant::now();
+                tokio::time::sleep(LAG_PROBE_INTERVAL).await;
+                let late = asleep.elapsed().saturating_sub(LAG_PROBE_INTERVAL);
+                let Some(p) = probe.upgrade() else { break };
+                let ns = u64::try_from(late.as_nanos()).unwrap_or(u64::MAX);
+                p.delay_ns.store(ns, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// The last delay measured, in seconds (0 before the first).
+    fn seconds(&self) -> f64 {
+        self.delay_ns.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9
+    }
+}
+
+pub(crate) fn collect_runtime(w: &mut MetricWriter<'_>, lag: &std::sync::Arc<LagProbe>) {
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return;
     };
+    lag.start(&handle);
+    w.family(
+        "tokio_runtime_scheduling_delay_seconds",
+        MetricType::Gauge,
+        "How late a probe task of the tokio runtime woke after its timer, last measured: the runtime's lag.",
+    );
+    w.sample_f64("tokio_runtime_scheduling_delay_seconds", &[], lag.seconds());
     let m = handle.metrics();
     w.family(
         "tokio_runtime_workers",

@@ -181,7 +181,9 @@ impl MetricsRegistryBuilder {
     }
 
     /// Whether to expose `tokio_runtime_*` metrics of the runtime that serves the scrape
-    /// (default: on).
+    /// (default: on): workers, tasks, the global queue, and the runtime's lag
+    /// (`tokio_runtime_scheduling_delay_seconds`, how late a probe task that wakes every
+    /// 250 ms woke last, measured from the first scrape on).
     pub fn runtime_metrics(mut self, on: bool) -> Self {
         self.runtime_metrics = on;
         self
@@ -223,6 +225,7 @@ impl MetricsRegistryBuilder {
                 exemplars: self.exemplars,
                 process_metrics: self.process_metrics,
                 runtime_metrics: self.runtime_metrics,
+                lag: Arc::default(),
                 routes: StrTable::new(self.max_series),
                 route_names: boxcar::Vec::new(),
                 index: IntTable::new(self.max_series),
@@ -359,6 +362,8 @@ pub(crate) struct Shared {
     pub(crate) exemplars: bool,
     pub(crate) process_metrics: bool,
     pub(crate) runtime_metrics: bool,
+    /// The runtime's scheduling delay, measured by a probe task (runtime metrics on).
+    pub(crate) lag: Arc<crate::process::LagProbe>,
     routes: StrTable,
     pub(crate) route_names: boxcar::Vec<Box<str>>,
     index: IntTable,

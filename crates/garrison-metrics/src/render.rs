@@ -30,7 +30,7 @@ fn render(shared: &Shared, format: Format) -> String {
         crate::process::collect_process(&mut w);
     }
     if shared.runtime_metrics {
-        crate::process::collect_runtime(&mut w);
+        crate::process::collect_runtime(&mut w, &shared.lag);
     }
     if format == Format::OpenMetrics {
         out.push_str("# EOF\n");
