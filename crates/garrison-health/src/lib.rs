@@ -52,7 +52,7 @@ pub use garrison_core::{Part, RequestInfo};
 pub use layer::{HealthLayer, HealthService, ResponseFuture};
 pub use registry::{
     Details, HealthRegistry, HealthRegistryBuilder, Observation, Paths, RegisterError,
-    StatusChange, StatusCodes,
+    StatusChange, StatusCodes, StatusNames,
 };
 pub use report::{Probe, Report, HEALTH_JSON};
 pub use status::{CheckResult, Measurement, Observed, Status};

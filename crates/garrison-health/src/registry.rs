@@ -105,6 +105,29 @@ impl StatusCodes {
     }
 }
 
+/// The words a report gives the three statuses. Default: the draft's `pass`, `warn`, `fail`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StatusNames {
+    /// `pass`, `warn`, `fail` (draft-inadarei-api-health-check).
+    #[default]
+    Draft,
+    /// `healthy`, `degraded`, `unhealthy`, as many monitoring tools and runbooks say.
+    Descriptive,
+}
+
+impl StatusNames {
+    /// The word for `s`.
+    pub fn of(self, s: Status) -> &'static str {
+        match (self, s) {
+            (StatusNames::Draft, s) => s.as_str(),
+            (StatusNames::Descriptive, Status::Pass) => "healthy",
+            (StatusNames::Descriptive, Status::Warn) => "degraded",
+            (StatusNames::Descriptive, Status::Fail) => "unhealthy",
+        }
+    }
+}
+
 /// The paths the routes answer on. Default: `/health/live`, `/health/ready`, `/health`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Paths {
@@ -135,6 +158,7 @@ pub(crate) struct Config {
     pub(crate) token: Option<Vec<u8>>,
     pub(crate) details: Option<Details>,
     pub(crate) codes: StatusCodes,
+    pub(crate) names: StatusNames,
     pub(crate) paths: Paths,
 }
 
@@ -259,6 +283,12 @@ impl HealthRegistryBuilder {
     /// The HTTP status for each health status.
     pub fn status_codes(mut self, codes: StatusCodes) -> Self {
         self.config.codes = codes;
+        self
+    }
+
+    /// The words reports give the statuses (default: [`StatusNames::Draft`]).
+    pub fn status_names(mut self, names: StatusNames) -> Self {
+        self.config.names = names;
         self
     }
 

@@ -8,7 +8,7 @@ use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, Response};
 use subtle::ConstantTimeEq;
 
-use crate::registry::{Config, Details, Entry, HealthRegistry, Observation};
+use crate::registry::{Config, Details, Entry, HealthRegistry, Observation, StatusNames};
 use crate::status::{Measurement, Observed};
 use crate::Status;
 
@@ -92,8 +92,9 @@ impl Report {
         } else {
             24
         });
+        let names = registry.inner.config.names;
         out.push_str("{\"status\":\"");
-        out.push_str(self.status.as_str());
+        out.push_str(names.of(self.status));
         out.push('"');
         if !details {
             out.push('}');
@@ -137,7 +138,7 @@ impl Report {
                 out.push_str(":[{");
                 push_component_type(&mut out, ctype);
                 out.push_str("\"status\":\"");
-                out.push_str(pending_status(self.probe, e).as_str());
+                out.push_str(names.of(pending_status(self.probe, e)));
                 out.push_str("\",\"output\":\"");
                 out.push_str(PENDING);
                 out.push_str("\"}]");
@@ -158,7 +159,7 @@ impl Report {
                     out.push_str(",\"observedUnit\":\"ms\",");
                 }
                 out.push_str("\"status\":\"");
-                out.push_str(r.status.as_str());
+                out.push_str(names.of(r.status));
                 out.push_str("\",\"time\":\"");
                 out.push_str(&time);
                 out.push('"');
@@ -177,7 +178,7 @@ impl Report {
                 garrison_core::push_json_string(&mut out, &key);
                 out.push_str(":[{");
                 push_component_type(&mut out, ctype);
-                push_measurement(&mut out, m, &time);
+                push_measurement(&mut out, m, &time, names);
                 out.push_str("}]");
             }
         }
@@ -227,7 +228,7 @@ fn push_component_type(out: &mut String, t: Option<&'static str>) {
     }
 }
 
-fn push_measurement(out: &mut String, m: &Measurement, time: &str) {
+fn push_measurement(out: &mut String, m: &Measurement, time: &str, names: StatusNames) {
     if let Some(v) = &m.value {
         out.push_str("\"observedValue\":");
         match v {
@@ -248,7 +249,7 @@ fn push_measurement(out: &mut String, m: &Measurement, time: &str) {
         out.push(',');
     }
     out.push_str("\"status\":\"");
-    out.push_str(m.status.as_str());
+    out.push_str(names.of(m.status));
     out.push_str("\",\"time\":\"");
     out.push_str(time);
     out.push('"');

@@ -6,7 +6,8 @@ use garrison_admission::{Adaptive, Admission, AdmissionCheck, AdmissionLayer, Pr
 use garrison_breaker::{BreakerRegistry, CircuitBreakerLayer};
 use garrison_core::{RouteResolver, RouteTable, SharedClock, TrustedProxies};
 use garrison_health::{
-    BreakerCheck, Check, CheckOptions, Details, HealthLayer, HealthRegistry, Paths,
+    BreakerCheck, Check, CheckOptions, Details, HealthLayer, HealthRegistry, Paths, StatusCodes,
+    StatusNames,
 };
 use garrison_metrics::{MetricsLayer, MetricsRegistry};
 use garrison_ratelimit::{
@@ -609,6 +610,11 @@ fn ratelimit_builder(
     Ok(b)
 }
 
+/// A status code of `[health.status_codes]`, validated to 200..=599.
+fn code(n: u16) -> http::StatusCode {
+    http::StatusCode::from_u16(n).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 fn health_registry(c: &GarrisonConfig) -> HealthRegistry {
     let h = &c.health;
     let mut b = HealthRegistry::builder()
@@ -622,6 +628,15 @@ fn health_registry(c: &GarrisonConfig) -> HealthRegistry {
             live: h.live_path.clone(),
             ready: h.ready_path.clone(),
             deep: h.deep_path.clone(),
+        })
+        .status_names(match h.status_names {
+            StatusNamesMode::Draft => StatusNames::Draft,
+            StatusNamesMode::Descriptive => StatusNames::Descriptive,
+        })
+        .status_codes(StatusCodes {
+            pass: code(h.status_codes[0]),
+            warn: code(h.status_codes[1]),
+            fail: code(h.status_codes[2]),
         });
     if !c.service.version.is_empty() {
         b = b.version(c.service.version.clone());

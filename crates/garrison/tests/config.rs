@@ -259,3 +259,54 @@ fn a_checks_warn_response_time_is_read_and_must_be_positive() {
     );
     assert_eq!(found, ["health.checks.db.warn_response_time: must be > 0"]);
 }
+
+#[tokio::test]
+async fn health_status_codes_and_names_come_from_the_file() {
+    use garrison::garrison_health::Probe;
+    let c = GarrisonConfig::from_toml(
+        r#"
+        [health]
+        details = "always"
+        status_names = "descriptive"
+
+        [health.status_codes]
+        warn = 206
+        "#,
+    )
+    .unwrap();
+    let g = Garrison::builder()
+        .config(c)
+        .check(
+            "queue",
+            garrison::garrison_health::check_fn(|| async {
+                garrison::garrison_health::CheckResult::warn("half full")
+            }),
+            garrison::garrison_health::CheckOptions::readiness(),
+        )
+        .build()
+        .unwrap();
+    g.health().refresh().await;
+    let resp = g.health().respond(Probe::Ready, &http::HeaderMap::new());
+    assert_eq!(resp.status(), 206);
+    let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
+    assert_eq!(body["status"], "degraded", "{body}");
+    assert_eq!(body["checks"]["queue"][0]["status"], "degraded", "{body}");
+    let found = problems(
+        r#"
+        [health]
+        status_names = "cheerful"
+
+        [health.status_codes]
+        fail = 99
+        teapot = 418
+        "#,
+    );
+    assert_eq!(
+        found,
+        [
+            "health.status_names: `cheerful` is not one of \"draft\", \"descriptive\"",
+            "health.status_codes.fail: must be between 200 and 599",
+            "health.status_codes.teapot: unknown key; expected one of: fail, pass, warn",
+        ]
+    );
+}

@@ -45,6 +45,7 @@ pub(crate) enum Answer {
 
 /// What decides when a shared store cannot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Fallback {
     /// This process's memory store.
     Memory,

@@ -259,8 +259,25 @@ pub struct HealthConfig {
     pub details: DetailsMode,
     /// `breakers`: a deep check reporting open breakers (`warn`). Default: `true`.
     pub breakers: bool,
+    /// `status_names`: the words of the report, `"draft"` (`pass`, `warn`, `fail`) or
+    /// `"descriptive"` (`healthy`, `degraded`, `unhealthy`). Default: `"draft"`.
+    pub status_names: StatusNamesMode,
+    /// `[health.status_codes]`: the HTTP status of each health status (`pass`, `warn`,
+    /// `fail`; 200 to 599). Default: 200, 200, 503 (`warn = 206` tells a degraded service
+    /// apart while keeping it in rotation).
+    pub status_codes: [u16; 3],
     /// `[health.checks.<name>]`: checks of dependencies. Default: none.
     pub checks: BTreeMap<String, CheckConfig>,
+}
+
+/// The `status_names` of `[health]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StatusNamesMode {
+    /// `"draft"`: `pass`, `warn`, `fail`.
+    Draft,
+    /// `"descriptive"`: `healthy`, `degraded`, `unhealthy`.
+    Descriptive,
 }
 
 impl Default for HealthConfig {
@@ -273,6 +290,8 @@ impl Default for HealthConfig {
             token: String::new(),
             details: DetailsMode::Token,
             breakers: true,
+            status_names: StatusNamesMode::Draft,
+            status_codes: [200, 200, 503],
             checks: BTreeMap::new(),
         }
     }

@@ -464,6 +464,22 @@ fn health(s: &mut Section<'_>, c: &mut HealthConfig) {
         &mut c.details,
     );
     s.bool("breakers", &mut c.breakers);
+    s.choice(
+        "status_names",
+        &[
+            ("draft", StatusNamesMode::Draft),
+            ("descriptive", StatusNamesMode::Descriptive),
+        ],
+        &mut c.status_names,
+    );
+    if let Some(mut codes) = s.table("status_codes") {
+        for (i, key) in ["pass", "warn", "fail"].into_iter().enumerate() {
+            if let Some(code) = codes.integer(key, 200, 599) {
+                c.status_codes[i] = code as u16;
+            }
+        }
+        codes.finish();
+    }
     for (name, v) in s.named("checks") {
         let path = join(&s.at("checks"), &quote(name));
         let Value::Table(t) = v else {
