@@ -299,3 +299,49 @@ async fn redis_ping_against_a_real_redis_cluster_and_a_dead_one() {
         Status::Fail
     );
 }
+
+#[tokio::test]
+async fn a_verbose_breaker_check_reports_every_breaker_with_its_window() {
+    let breakers = BreakerRegistry::new();
+    let search = breakers.breaker("search", BreakerConfig::default());
+    breakers.breaker("payments", BreakerConfig::default());
+    for outcome in [
+        garrison_breaker::CallOutcome::Success,
+        garrison_breaker::CallOutcome::Success,
+        garrison_breaker::CallOutcome::Success,
+        garrison_breaker::CallOutcome::Failure,
+    ] {
+        search.try_acquire().unwrap().record(outcome);
+    }
+    breakers.force_open("payments").unwrap();
+    let health = HealthRegistry::new();
+    health
+        .register("breakers", BreakerCheck::new(&breakers).verbose(), opts())
+        .unwrap();
+    health.refresh().await;
+    let obs = health.last("breakers").unwrap();
+    assert_eq!(obs.status(), Status::Warn);
+    let search = obs.result.get("search").unwrap();
+    assert_eq!(search.value(), Some(&Observed::Text("closed".into())));
+    assert_eq!(search.get_status(), Status::Pass);
+    assert_eq!(search.get_field("calls"), Some(4.0));
+    assert_eq!(search.get_field("failures"), Some(1.0));
+    assert_eq!(search.get_field("failureRate"), Some(25.0));
+    assert_eq!(search.get_field("openRemainingMs"), None);
+    let payments = obs.result.get("payments").unwrap();
+    assert_eq!(
+        payments.value(),
+        Some(&Observed::Text("forced_open".into()))
+    );
+    assert_eq!(payments.get_status(), Status::Warn);
+    // without `verbose`, the open count only
+    let quiet = HealthRegistry::new();
+    quiet
+        .register("breakers", BreakerCheck::new(&breakers), opts())
+        .unwrap();
+    quiet.refresh().await;
+    assert_eq!(
+        quiet.last("breakers").unwrap().result.measurements().len(),
+        1
+    );
+}

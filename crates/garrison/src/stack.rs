@@ -660,11 +660,12 @@ fn register_checks(
             .map_err(|e| ConfigError::one(format!("health.checks.{name}"), e.to_string()))
     };
     if c.health.breakers && c.breaker.enabled {
-        register(
-            "breakers",
-            Box::new(BreakerCheck::new(breakers)),
-            CheckOptions::deep(),
-        )?;
+        let check = BreakerCheck::new(breakers);
+        let check = match c.health.breakers_verbose {
+            true => check.verbose(),
+            false => check,
+        };
+        register("breakers", Box::new(check), CheckOptions::deep())?;
     }
     #[cfg(feature = "redis")]
     if let Some(l) = limiter.filter(|l| l.redis_store().is_some()) {

@@ -268,6 +268,7 @@ async fn health_status_codes_and_names_come_from_the_file() {
         [health]
         details = "always"
         status_names = "descriptive"
+        breakers_verbose = true
 
         [health.status_codes]
         warn = 206
@@ -291,6 +292,13 @@ async fn health_status_codes_and_names_come_from_the_file() {
     let body: serde_json::Value = serde_json::from_slice(resp.body()).unwrap();
     assert_eq!(body["status"], "degraded", "{body}");
     assert_eq!(body["checks"]["queue"][0]["status"], "degraded", "{body}");
+    let deep = g.health().respond(Probe::Deep, &http::HeaderMap::new());
+    let deep: serde_json::Value = serde_json::from_slice(deep.body()).unwrap();
+    // every breaker, closed ones too, with its state
+    assert_eq!(
+        deep["checks"]["breakers:server"][0]["observedValue"], "closed",
+        "{deep}"
+    );
     let found = problems(
         r#"
         [health]

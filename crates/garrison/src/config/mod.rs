@@ -259,6 +259,9 @@ pub struct HealthConfig {
     pub details: DetailsMode,
     /// `breakers`: a deep check reporting open breakers (`warn`). Default: `true`.
     pub breakers: bool,
+    /// `breakers_verbose`: that check reports every breaker, with its state and window
+    /// figures, not only the open ones. Default: `false`.
+    pub breakers_verbose: bool,
     /// `status_names`: the words of the report, `"draft"` (`pass`, `warn`, `fail`) or
     /// `"descriptive"` (`healthy`, `degraded`, `unhealthy`). Default: `"draft"`.
     pub status_names: StatusNamesMode,
@@ -290,6 +293,7 @@ impl Default for HealthConfig {
             token: String::new(),
             details: DetailsMode::Token,
             breakers: true,
+            breakers_verbose: false,
             status_names: StatusNamesMode::Draft,
             status_codes: [200, 200, 503],
             checks: BTreeMap::new(),

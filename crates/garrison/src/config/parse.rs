@@ -464,6 +464,7 @@ fn health(s: &mut Section<'_>, c: &mut HealthConfig) {
         &mut c.details,
     );
     s.bool("breakers", &mut c.breakers);
+    s.bool("breakers_verbose", &mut c.breakers_verbose);
     s.choice(
         "status_names",
         &[
