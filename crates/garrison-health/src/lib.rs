@@ -22,7 +22,9 @@
 //! - Checks shipped: [`PoolCheck`] for sqlx pools (PostgreSQL, MySQL/MariaDB, SQLite:
 //!   features `postgres`, `mysql`, `sqlite`), [`RedisCheck`], [`HttpCheck`],
 //!   [`BreakerCheck`] (garrison-breaker), [`RateLimitStoreCheck`] (garrison-ratelimit's Redis
-//!   fallback), and [`check_fn`] for your own.
+//!   fallback), [`ProcessCheck`] (the process's descriptor and memory limits), and
+//!   [`check_fn`] for your own. [`HealthRegistry::on_change`] is told of every change of a
+//!   check's status.
 //! - Metrics through garrison-metrics: [`HealthRegistry::metrics`] publishes
 //!   `garrison_health_check_status{check,status}`,
 //!   `garrison_health_check_duration_seconds{check}` and `garrison_health_check_runs_total`;

@@ -345,3 +345,45 @@ async fn a_verbose_breaker_check_reports_every_breaker_with_its_window() {
         1
     );
 }
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_process_check_warns_near_its_descriptor_and_memory_limits() {
+    use garrison_health::ProcessCheck;
+    let health = HealthRegistry::new();
+    let cgroup = tempfile::tempdir().unwrap();
+    // a cgroup (v2) whose memory limit this process is far above: 1 MiB
+    std::fs::write(cgroup.path().join("memory.max"), "1048576\n").unwrap();
+    let roomy = tempfile::tempdir().unwrap();
+    std::fs::write(roomy.path().join("memory.max"), "max\n").unwrap();
+    health
+        .register(
+            "tight",
+            ProcessCheck::new()
+                .warn_open_files(0.0)
+                .cgroup_root(cgroup.path()),
+            opts(),
+        )
+        .unwrap();
+    health
+        .register(
+            "roomy",
+            ProcessCheck::new()
+                .warn_open_files(1.0)
+                .cgroup_root(roomy.path()),
+            opts(),
+        )
+        .unwrap();
+    health.refresh().await;
+    let tight = health.last("tight").unwrap();
+    assert_eq!(tight.status(), Status::Warn);
+    let files = tight.result.get("openFiles").unwrap();
+    assert_eq!(files.get_status(), Status::Warn, "{files:?}");
+    assert!(files.get_field("max").unwrap() >= 3.0, "{files:?}");
+    let memory = tight.result.get("memory").unwrap();
+    assert_eq!(memory.get_status(), Status::Warn, "{memory:?}");
+    assert_eq!(memory.get_field("limit"), Some(1_048_576.0));
+    let roomy = health.last("roomy").unwrap();
+    assert_eq!(roomy.status(), Status::Pass, "{roomy:?}");
+    assert_eq!(roomy.result.get("memory").unwrap().get_field("limit"), None);
+}

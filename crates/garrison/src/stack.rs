@@ -667,6 +667,13 @@ fn register_checks(
         };
         register("breakers", Box::new(check), CheckOptions::deep())?;
     }
+    if c.health.process {
+        register(
+            "process",
+            Box::new(garrison_health::ProcessCheck::new()),
+            CheckOptions::deep().critical(false),
+        )?;
+    }
     #[cfg(feature = "redis")]
     if let Some(l) = limiter.filter(|l| l.redis_store().is_some()) {
         // fail-open keeps serving from memory: a warn; fail-closed refuses requests: a fail

@@ -269,6 +269,7 @@ async fn health_status_codes_and_names_come_from_the_file() {
         details = "always"
         status_names = "descriptive"
         breakers_verbose = true
+        process = true
 
         [health.status_codes]
         warn = 206

@@ -4,6 +4,7 @@
 mod breaker;
 #[cfg(feature = "http")]
 mod http;
+mod process;
 #[cfg(feature = "ratelimit")]
 mod ratelimit;
 #[cfg(feature = "redis")]
@@ -39,6 +40,7 @@ pub mod sqlx_0_8 {
 pub use self::breaker::BreakerCheck;
 #[cfg(feature = "http")]
 pub use self::http::{HttpCheck, HttpCheckError};
+pub use self::process::ProcessCheck;
 #[cfg(feature = "ratelimit")]
 pub use self::ratelimit::RateLimitStoreCheck;
 #[cfg(feature = "redis")]

@@ -262,6 +262,9 @@ pub struct HealthConfig {
     /// `breakers_verbose`: that check reports every breaker, with its state and window
     /// figures, not only the open ones. Default: `false`.
     pub breakers_verbose: bool,
+    /// `process`: a deep check of the process's own limits, warning from 80% of its
+    /// file-descriptor limit or 90% of its cgroup memory limit. Default: `false`.
+    pub process: bool,
     /// `status_names`: the words of the report, `"draft"` (`pass`, `warn`, `fail`) or
     /// `"descriptive"` (`healthy`, `degraded`, `unhealthy`). Default: `"draft"`.
     pub status_names: StatusNamesMode,
@@ -294,6 +297,7 @@ impl Default for HealthConfig {
             details: DetailsMode::Token,
             breakers: true,
             breakers_verbose: false,
+            process: false,
             status_names: StatusNamesMode::Draft,
             status_codes: [200, 200, 503],
             checks: BTreeMap::new(),

@@ -465,6 +465,7 @@ fn health(s: &mut Section<'_>, c: &mut HealthConfig) {
     );
     s.bool("breakers", &mut c.breakers);
     s.bool("breakers_verbose", &mut c.breakers_verbose);
+    s.bool("process", &mut c.process);
     s.choice(
         "status_names",
         &[
