@@ -530,3 +530,63 @@ async fn the_dashboard_and_the_rules_name_only_what_garrison_exports() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// A plain tower service that fails with an error (no response at all) is a server error to
+/// the shipped rules: the series `MetricsLayer` records for it, fed to promtool as they are
+/// scraped, make the error ratio and the availability SLO count it.
+#[tokio::test]
+async fn a_service_error_counts_as_a_server_error_in_the_shipped_rules() {
+    use garrison_metrics::{Format, MetricsLayer, MetricsRegistry};
+    use tower::{Service, ServiceBuilder, ServiceExt};
+
+    let registry = MetricsRegistry::builder()
+        .process_metrics(false)
+        .runtime_metrics(false)
+        .build();
+    let table = garrison_core::RouteTable::from_patterns(["/boom"]).unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(MetricsLayer::new(&registry).route_table(table))
+        .service_fn(|_req: http::Request<()>| async {
+            Err::<http::Response<String>, _>("the database went away")
+        });
+    let req = http::Request::get("/boom").body(()).unwrap();
+    let err = svc.ready().await.unwrap().call(req).await.unwrap_err();
+    assert_eq!(err, "the database went away");
+    let scrape = registry.render(Format::Prometheus);
+    let line = scrape
+        .lines()
+        .find(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+        .unwrap_or_else(|| panic!("no count in\n{scrape}"));
+    let labels = &line[line.find('{').unwrap() + 1..line.find('}').unwrap()];
+    assert!(labels.contains(r#"error_type="service_error""#), "{line}");
+    // the series as Prometheus stores it once scraped from job "shop"
+    let failed = format!(
+        "http_server_request_duration_seconds_count{{job=\"shop\",instance=\"a\",{labels}}}"
+    );
+    let ok = "http_server_request_duration_seconds_count{job=\"shop\",instance=\"a\",http_route=\"/boom\",http_request_method=\"GET\",http_response_status_code=\"200\"}";
+    let tests = format!(
+        r#"rule_files: [{rules}]
+evaluation_interval: 1m
+tests:
+  # one request in four fails with a service error
+  - interval: 1m
+    input_series:
+      - series: '{ok}'
+        values: '0+30x10'
+      - series: '{failed}'
+        values: '0+10x10'
+    promql_expr_test:
+      - expr: job_route:http_server_error_ratio:rate5m
+        eval_time: 8m
+        exp_samples:
+          - labels: 'job_route:http_server_error_ratio:rate5m{{job="shop",http_route="/boom"}}'
+            value: 0.25
+"#,
+        rules = ops("garrison-rules.yml").display(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let test_file = dir.path().join("service-error.test.yml");
+    std::fs::write(&test_file, tests).unwrap();
+    let (ok, report) = promtool(&[Path::new("test"), Path::new("rules"), &test_file]);
+    assert!(ok, "{report}");
+}

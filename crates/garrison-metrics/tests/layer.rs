@@ -278,7 +278,8 @@ async fn service_errors_are_counted() {
     assert_eq!(err, "upstream broke");
     let snap = registry.snapshot();
     assert_eq!(snap[0].route, "/boom");
-    assert_eq!(snap[0].status, None);
+    // a 500, as the error ratio and the SLO rules count server errors
+    assert_eq!(snap[0].status, Some(500));
     assert_eq!(snap[0].error_type.as_deref(), Some("service_error"));
 }
 

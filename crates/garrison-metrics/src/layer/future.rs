@@ -2,7 +2,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use garrison_core::ErrorType;
 use http::Response;
 use pin_project_lite::pin_project;
 
@@ -54,7 +53,7 @@ where
         Poll::Ready(match result {
             Ok(resp) => Ok(guard.respond(resp)),
             Err(e) => {
-                guard.finish(ErrorType::Service);
+                guard.service_failed();
                 Err(e)
             }
         })

@@ -135,6 +135,14 @@ impl RequestGuard {
     }
 
     #[inline]
+    /// The inner service failed with an error instead of a response: recorded as the `500`
+    /// a server answers it with (so that the 5xx of error ratios and SLO rules count it),
+    /// with `error_type="service_error"`.
+    pub(crate) fn service_failed(&mut self) {
+        self.set_status(http::StatusCode::INTERNAL_SERVER_ERROR);
+        self.finish(ErrorType::Service);
+    }
+
     pub(crate) fn finish(&mut self, error: ErrorType) {
         if self.done {
             return;

@@ -120,10 +120,11 @@ impl MeasuredRequest {
         self.0.respond_parts(head.status, body)
     }
 
-    /// The inner service failed with an error instead of a response
-    /// (`error_type="service_error"`).
+    /// The inner service failed with an error instead of a response: recorded as a `500`
+    /// with `error_type="service_error"`, so that error ratios and the SLO rules (which
+    /// count 5xx) count it.
     pub fn failed(mut self) {
-        self.0.finish(garrison_core::ErrorType::Service);
+        self.0.service_failed();
     }
 }
 
