@@ -117,7 +117,7 @@ async fn under_overload_critical_requests_keep_a_bounded_wait_while_batch_is_she
         "batch still gets what is left"
     );
     let (admitted, shed) = admission.counts();
-    assert_eq!(shed[Priority::Critical.index()], [0, 0, 0]);
+    assert_eq!(shed[Priority::Critical.index()], [0, 0, 0, 0]);
     assert_eq!(
         shed[Priority::Batch.index()].iter().sum::<u64>(),
         batch_shed as u64
@@ -319,7 +319,7 @@ async fn in_the_whole_stack_admission_sits_between_the_rate_limiter_and_the_brea
     assert_eq!(calls, 2);
     let (admitted, shed) = admission.counts();
     assert_eq!(admitted[Priority::Critical.index()], 1);
-    assert_eq!(shed[Priority::Normal.index()], [1, 0, 0]);
+    assert_eq!(shed[Priority::Normal.index()], [1, 0, 0, 0]);
     let deep = get(addr, "/health", &[]).await;
     assert_eq!(deep.status, 200);
 }

@@ -26,18 +26,21 @@ pub enum ShedReason {
     Timeout,
     /// A request of higher priority took its place in a full queue.
     Evicted,
+    /// An operator drained the queue ([`Admission::drain`]).
+    Drained,
 }
 
 impl ShedReason {
     /// Every reason, in the order of the metrics.
-    pub const ALL: [ShedReason; 3] = [Self::QueueFull, Self::Timeout, Self::Evicted];
+    pub const ALL: [ShedReason; 4] = [Self::QueueFull, Self::Timeout, Self::Evicted, Self::Drained];
 
-    /// The reason's label: `queue_full`, `timeout`, `evicted`.
+    /// The reason's label: `queue_full`, `timeout`, `evicted`, `drained`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::QueueFull => "queue_full",
             Self::Timeout => "timeout",
             Self::Evicted => "evicted",
+            Self::Drained => "drained",
         }
     }
 }
@@ -298,7 +301,7 @@ pub(crate) struct Inner {
     in_time: AtomicUsize,
     last_decrease: AtomicU64,
     admitted: AdmittedCounts,
-    shed: [[AtomicU64; 3]; 5],
+    shed: [[AtomicU64; 4]; 5],
     wait: [DurationHistogram; 5],
 }
 
@@ -323,6 +326,7 @@ struct Waiter {
 enum Grant {
     Admitted,
     Evicted,
+    Drained,
 }
 
 impl Admission {
@@ -367,7 +371,7 @@ impl Admission {
     }
 
     /// Requests admitted so far by class, and shed by class and [`ShedReason::ALL`].
-    pub fn counts(&self) -> ([u64; 5], [[u64; 3]; 5]) {
+    pub fn counts(&self) -> ([u64; 5], [[u64; 4]; 5]) {
         let i = &self.inner;
         (
             std::array::from_fn(|p| i.admitted.get(p)),
@@ -393,6 +397,25 @@ impl Admission {
             Some(p) => Acquire::ready(Ok(p)),
             None => self.enqueue(priority),
         }
+    }
+
+    /// Sheds every request waiting in the queue now (each answered `503` by the layer, as
+    /// [`ShedReason::Drained`]); returns how many. An emergency action for an operator:
+    /// requests admitted already go on, and new ones queue again.
+    pub fn drain(&self) -> usize {
+        let i = &self.inner;
+        let mut q = i.queue.lock();
+        let mut drained = 0;
+        for class in 0..5 {
+            while let Some(w) = q.classes[class].pop_front() {
+                i.count_shed(class, ShedReason::Drained);
+                let _ = w.tx.send(Grant::Drained);
+                drained += 1;
+            }
+        }
+        q.len = 0;
+        i.queued.store(0, Ordering::SeqCst);
+        drained
     }
 
     /// The slow path: joins the queue (or is shed at once).
@@ -695,6 +718,7 @@ impl Future for Acquire {
                     Err(e) => Err(e),
                     Ok(Some(Grant::Admitted)) => Ok(Permit::new(admission.clone())),
                     Ok(Some(Grant::Evicted)) => Err(shed(ShedReason::Evicted)),
+                    Ok(Some(Grant::Drained)) => Err(shed(ShedReason::Drained)),
                     // the controller went away with the request still queued
                     Ok(None) => Err(shed(ShedReason::QueueFull)),
                 }

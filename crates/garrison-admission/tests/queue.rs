@@ -103,8 +103,8 @@ async fn each_class_waits_at_most_its_own_timeout() {
     );
     assert_eq!(at - t0, Duration::from_secs(1));
     let (_, shed) = adm.counts();
-    assert_eq!(shed[Priority::Batch.index()], [0, 1, 0]);
-    assert_eq!(shed[Priority::Normal.index()], [0, 1, 0]);
+    assert_eq!(shed[Priority::Batch.index()], [0, 1, 0, 0]);
+    assert_eq!(shed[Priority::Normal.index()], [0, 1, 0, 0]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -161,9 +161,9 @@ async fn a_full_queue_evicts_the_lowest_class_below_the_arrival_or_sheds_it() {
     assert!(critical2.await.unwrap().is_ok());
     let (admitted, shed) = adm.counts();
     assert_eq!(admitted[Priority::Critical.index()], 2);
-    assert_eq!(shed[Priority::Batch.index()], [0, 0, 1]);
-    assert_eq!(shed[Priority::Normal.index()], [1, 0, 1]);
-    assert_eq!(shed[Priority::High.index()], [1, 0, 0]);
+    assert_eq!(shed[Priority::Batch.index()], [0, 0, 1, 0]);
+    assert_eq!(shed[Priority::Normal.index()], [1, 0, 1, 0]);
+    assert_eq!(shed[Priority::High.index()], [1, 0, 0, 0]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -322,4 +322,49 @@ fn bad_settings_are_refused() {
         .is_err());
     assert_eq!("BATCH".parse::<Priority>().unwrap(), Priority::Batch);
     assert!("urgent".parse::<Priority>().is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_sheds_every_waiter_at_once_and_the_queue_fills_again_after() {
+    let adm = one_slot();
+    let held = adm.acquire(Priority::Normal).await.unwrap();
+    let results = Arc::new(Mutex::new(Vec::new()));
+    for p in [Priority::Critical, Priority::Normal, Priority::Batch] {
+        let (adm, results) = (adm.clone(), results.clone());
+        tokio::spawn(async move {
+            let r = adm
+                .acquire(p)
+                .await
+                .map(drop)
+                .map_err(|s| (s.priority, s.reason));
+            results.lock().unwrap().push(r);
+        });
+        settle().await;
+    }
+    assert_eq!(adm.queued(), 3);
+    assert_eq!(adm.drain(), 3);
+    settle().await;
+    assert_eq!(adm.queued(), 0);
+    assert_eq!(
+        *results.lock().unwrap(),
+        [
+            Err((Priority::Critical, ShedReason::Drained)),
+            Err((Priority::Normal, ShedReason::Drained)),
+            Err((Priority::Batch, ShedReason::Drained)),
+        ]
+    );
+    let (_, shed) = adm.counts();
+    assert_eq!(
+        shed[Priority::Normal.index()][ShedReason::Drained as usize],
+        1
+    );
+    // the slot held is untouched, and the queue takes new requests again
+    let next = tokio::spawn({
+        let adm = adm.clone();
+        async move { adm.acquire(Priority::Low).await.is_ok() }
+    });
+    settle().await;
+    assert_eq!(adm.queued(), 1);
+    drop(held);
+    assert!(next.await.unwrap());
 }
