@@ -2829,3 +2829,63 @@ async fn the_admin_listener_serves_64_connections_at_once_and_no_more() {
         .unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn maintenance_from_the_admin_api_answers_503_survives_a_reload_and_ends() {
+    let (up, _u) = upstream(echo).await;
+    let toml = format!(
+        r#"
+        [gateway.upstreams.app]
+        addresses = ["{up}"]
+        [gateway.routes.orders]
+        path = "/orders/{{id}}"
+        upstream = "app"
+        "#
+    );
+    let gw = gateway(&toml).await;
+    let auth = bearer();
+    let auth = [("authorization", auth.as_str())];
+    assert_eq!(get(gw.addr, "/orders/1", &[]).await.status, StatusCode::OK);
+    // the token is needed, as for the rest of the admin API
+    let r = send(gw.admin, Method::POST, "/admin/maintenance?message=x", &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(get(gw.addr, "/orders/1", &[]).await.status, StatusCode::OK);
+
+    let r = send(
+        gw.admin,
+        Method::POST,
+        "/admin/maintenance?message=Upgrading%20the%20shop&retry_after=120",
+        &auth,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(json(&r)["on"], true);
+    let refused = get(gw.addr, "/orders/1", &[]).await;
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers["retry-after"], "120");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&refused.body).unwrap()["message"],
+        "Upgrading the shop"
+    );
+    // probes still answer on the admin listener
+    assert_eq!(
+        get(gw.admin, "/health/ready", &[]).await.status,
+        StatusCode::OK
+    );
+    // a reload builds a new stack: maintenance stays on
+    let config = GatewayConfig::from_toml(&with_token(&toml)).unwrap();
+    gw.gateway.reload_with(config).await.unwrap();
+    assert_eq!(
+        get(gw.addr, "/orders/1", &[]).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let state = json(&get(gw.admin, "/admin/maintenance", &auth).await);
+    assert_eq!(state["message"], "Upgrading the shop", "{state}");
+
+    let r = send(gw.admin, Method::DELETE, "/admin/maintenance", &auth).await;
+    assert_eq!(json(&r)["on"], false);
+    assert_eq!(get(gw.addr, "/orders/1", &[]).await.status, StatusCode::OK);
+    // no admission configured: nothing to drain
+    let r = send(gw.admin, Method::POST, "/admin/admission/drain", &auth).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+}

@@ -12,6 +12,10 @@
 //! | `GET /admin/ratelimit` | the store (memory or Redis, up or falling back), keys, decisions by policy |
 //! | `GET /admin/upstreams` | every address: failures in a row, ejection |
 //! | `POST /admin/reload` | reads the configuration file again (as SIGHUP does) |
+//! | `GET /admin/maintenance` | whether maintenance is on, with its message |
+//! | `POST /admin/maintenance?message=…&retry_after=600` | maintenance on: every proxied request answered `503` with the message (health and scrape go on); kept across reloads |
+//! | `DELETE /admin/maintenance` | maintenance off |
+//! | `POST /admin/admission/drain` | sheds every request waiting for an admission slot |
 //!
 //! Breaker names hold `/` (`server:/api/{*path}`): percent-encode them in the path.
 
@@ -108,6 +112,27 @@ pub(crate) async fn handle<B>(gw: &Gateway, req: Request<B>) -> Response<AdminBo
     }
     let method = req.method().clone();
     let route = path.trim_end_matches('/');
+    if let Some(action) = route
+        .strip_prefix("/admin")
+        .filter(|r| matches!(*r, "/maintenance" | "/admission/drain"))
+    {
+        // the emergency actions, as a library user mounts them: under `/admin/`
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = match req.uri().query() {
+            Some(q) => format!("{action}?{q}").parse().ok(),
+            None => action.parse().ok(),
+        };
+        let uri = http::Uri::from_parts(parts).unwrap_or_default();
+        let inner = Request::builder()
+            .method(req.method())
+            .uri(uri)
+            .body(())
+            .unwrap_or_default();
+        return garrison
+            .emergency_service()
+            .respond(&inner)
+            .map(|b| Full::new(b.into()));
+    }
     match (method, route) {
         (Method::GET, "/admin") => reply(
             StatusCode::OK,
@@ -120,6 +145,8 @@ pub(crate) async fn handle<B>(gw: &Gateway, req: Request<B>) -> Response<AdminBo
                     "GET /admin/admission",
                     "GET /admin/upstreams",
                     "POST /admin/reload",
+                    "GET|POST|DELETE /admin/maintenance",
+                    "POST /admin/admission/drain",
                 ],
             }),
         ),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use garrison::config::{ConfigError, ConfigIssue};
 use garrison::garrison_core::SharedClock;
 use garrison::garrison_health::CheckOptions;
-use garrison::{Garrison, GarrisonService};
+use garrison::{Garrison, GarrisonService, Maintenance};
 use parking_lot::RwLock;
 use tokio::sync::{watch, OnceCell};
 use tower::Layer;
@@ -107,6 +107,8 @@ pub(crate) struct Factory {
     clock: SharedClock,
     /// Tunnels outlive generations: counted once for the gateway.
     tunnels: Arc<TunnelStats>,
+    /// So does the maintenance switch: a reload does not end maintenance.
+    maintenance: Maintenance,
 }
 
 fn issue(path: &str, message: impl Into<String>) -> ConfigError {
@@ -176,6 +178,7 @@ impl Gateway {
             demo: OnceCell::new(),
             clock,
             tunnels: Arc::default(),
+            maintenance: Maintenance::new(),
         };
         let first = factory.build(config).await?;
         Ok(Self {
@@ -288,6 +291,7 @@ impl Factory {
         let garrison = Garrison::builder()
             .config(stack)
             .clock(self.clock.clone())
+            .maintenance(self.maintenance.clone())
             .build()?;
         garrison
             .metrics()

@@ -54,12 +54,16 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod config;
+mod emergency;
 mod layer;
+mod maintenance;
 pub mod ops;
 mod stack;
 
 pub use config::{ConfigError, ConfigIssue, GarrisonConfig};
+pub use emergency::EmergencyService;
 pub use layer::{GarrisonBody, GarrisonFuture, GarrisonLayer, GarrisonService};
+pub use maintenance::Maintenance;
 pub use stack::{Garrison, GarrisonBuilder};
 
 pub use garrison_admission;

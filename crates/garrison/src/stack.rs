@@ -17,6 +17,8 @@ use garrison_trace::{Redaction, Sampler, TraceLayer, Tracer};
 
 use crate::config::*;
 use crate::layer::{GarrisonLayer, Parts};
+use crate::maintenance::Maintenance;
+use crate::EmergencyService;
 
 type RateLimitHook = Box<dyn FnOnce(RateLimitBuilder) -> RateLimitBuilder + Send>;
 type Registration = Box<dyn FnOnce(&HealthRegistry) -> Result<(), ConfigError> + Send>;
@@ -36,6 +38,7 @@ pub struct Garrison {
     tracer: Tracer,
     limiter: Option<Arc<RateLimiter>>,
     admission: Option<Admission>,
+    maintenance: Maintenance,
     layer: GarrisonLayer,
 }
 
@@ -82,6 +85,18 @@ impl Garrison {
     /// The admission controller, when `[admission]` is enabled: its limit, queue and counts.
     pub fn admission(&self) -> Option<&Admission> {
         self.admission.as_ref()
+    }
+
+    /// The maintenance switch: on, every request but the health routes and the scrape is
+    /// answered `503` with a message.
+    pub fn maintenance(&self) -> &Maintenance {
+        &self.maintenance
+    }
+
+    /// The emergency actions (maintenance on and off, draining the admission queue) as a
+    /// tower service to mount behind your own authentication: see [`EmergencyService`].
+    pub fn emergency_service(&self) -> EmergencyService {
+        EmergencyService::new(self.maintenance.clone(), self.admission.clone())
     }
 
     /// The breaker registry: list, reset, force open or disable breakers.
@@ -138,6 +153,7 @@ pub struct GarrisonBuilder {
     tracer: Option<Tracer>,
     ratelimit_hook: Option<RateLimitHook>,
     checks: Vec<Registration>,
+    maintenance: Option<Maintenance>,
 }
 
 impl std::fmt::Debug for GarrisonBuilder {
@@ -230,6 +246,13 @@ impl GarrisonBuilder {
     /// Uses this breaker registry (to share breakers with other layers of yours).
     pub fn breaker_registry(mut self, registry: BreakerRegistry) -> Self {
         self.breakers = Some(registry);
+        self
+    }
+
+    /// Uses this maintenance switch (one shared with another stack: the gateway keeps one
+    /// across reloads).
+    pub fn maintenance(mut self, switch: Maintenance) -> Self {
+        self.maintenance = Some(switch);
         self
     }
 
@@ -335,6 +358,7 @@ impl GarrisonBuilder {
                 .enabled
                 .then(|| breaker_layer(&c.breaker, &breakers, &resolver))
                 .transpose()?,
+            maintenance: self.maintenance.clone().unwrap_or_default(),
             resolver,
             clock: None,
         };
@@ -358,6 +382,7 @@ impl GarrisonBuilder {
             tracer,
             limiter,
             admission: admission.map(|(a, _)| a),
+            maintenance: parts.maintenance.clone(),
             layer: GarrisonLayer {
                 parts: Arc::new(parts),
             },

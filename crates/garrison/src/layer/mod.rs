@@ -35,6 +35,8 @@ pub(crate) struct Parts {
     pub(crate) ratelimit: Option<RateLimitLayer>,
     pub(crate) admission: Option<AdmissionLayer>,
     pub(crate) breaker: Option<CircuitBreakerLayer>,
+    /// On, every request the health and scrape parts did not answer is answered `503`.
+    pub(crate) maintenance: crate::Maintenance,
     /// The resolver every part was given: a request's route is resolved once, here.
     pub(crate) resolver: RouteResolver,
     /// The clock of metrics, rate limit and breaker, when it is one clock: read once per
@@ -165,9 +167,10 @@ where
                     (None, Some(scrape)) => scrape.enter(&req, &info),
                     (local, _) => local,
                 };
-                // 4. to 6.: rate limit, admission, breaker
+                // 4. to 6.: rate limit, admission, breaker (or the maintenance answer)
                 let gate = match local {
                     Some(resp) => Gate::Answer(resp),
+                    None if parts.maintenance.is_on() => Gate::Answer(parts.maintenance.response()),
                     None => gate(parts, &req, &info, Stage::RateLimit, &mut held),
                 };
                 // 7. your service
