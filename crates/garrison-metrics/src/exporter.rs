@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use garrison_core::{LayerBody, LayerFuture, Part, RequestInfo};
+use garrison_core::{IpNet, LayerBody, LayerFuture, Part, RequestInfo};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use tower::{Layer, Service};
@@ -83,6 +83,7 @@ impl MetricsExporter {
         ScrapeLayer {
             exporter: self,
             path: Arc::from(path.into()),
+            access: None,
         }
     }
 }
@@ -93,6 +94,99 @@ impl MetricsExporter {
 pub struct ScrapeLayer {
     exporter: MetricsExporter,
     path: Arc<str>,
+    access: Option<Arc<ScrapeAccess>>,
+}
+
+/// Who may scrape: callers presenting a bearer token, callers from some networks, or both
+/// (every condition set must hold). A scrape refused for its token is answered `401` with
+/// `WWW-Authenticate: Bearer`, one from another network `403`; neither sees a metric.
+///
+/// The caller's address is the connection's peer ([`PeerAddr`](garrison_core::PeerAddr),
+/// or axum's `ConnectInfo`); without one, a network rule refuses.
+///
+/// ```
+/// use garrison_metrics::{MetricsRegistry, ScrapeAccess};
+///
+/// let scrape = MetricsRegistry::new()
+///     .exporter()
+///     .layer("/metrics")
+///     .access(ScrapeAccess::new().token("s3cret").from_networks(["10.0.0.0/8".parse().unwrap()]));
+/// let get = http::Request::get("/metrics").body(()).unwrap();
+/// assert_eq!(scrape.answer(&get).unwrap().status(), 401);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct ScrapeAccess {
+    token: Option<Arc<[u8]>>,
+    networks: Arc<[IpNet]>,
+}
+
+impl ScrapeAccess {
+    /// Everybody may scrape (add conditions with [`token`](Self::token) and
+    /// [`from_networks`](Self::from_networks)).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Scrapes must present `Authorization: Bearer <token>` (compared in constant time).
+    pub fn token(mut self, token: impl AsRef<[u8]>) -> Self {
+        self.token = Some(token.as_ref().into());
+        self
+    }
+
+    /// Scrapes must come from one of `networks`.
+    pub fn from_networks(mut self, networks: impl IntoIterator<Item = IpNet>) -> Self {
+        self.networks = networks.into_iter().collect();
+        self
+    }
+
+    /// The answer to a scrape these rules refuse; `None` when they let it through.
+    fn refusal<B>(&self, req: &Request<B>) -> Option<Response<Bytes>> {
+        if !self.networks.is_empty() {
+            let from = garrison_core::peer_addr(req).map(|a| a.ip());
+            if !from.is_some_and(|ip| self.networks.iter().any(|n| n.contains(ip))) {
+                return Some(refused(
+                    StatusCode::FORBIDDEN,
+                    "not from a network allowed to scrape",
+                ));
+            }
+        }
+        if let Some(token) = &self.token {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| bearer(v.as_bytes()));
+            if !given.is_some_and(|g| same_bytes(g, token)) {
+                let mut resp = refused(StatusCode::UNAUTHORIZED, "scrapes need a bearer token");
+                resp.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                return Some(resp);
+            }
+        }
+        None
+    }
+}
+
+fn refused(status: StatusCode, message: &str) -> Response<Bytes> {
+    let mut resp = Response::new(Bytes::from(format!("{{\"error\":\"{message}\"}}")));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The credentials of `Bearer <token>` (scheme case-insensitive).
+fn bearer(v: &[u8]) -> Option<&[u8]> {
+    if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    Some(v[7..].trim_ascii()).filter(|t| !t.is_empty())
+}
+
+/// `a == b` in a time that depends on their lengths only.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl ScrapeLayer {
@@ -110,7 +204,13 @@ impl ScrapeLayer {
     /// ```
     #[inline]
     pub fn answer<B>(&self, req: &Request<B>) -> Option<Response<Bytes>> {
-        answer(&self.exporter, &self.path, req)
+        answer(&self.exporter, &self.path, self.access.as_deref(), req)
+    }
+
+    /// Who may scrape (default: everybody who reaches the path).
+    pub fn access(mut self, access: ScrapeAccess) -> Self {
+        self.access = Some(Arc::new(access));
+        self
     }
 }
 
@@ -125,8 +225,19 @@ impl Part for ScrapeLayer {
 }
 
 #[inline]
-fn answer<B>(exporter: &MetricsExporter, path: &str, req: &Request<B>) -> Option<Response<Bytes>> {
-    (req.uri().path() == path).then(|| exporter.respond_bytes(req))
+fn answer<B>(
+    exporter: &MetricsExporter,
+    path: &str,
+    access: Option<&ScrapeAccess>,
+    req: &Request<B>,
+) -> Option<Response<Bytes>> {
+    if req.uri().path() != path {
+        return None;
+    }
+    if let Some(refused) = access.and_then(|a| a.refusal(req)) {
+        return Some(refused);
+    }
+    Some(exporter.respond_bytes(req))
 }
 
 impl<S> Layer<S> for ScrapeLayer {
@@ -137,6 +248,7 @@ impl<S> Layer<S> for ScrapeLayer {
             inner,
             exporter: self.exporter.clone(),
             path: self.path.clone(),
+            access: self.access.clone(),
         }
     }
 }
@@ -147,6 +259,7 @@ pub struct ScrapeService<S> {
     inner: S,
     exporter: MetricsExporter,
     path: Arc<str>,
+    access: Option<Arc<ScrapeAccess>>,
 }
 
 impl<S, ReqB, ResB> Service<Request<ReqB>> for ScrapeService<S>
@@ -164,7 +277,7 @@ where
 
     #[inline]
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        match answer(&self.exporter, &self.path, &req) {
+        match answer(&self.exporter, &self.path, self.access.as_deref(), &req) {
             Some(resp) => LayerFuture::local(resp),
             None => LayerFuture::inner(self.inner.call(req)),
         }

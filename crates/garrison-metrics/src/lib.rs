@@ -62,7 +62,7 @@ mod render;
 mod table;
 
 pub use duration::DurationHistogram;
-pub use exporter::{MetricsExporter, ScrapeLayer, ScrapeService};
+pub use exporter::{MetricsExporter, ScrapeAccess, ScrapeLayer, ScrapeService};
 pub use exposition::{Collector, Format, MetricType, MetricWriter};
 pub use garrison_core::{Part, RequestInfo, RouteTable, TraceContext, TraceId};
 pub use histogram::HistogramSnapshot;

@@ -350,7 +350,7 @@ impl GarrisonBuilder {
                 .then(|| MetricsLayer::new(&metrics).route_resolver(resolver.clone())),
             health: h.enabled.then(|| HealthLayer::new(&health)),
             scrape: (c.metrics.enabled && !c.metrics.path.is_empty())
-                .then(|| metrics.exporter().layer(c.metrics.path.clone())),
+                .then(|| scrape_layer(&c.metrics, &metrics)),
             ratelimit,
             admission: admission.as_ref().map(|(_, l)| l.clone()),
             breaker: c
@@ -633,6 +633,21 @@ fn ratelimit_builder(
         b = b.store(store);
     }
     Ok(b)
+}
+
+/// The scrape route of `[metrics]`, with its token and networks when it has them.
+fn scrape_layer(m: &MetricsConfig, metrics: &MetricsRegistry) -> garrison_metrics::ScrapeLayer {
+    let layer = metrics.exporter().layer(m.path.clone());
+    if m.token.is_empty() && m.allow_from.is_empty() {
+        return layer;
+    }
+    let mut access = garrison_metrics::ScrapeAccess::new()
+        // validated: every entry parses
+        .from_networks(m.allow_from.iter().filter_map(|n| n.parse().ok()));
+    if !m.token.is_empty() {
+        access = access.token(&m.token);
+    }
+    layer.access(access)
 }
 
 /// A status code of `[health.status_codes]`, validated to 200..=599.

@@ -224,6 +224,12 @@ pub struct MetricsConfig {
     pub process_metrics: bool,
     /// `runtime_metrics`: tokio runtime families. Default: `true`.
     pub runtime_metrics: bool,
+    /// `token`: scrapes must present `Authorization: Bearer <token>` (`401` without).
+    /// Default: `""` (no token asked).
+    pub token: String,
+    /// `allow_from`: scrapes must come from one of these networks (CIDR, `403` otherwise).
+    /// Default: `[]` (any address).
+    pub allow_from: Vec<String>,
 }
 
 impl Default for MetricsConfig {
@@ -236,6 +242,8 @@ impl Default for MetricsConfig {
             exemplars: true,
             process_metrics: true,
             runtime_metrics: true,
+            token: String::new(),
+            allow_from: Vec::new(),
         }
     }
 }

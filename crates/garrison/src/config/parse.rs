@@ -438,6 +438,13 @@ fn metrics(s: &mut Section<'_>, c: &mut MetricsConfig) {
     s.bool("exemplars", &mut c.exemplars);
     s.bool("process_metrics", &mut c.process_metrics);
     s.bool("runtime_metrics", &mut c.runtime_metrics);
+    s.string("token", &mut c.token);
+    s.strings("allow_from", &mut c.allow_from);
+    for (i, net) in c.allow_from.iter().enumerate() {
+        if let Err(e) = net.parse::<garrison_core::IpNet>() {
+            s.err(&format!("allow_from[{i}]"), e.to_string());
+        }
+    }
 }
 
 const CHECK_TYPES: &[(&str, CheckType)] = &[
