@@ -111,8 +111,19 @@ pub struct ScrapeLayer {
 ///     .exporter()
 ///     .layer("/metrics")
 ///     .access(ScrapeAccess::new().token("s3cret").from_networks(["10.0.0.0/8".parse().unwrap()]));
-/// let get = http::Request::get("/metrics").body(()).unwrap();
-/// assert_eq!(scrape.answer(&get).unwrap().status(), 401);
+/// let from = |ip: &str, token: Option<&str>| {
+///     let mut req = http::Request::get("/metrics");
+///     if let Some(t) = token {
+///         req = req.header("authorization", format!("Bearer {t}"));
+///     }
+///     let mut req = req.body(()).unwrap();
+///     let peer = garrison_core::PeerAddr(format!("{ip}:4000").parse().unwrap());
+///     req.extensions_mut().insert(peer);
+///     scrape.answer(&req).unwrap().status()
+/// };
+/// assert_eq!(from("10.0.0.9", Some("s3cret")), 200);
+/// assert_eq!(from("10.0.0.9", None), 401);
+/// assert_eq!(from("192.0.2.1", Some("s3cret")), 403);
 /// ```
 #[derive(Clone, Debug, Default)]
 pub struct ScrapeAccess {
