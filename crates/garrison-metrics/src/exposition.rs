@@ -62,7 +62,7 @@ pub enum MetricType {
 
 /// Something that writes metric families at scrape time: the other Garrison layers (rate
 /// limiter, breaker, health) and your own code implement it and
-/// [`register`](MetricsRegistry::register_collector) it.
+/// [`register`](crate::MetricsRegistry::register_collector) it.
 pub trait Collector: Send + Sync + 'static {
     /// Writes this collector's families.
     fn collect(&self, w: &mut MetricWriter<'_>);

@@ -42,7 +42,7 @@ pub(crate) struct Shared {
     pub(super) sweeper: AtomicBool,
 }
 
-/// What the rate limiter decides for one request: see [`RateLimitLayer::check`].
+/// What the rate limiter decides for one request: see [`RateLimitLayer::check`](crate::RateLimitLayer::check).
 #[derive(Debug)]
 pub enum Verdict {
     /// Not limited: no policy applies, or the route or the key is exempt.

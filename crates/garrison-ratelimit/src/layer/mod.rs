@@ -25,8 +25,8 @@ use decision::Shared;
 ///
 /// Each request is matched to a policy by its route label (axum's `MatchedPath`, or the
 /// resolver's route table; requests that match no route fall under the default policy), and
-/// to a client key by the policy's [`KeySource`]. An allowed request goes on to the inner
-/// service and its response gets the rate-limit headers ([`HeaderSet`]); a refused one is
+/// to a client key by the policy's [`KeySource`](crate::KeySource). An allowed request goes on to the inner
+/// service and its response gets the rate-limit headers ([`HeaderSet`](crate::HeaderSet)); a refused one is
 /// answered at once with `429 Too Many Requests`, `Retry-After` (whole seconds, rounded up),
 /// `Cache-Control: no-store`, the same headers and a small JSON body, and the inner service
 /// is not called.

@@ -67,9 +67,9 @@ type MakeId = Arc<dyn Fn(&Request<()>) -> Option<HeaderValue> + Send + Sync>;
 ///   [`MAX_REQUEST_ID`] bytes) or made, and returned on the response;
 ///   [`trace_response`](Self::trace_response) also returns a `traceresponse` header.
 /// - While the request's future runs, [`current`](crate::current) returns its
-///   [`RequestContext`] (ids, sampling, `tracestate` and `baggage` to pass on);
+///   [`RequestContext`](crate::RequestContext) (ids, sampling, `tracestate` and `baggage` to pass on);
 ///   [`PropagateLayer`](crate::PropagateLayer) and [`json_logs`](crate::json_logs) read it.
-///   A recorded request also gets garrison-core's [`TraceContext`] in its extensions, which
+///   A recorded request also gets garrison-core's [`TraceContext`](garrison_core::TraceContext) in its extensions, which
 ///   garrison-metrics turns into exemplars.
 /// - While the request is served, [`current`](crate::current) names it, so that every log
 ///   line of [`json_logs`](crate::json_logs) carries `trace_id`, `span_id` and `request_id`

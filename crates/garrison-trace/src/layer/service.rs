@@ -11,7 +11,7 @@ use super::future::ResponseFuture;
 use super::start::start;
 use super::Shared;
 
-/// The service made by [`TraceLayer`].
+/// The service made by [`TraceLayer`](super::TraceLayer).
 #[derive(Clone)]
 pub struct TraceService<S> {
     pub(super) inner: S,

@@ -9,7 +9,7 @@ use super::TRACERESPONSE;
 use crate::context::{CurrentGuard, RequestContext};
 use crate::w3c::format_traceparent;
 
-/// One request's trace, from [`TraceLayer::start`] until its response body ends: ids,
+/// One request's trace, from [`TraceLayer::start`](super::TraceLayer::start) until its response body ends: ids,
 /// sampling, the server span and the request id.
 pub struct TracedRequest {
     pub(super) finisher: Finisher,
