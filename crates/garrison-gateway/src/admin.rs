@@ -52,7 +52,7 @@ pub(crate) async fn serve(gw: Gateway, listener: TcpListener) {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(_) => {
@@ -65,8 +65,11 @@ pub(crate) async fn serve(gw: Gateway, listener: TcpListener) {
         let gw = gw.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let svc = hyper::service::service_fn(move |req| {
+            let svc = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                 let gw = gw.clone();
+                // who is asking: `[health] details_from` reads it
+                req.extensions_mut()
+                    .insert(garrison::garrison_core::PeerAddr(peer));
                 async move { Ok::<_, Infallible>(handle(&gw, req).await) }
             });
             let mut b = auto::Builder::new(TokioExecutor::new());
@@ -96,7 +99,7 @@ pub(crate) async fn handle<B>(gw: &Gateway, req: Request<B>) -> Response<AdminBo
     }
     let health = garrison.health();
     if let Some(probe) = health.probe_for(path) {
-        return health.respond(probe, req.headers()).map(Full::new);
+        return health.respond_to(probe, &req).map(Full::new);
     }
     if path != "/admin" && !path.starts_with("/admin/") {
         return reply(StatusCode::NOT_FOUND, json!({"error": "not found"}));

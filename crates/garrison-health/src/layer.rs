@@ -77,7 +77,7 @@ fn answer<B>(health: &HealthRegistry, req: &Request<B>) -> Option<Response<bytes
         return None;
     }
     let probe = health.probe_for(req.uri().path())?;
-    Some(health.respond(probe, req.headers()))
+    Some(health.respond_to(probe, req))
 }
 
 impl<S> Layer<S> for HealthLayer {

@@ -157,6 +157,8 @@ pub(crate) struct Config {
     pub(crate) description: Option<String>,
     pub(crate) token: Option<Vec<u8>>,
     pub(crate) details: Option<Details>,
+    /// Networks callers must come from to see details (empty: any).
+    pub(crate) details_from: Vec<garrison_core::IpNet>,
     pub(crate) codes: StatusCodes,
     pub(crate) names: StatusNames,
     pub(crate) paths: Paths,
@@ -277,6 +279,19 @@ impl HealthRegistryBuilder {
     /// Who sees details. Default: [`Details::Token`].
     pub fn details(mut self, d: Details) -> Self {
         self.config.details = Some(d);
+        self
+    }
+
+    /// Only callers from these networks see details, on top of what
+    /// [`details`](Self::details) asks (the token, say). The caller's address is the
+    /// connection's peer ([`PeerAddr`](garrison_core::PeerAddr), or axum's `ConnectInfo`):
+    /// answers that cannot know it ([`HealthRegistry::respond`], given headers only) show
+    /// no details. Default: any network.
+    pub fn details_from(
+        mut self,
+        networks: impl IntoIterator<Item = garrison_core::IpNet>,
+    ) -> Self {
+        self.config.details_from = networks.into_iter().collect();
         self
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
-use http::{HeaderMap, Response};
+use http::{HeaderMap, Request, Response};
 use subtle::ConstantTimeEq;
 
 use crate::registry::{Config, Details, Entry, HealthRegistry, Observation, StatusNames};
@@ -310,8 +310,24 @@ impl HealthRegistry {
         self.report(Probe::Deep)
     }
 
-    /// Whether a caller with these request headers may see details.
+    /// Whether a caller with these request headers may see details (never when
+    /// [`details_from`](crate::HealthRegistryBuilder::details_from) restricts the networks:
+    /// the headers do not say where the caller is; see
+    /// [`allows_details_for`](Self::allows_details_for)).
     pub fn allows_details(&self, headers: &HeaderMap) -> bool {
+        self.inner.config.details_from.is_empty() && self.policy_allows(headers)
+    }
+
+    /// Whether the caller of `req` may see details: its network and its headers.
+    pub fn allows_details_for<B>(&self, req: &Request<B>) -> bool {
+        let nets = &self.inner.config.details_from;
+        let from_allowed = nets.is_empty()
+            || garrison_core::peer_addr(req)
+                .is_some_and(|a| nets.iter().any(|n| n.contains(a.ip())));
+        from_allowed && self.policy_allows(req.headers())
+    }
+
+    fn policy_allows(&self, headers: &HeaderMap) -> bool {
         let c: &Config = &self.inner.config;
         let policy = c.details.unwrap_or(Details::Token);
         match policy {
@@ -329,9 +345,19 @@ impl HealthRegistry {
 
     /// The HTTP answer to `probe` for a request with these headers: the status code mapped
     /// from the report's status, `application/health+json`, `Cache-Control: no-store`.
+    /// [`respond_to`](Self::respond_to) also knows the caller's address.
     pub fn respond(&self, probe: Probe, headers: &HeaderMap) -> Response<Bytes> {
+        self.answer(probe, self.allows_details(headers))
+    }
+
+    /// The HTTP answer to `probe` for `req` (its headers and its peer address decide the
+    /// details).
+    pub fn respond_to<B>(&self, probe: Probe, req: &Request<B>) -> Response<Bytes> {
+        self.answer(probe, self.allows_details_for(req))
+    }
+
+    fn answer(&self, probe: Probe, details: bool) -> Response<Bytes> {
         let report = self.report(probe);
-        let details = self.allows_details(headers);
         let body = report.to_json(self, details);
         let mut resp = Response::new(Bytes::from(body));
         *resp.status_mut() = self.inner.config.codes.of(report.status());

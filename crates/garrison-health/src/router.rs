@@ -1,7 +1,6 @@
 //! The health routes as an axum `Router` to merge.
 
-use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -33,20 +32,20 @@ impl HealthRegistry {
     }
 }
 
-fn answer(h: &HealthRegistry, probe: Probe, headers: &HeaderMap) -> Response {
-    h.respond(probe, headers)
+fn answer(h: &HealthRegistry, probe: Probe, req: &Request) -> Response {
+    h.respond_to(probe, req)
         .map(axum::body::Body::from)
         .into_response()
 }
 
-async fn live(State(h): State<HealthRegistry>, headers: HeaderMap) -> Response {
-    answer(&h, Probe::Live, &headers)
+async fn live(State(h): State<HealthRegistry>, req: Request) -> Response {
+    answer(&h, Probe::Live, &req)
 }
 
-async fn ready(State(h): State<HealthRegistry>, headers: HeaderMap) -> Response {
-    answer(&h, Probe::Ready, &headers)
+async fn ready(State(h): State<HealthRegistry>, req: Request) -> Response {
+    answer(&h, Probe::Ready, &req)
 }
 
-async fn deep(State(h): State<HealthRegistry>, headers: HeaderMap) -> Response {
-    answer(&h, Probe::Deep, &headers)
+async fn deep(State(h): State<HealthRegistry>, req: Request) -> Response {
+    answer(&h, Probe::Deep, &req)
 }

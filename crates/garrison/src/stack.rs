@@ -669,6 +669,8 @@ fn health_registry(c: &GarrisonConfig) -> HealthRegistry {
             ready: h.ready_path.clone(),
             deep: h.deep_path.clone(),
         })
+        // validated: every entry parses
+        .details_from(h.details_from.iter().filter_map(|n| n.parse().ok()))
         .status_names(match h.status_names {
             StatusNamesMode::Draft => StatusNames::Draft,
             StatusNamesMode::Descriptive => StatusNames::Descriptive,

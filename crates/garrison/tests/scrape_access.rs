@@ -86,3 +86,48 @@ fn a_bad_network_is_reported_with_its_index() {
         "{issues:?}"
     );
 }
+
+#[tokio::test]
+async fn health_details_go_only_to_the_allowed_networks() {
+    let config = GarrisonConfig::from_toml(
+        r#"
+        [health]
+        details = "always"
+        details_from = ["10.0.0.0/8"]
+        "#,
+    )
+    .unwrap();
+    let garrison = Garrison::from_config(config).unwrap();
+    let app = Router::new()
+        .route("/orders", get(|| async { "orders" }))
+        .layer(garrison.layer());
+    let deep = |from: &'static str| {
+        let app = app.clone();
+        async move {
+            let mut req = Request::get("/health").body(Body::empty()).unwrap();
+            let peer: SocketAddr = format!("{from}:40000").parse().unwrap();
+            req.extensions_mut().insert(PeerAddr(peer));
+            let resp = app.oneshot(req).await.unwrap();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+        }
+    };
+    let inside = deep("10.9.8.7").await;
+    assert!(inside.get("checks").is_some(), "{inside}");
+    let outside = deep("192.0.2.7").await;
+    let keys: Vec<&String> = outside.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["status"], "the status only: {outside}");
+    // an answer that cannot know the caller's address shows no details
+    let headers_only = garrison.health().respond(
+        garrison::garrison_health::Probe::Deep,
+        &http::HeaderMap::new(),
+    );
+    let body: serde_json::Value = serde_json::from_slice(headers_only.body()).unwrap();
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        1,
+        "the status only: {body}"
+    );
+}

@@ -265,6 +265,9 @@ pub struct HealthConfig {
     pub token: String,
     /// `details`: `"token"`, `"always"` or `"never"`. Default: `"token"`.
     pub details: DetailsMode,
+    /// `details_from`: only callers from these networks (CIDR) see details, on top of
+    /// `details`. Default: `[]` (any network).
+    pub details_from: Vec<String>,
     /// `breakers`: a deep check reporting open breakers (`warn`). Default: `true`.
     pub breakers: bool,
     /// `breakers_verbose`: that check reports every breaker, with its state and window
@@ -303,6 +306,7 @@ impl Default for HealthConfig {
             deep_path: "/health".into(),
             token: String::new(),
             details: DetailsMode::Token,
+            details_from: Vec::new(),
             breakers: true,
             breakers_verbose: false,
             process: false,

@@ -472,6 +472,12 @@ fn health(s: &mut Section<'_>, c: &mut HealthConfig) {
     );
     s.bool("breakers", &mut c.breakers);
     s.bool("breakers_verbose", &mut c.breakers_verbose);
+    s.strings("details_from", &mut c.details_from);
+    for (i, net) in c.details_from.iter().enumerate() {
+        if let Err(e) = net.parse::<garrison_core::IpNet>() {
+            s.err(&format!("details_from[{i}]"), e.to_string());
+        }
+    }
     s.bool("process", &mut c.process);
     s.choice(
         "status_names",
