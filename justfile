@@ -56,6 +56,9 @@ lint:
     RUSTC_BOOTSTRAP=1 RUSTDOCFLAGS="--cfg docsrs -D warnings" cargo doc --workspace {{unpublished}} --no-deps --all-features
     cargo test --doc --workspace --all-features  # each crate's README and the repository's
     cargo test --test publishing  # metadata, licence files, docs.rs attributes, Markdown links
+    # cargo package verifies each crate against the others' packaged sources, which it extracts
+    # once into a cache and reuses, stale, on the next run: ours leave that cache first
+    rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/garrison-*
     cargo package --workspace {{unpublished}} --allow-dirty  # in dependency order, each verified by a build
 
 # The workspace's packages that are not published.
