@@ -14,6 +14,12 @@ use http::{header, HeaderMap, Request};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// Whether the peer of `req` ([`peer_addr`]) is inside one of `networks`; `false` when the
+/// peer is not known.
+pub fn peer_within<B>(req: &Request<B>, networks: &[IpNet]) -> bool {
+    peer_addr(req).is_some_and(|a| networks.iter().any(|n| n.contains(a.ip())))
+}
+
 /// The peer address of a request: [`PeerAddr`], else axum's `ConnectInfo<SocketAddr>`.
 pub fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
     let ext = req.extensions();

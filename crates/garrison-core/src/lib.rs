@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod auth;
 mod body;
 mod caught;
 mod classify;
@@ -37,6 +38,7 @@ mod shard;
 mod text;
 mod trace_context;
 
+pub use auth::{bearer_matches, bearer_token};
 pub use body::LayerBody;
 pub use caught::{
     catch, install_panic_hook, register_request_id_source, CatchPanic, CatchPanicFuture,
@@ -44,8 +46,8 @@ pub use caught::{
 };
 pub use classify::{ErrorType, FailureClassifier};
 pub use client::{
-    normalize as normalize_ip, peer_addr, ForwardedHeader, IpNet, IpNetError, PeerAddr,
-    TrustedProxies, MAX_FORWARDED_HOPS,
+    normalize as normalize_ip, peer_addr, peer_within, ForwardedHeader, IpNet, IpNetError,
+    PeerAddr, TrustedProxies, MAX_FORWARDED_HOPS,
 };
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Tick, TokioClock};
 pub use future::LayerFuture;

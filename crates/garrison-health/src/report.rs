@@ -4,9 +4,8 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, Request, Response};
-use subtle::ConstantTimeEq;
 
 use crate::registry::{Config, Details, Entry, HealthRegistry, Observation, StatusNames};
 use crate::status::{Measurement, Observed};
@@ -333,13 +332,10 @@ impl HealthRegistry {
         match policy {
             Details::Always => true,
             Details::Never => false,
-            Details::Token => {
-                let Some(token) = &c.token else { return false };
-                let Some(given) = headers.get(AUTHORIZATION).and_then(bearer) else {
-                    return false;
-                };
-                bool::from(given.ct_eq(token.as_slice()))
-            }
+            Details::Token => c
+                .token
+                .as_ref()
+                .is_some_and(|token| garrison_core::bearer_matches(headers, token)),
         }
     }
 
@@ -382,16 +378,6 @@ impl HealthRegistry {
     }
 }
 
-/// The credentials of `Authorization: Bearer <token>` (scheme case-insensitive).
-fn bearer(v: &HeaderValue) -> Option<&[u8]> {
-    let b = v.as_bytes();
-    if b.len() < 7 || !b[..7].eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    let t = b[7..].trim_ascii();
-    (!t.is_empty()).then_some(t)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -405,14 +391,5 @@ mod tests {
         s.push(' ');
         push_number(&mut s, f64::NAN);
         assert_eq!(s, "3 1.235 null");
-    }
-
-    #[test]
-    fn bearer_tokens() {
-        let hv = HeaderValue::from_static;
-        assert_eq!(bearer(&hv("Bearer abc")), Some(&b"abc"[..]));
-        assert_eq!(bearer(&hv("bearer  abc ")), Some(&b"abc"[..]));
-        assert_eq!(bearer(&hv("Basic abc")), None);
-        assert_eq!(bearer(&hv("Bearer ")), None);
     }
 }

@@ -152,21 +152,14 @@ impl ScrapeAccess {
 
     /// The answer to a scrape these rules refuse; `None` when they let it through.
     fn refusal<B>(&self, req: &Request<B>) -> Option<Response<Bytes>> {
-        if !self.networks.is_empty() {
-            let from = garrison_core::peer_addr(req).map(|a| a.ip());
-            if !from.is_some_and(|ip| self.networks.iter().any(|n| n.contains(ip))) {
-                return Some(refused(
-                    StatusCode::FORBIDDEN,
-                    "not from a network allowed to scrape",
-                ));
-            }
+        if !self.networks.is_empty() && !garrison_core::peer_within(req, &self.networks) {
+            return Some(refused(
+                StatusCode::FORBIDDEN,
+                "not from a network allowed to scrape",
+            ));
         }
         if let Some(token) = &self.token {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| bearer(v.as_bytes()));
-            if !given.is_some_and(|g| same_bytes(g, token)) {
+            if !garrison_core::bearer_matches(req.headers(), token) {
                 let mut resp = refused(StatusCode::UNAUTHORIZED, "scrapes need a bearer token");
                 resp.headers_mut()
                     .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -185,19 +178,6 @@ fn refused(status: StatusCode, message: &str) -> Response<Bytes> {
         HeaderValue::from_static("application/json"),
     );
     resp
-}
-
-/// The credentials of `Bearer <token>` (scheme case-insensitive).
-fn bearer(v: &[u8]) -> Option<&[u8]> {
-    if v.len() < 7 || !v[..7].eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    Some(v[7..].trim_ascii()).filter(|t| !t.is_empty())
-}
-
-/// `a == b` in a time that depends on their lengths only.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 impl ScrapeLayer {

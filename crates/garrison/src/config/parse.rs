@@ -439,10 +439,15 @@ fn metrics(s: &mut Section<'_>, c: &mut MetricsConfig) {
     s.bool("process_metrics", &mut c.process_metrics);
     s.bool("runtime_metrics", &mut c.runtime_metrics);
     s.string("token", &mut c.token);
-    s.strings("allow_from", &mut c.allow_from);
-    for (i, net) in c.allow_from.iter().enumerate() {
+    networks(s, "allow_from", &mut c.allow_from);
+}
+
+/// `key` as a list of networks (CIDR), each one checked.
+fn networks(s: &mut Section<'_>, key: &'static str, target: &mut Vec<String>) {
+    s.strings(key, target);
+    for (i, net) in target.iter().enumerate() {
         if let Err(e) = net.parse::<garrison_core::IpNet>() {
-            s.err(&format!("allow_from[{i}]"), e.to_string());
+            s.err(&format!("{key}[{i}]"), e.to_string());
         }
     }
 }
@@ -472,12 +477,7 @@ fn health(s: &mut Section<'_>, c: &mut HealthConfig) {
     );
     s.bool("breakers", &mut c.breakers);
     s.bool("breakers_verbose", &mut c.breakers_verbose);
-    s.strings("details_from", &mut c.details_from);
-    for (i, net) in c.details_from.iter().enumerate() {
-        if let Err(e) = net.parse::<garrison_core::IpNet>() {
-            s.err(&format!("details_from[{i}]"), e.to_string());
-        }
-    }
+    networks(s, "details_from", &mut c.details_from);
     s.bool("process", &mut c.process);
     s.choice(
         "status_names",
