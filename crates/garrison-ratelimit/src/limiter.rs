@@ -158,15 +158,7 @@ impl RateLimiter {
     /// `global`) at `now`, asked of the shared store when there is one, else of memory.
     #[inline]
     pub(crate) fn decide(&self, policy: usize, key: ClientKey, global: bool, now: u64) -> Answer {
-        let p = &self.policies[policy];
-        let ask = Ask {
-            policy,
-            name: p.policy.name(),
-            quota: &p.quota,
-            key,
-            global,
-            now,
-        };
+        let ask = self.ask(policy, key, global, now);
         match &self.shared {
             None => Answer::Decided(self.memory.check(&ask)),
             Some(store) => store.decide(ask, &self.nanos),
@@ -176,15 +168,22 @@ impl RateLimiter {
     /// [`decide`](Self::decide) in this process's memory, now: for a shared store that
     /// cannot be reached.
     pub(crate) fn decide_in_memory(&self, policy: usize, key: ClientKey, global: bool) -> Decision {
+        self.memory
+            .check(&self.ask(policy, key, global, self.now()))
+    }
+
+    /// One request of `key` under policy `policy` at `now`, as a store is asked it.
+    #[inline]
+    fn ask(&self, policy: usize, key: ClientKey, global: bool, now: u64) -> Ask<'_> {
         let p = &self.policies[policy];
-        self.memory.check(&Ask {
+        Ask {
             policy,
             name: p.policy.name(),
             quota: &p.quota,
             key,
             global,
-            now: self.now(),
-        })
+            now,
+        }
     }
 
     /// The index of the policy named `name`.
