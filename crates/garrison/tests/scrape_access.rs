@@ -10,8 +10,14 @@ use garrison::{Garrison, GarrisonConfig};
 use http::{Request, StatusCode};
 use tower::ServiceExt;
 
-async fn scrape(app: &Router, from: &str, token: Option<&str>) -> (StatusCode, String) {
-    let mut req = Request::get("/metrics");
+/// `GET path` from the peer address `from`, with a bearer token if any.
+async fn get_from(
+    app: &Router,
+    path: &str,
+    from: &str,
+    token: Option<&str>,
+) -> (StatusCode, String) {
+    let mut req = Request::get(path);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
@@ -24,6 +30,10 @@ async fn scrape(app: &Router, from: &str, token: Option<&str>) -> (StatusCode, S
         .await
         .unwrap();
     (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+async fn scrape(app: &Router, from: &str, token: Option<&str>) -> (StatusCode, String) {
+    get_from(app, "/metrics", from, token).await
 }
 
 #[tokio::test]
@@ -104,14 +114,8 @@ async fn health_details_go_only_to_the_allowed_networks() {
     let deep = |from: &'static str| {
         let app = app.clone();
         async move {
-            let mut req = Request::get("/health").body(Body::empty()).unwrap();
-            let peer: SocketAddr = format!("{from}:40000").parse().unwrap();
-            req.extensions_mut().insert(PeerAddr(peer));
-            let resp = app.oneshot(req).await.unwrap();
-            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
-                .await
-                .unwrap();
-            serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+            let (_, body) = get_from(&app, "/health", from, None).await;
+            serde_json::from_str::<serde_json::Value>(&body).unwrap()
         }
     };
     let inside = deep("10.9.8.7").await;
