@@ -27,7 +27,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use garrison::config::{ConfigError, ConfigIssue, GarrisonConfig, Section};
+use garrison::config::{ConfigError, ConfigIssue, GarrisonConfig};
+use serde::{Deserialize, Deserializer};
 
 /// The configuration the gateway starts with when it is given no file: a built-in demo
 /// upstream, the seeds' rate-limit policies, an SQLite health check. `--print-default-config`
@@ -48,14 +49,24 @@ pub struct GatewayConfig {
     pub gateway: GatewaySection,
 }
 
+/// The root sections the gateway reads beside Garrison's.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Sections {
+    gateway: GatewaySection,
+}
+
 /// `[gateway]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct GatewaySection {
     /// `listen`: the proxy's address. `GARRISON_LISTEN` overrides it. Default:
     /// `"127.0.0.1:3000"`.
+    #[serde(deserialize_with = "listen")]
     pub listen: SocketAddr,
     /// `admin_listen`: the admin API's address (and `/metrics`, `/health/*` with
     /// `observability = "admin"`). `""`: no admin listener. Default: `"127.0.0.1:3001"`.
+    #[serde(deserialize_with = "admin_listen")]
     pub admin_listen: Option<SocketAddr>,
     /// `admin_token`: the bearer token the admin API asks for. `""`: the
     /// `GARRISON_ADMIN_TOKEN` variable, else a random token printed at start. Default: `""`.
@@ -144,7 +155,8 @@ impl Default for GatewaySection {
 }
 
 /// The `observability` of `[gateway]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Observability {
     /// `"main"`.
     Main,
@@ -153,7 +165,8 @@ pub enum Observability {
 }
 
 /// `[gateway.upstreams.<name>]`: where requests go.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct UpstreamConfig {
     /// `addresses`: `host:port` (or `http://host:port`), taken in turn; or
     /// [`DEMO_ADDRESS`]. Required, at least one. A request that one address refuses or does
@@ -214,7 +227,8 @@ impl UpstreamConfig {
 }
 
 /// The `protocol` of an upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum UpstreamProtocol {
     /// `"http1"`.
     Http1,
@@ -223,7 +237,8 @@ pub enum UpstreamProtocol {
 }
 
 /// The `host` of an upstream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HostMode {
     /// `"preserve"`.
     Preserve,
@@ -232,7 +247,8 @@ pub enum HostMode {
 }
 
 /// `[gateway.routes.<name>]`: one of `prefix` or `path`, and an upstream.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 pub struct RouteConfig {
     /// `prefix`: `/api` matches `/api` and everything under `/api/`.
     pub prefix: Option<String>,
@@ -311,7 +327,7 @@ impl GatewayConfig {
     /// Reads a configuration: every bad key, Garrison's and `[gateway]`'s, is reported at
     /// once with its path.
     pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
-        let (garrison, gateway) = GarrisonConfig::from_toml_with(text, read, check)?;
+        let (garrison, Sections { gateway }) = GarrisonConfig::from_toml_with(text, check)?;
         Ok(Self { garrison, gateway })
     }
 
@@ -357,171 +373,121 @@ impl GatewayConfig {
     }
 }
 
-fn read(root: &mut Section<'_>) -> GatewaySection {
-    let mut g = GatewaySection::default();
-    let Some(mut s) = root.table("gateway") else {
-        return g;
-    };
-    let mut listen = g.listen.to_string();
-    s.string("listen", &mut listen);
-    match listen.parse() {
-        Ok(a) => g.listen = a,
-        Err(_) => s.err(
-            "listen",
-            format!("`{listen}` is not an address such as 127.0.0.1:3000"),
-        ),
+impl Default for UpstreamConfig {
+    /// No address: a file's upstream needs at least one.
+    fn default() -> Self {
+        Self::new(Vec::<String>::new())
     }
-    let mut admin = g.admin_listen.map(|a| a.to_string()).unwrap_or_default();
-    s.string("admin_listen", &mut admin);
-    if admin.is_empty() {
-        g.admin_listen = None;
-    } else {
-        match admin.parse() {
-            Ok(a) => g.admin_listen = Some(a),
-            Err(_) => s.err(
-                "admin_listen",
-                format!("`{admin}` is not an address such as 127.0.0.1:3001 (\"\" turns it off)"),
-            ),
+}
+
+fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!("`{text}` is not an address such as 127.0.0.1:3000"))
+    })
+}
+
+fn admin_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "`{text}` is not an address such as 127.0.0.1:3001 (\"\" turns it off)"
+        ))
+    })
+}
+
+/// What the types of `[gateway]` do not say: ranges, a route's `prefix` or `path`, names
+/// in lower case, `""` as unset; then cross-references against the rest (upstreams,
+/// policies, profiles) and routes that collide.
+fn check(c: &GarrisonConfig, sections: &mut Sections, issues: &mut Vec<ConfigIssue>) {
+    let g = &mut sections.gateway;
+    let mut err = |path: String, message: String| issues.push(ConfigIssue { path, message });
+    if g.max_header_bytes < 8192 {
+        err(
+            "gateway.max_header_bytes".into(),
+            "must be at least 8192".into(),
+        );
+    }
+    for (key, n) in [
+        ("max_headers", g.max_headers),
+        ("max_connections", g.max_connections),
+    ] {
+        if n == 0 {
+            err(format!("gateway.{key}"), "must be > 0".into());
         }
     }
-    s.string("admin_token", &mut g.admin_token);
-    s.choice(
-        "observability",
-        &[
-            ("main", Observability::Main),
-            ("admin", Observability::Admin),
-        ],
-        &mut g.observability,
-    );
-    s.bool("http2", &mut g.http2);
-    s.set_duration("header_read_timeout", &mut g.header_read_timeout);
-    s.usize("max_header_bytes", 8192, &mut g.max_header_bytes);
-    s.usize("max_headers", 1, &mut g.max_headers);
-    if let Some(n) = s.integer("max_body_bytes", 0, i64::MAX) {
-        g.max_body_bytes = n as u64;
-    }
-    s.usize("max_connections", 1, &mut g.max_connections);
-    s.set_duration("idle_timeout", &mut g.idle_timeout);
-    s.set_duration("send_timeout", &mut g.send_timeout);
-    s.bool("normalize_path", &mut g.normalize_path);
-    s.choice(
-        "escaped_slashes",
-        &[
-            ("reject", crate::path::EscapedSlashes::Reject),
-            ("keep", crate::path::EscapedSlashes::Keep),
-            ("decode", crate::path::EscapedSlashes::Decode),
-        ],
-        &mut g.escaped_slashes,
-    );
-    s.set_duration("shutdown_grace", &mut g.shutdown_grace);
-    s.usize("workers", 0, &mut g.workers);
-    for (name, v) in s.named("upstreams") {
-        let path = format!("{}.{name}", s.at("upstreams"));
-        let Some(t) = v.as_table() else {
-            s.wrong(&format!("upstreams.{name}"), "a table", v);
-            continue;
-        };
-        let mut u = Section::nested(t, path, &s);
-        let mut c = UpstreamConfig::new(Vec::<String>::new());
-        u.strings("addresses", &mut c.addresses);
-        if c.addresses.is_empty() {
-            u.err("addresses", "needs at least one address");
+    for (name, u) in &g.upstreams {
+        let at = |key: &str| format!("gateway.upstreams.{name}.{key}");
+        if u.addresses.is_empty() {
+            err(at("addresses"), "needs at least one address".into());
         }
-        for (i, a) in c.addresses.iter().enumerate() {
+        for (i, a) in u.addresses.iter().enumerate() {
             if a != DEMO_ADDRESS && authority(a).is_none() {
-                u.err(
-                    &format!("addresses[{i}]"),
+                err(
+                    at(&format!("addresses[{i}]")),
                     format!("`{a}` is not host:port (or http://host:port, or {DEMO_ADDRESS})"),
                 );
             }
         }
-        u.choice(
-            "protocol",
-            &[
-                ("http1", UpstreamProtocol::Http1),
-                ("h2c", UpstreamProtocol::H2c),
-            ],
-            &mut c.protocol,
-        );
-        u.set_duration("connect_timeout", &mut c.connect_timeout);
-        u.set_duration("timeout", &mut c.timeout);
-        if let Some(n) = u.u32("eject_after") {
-            c.eject_after = n;
+        if u.max_connections_per_address == 0 {
+            err(at("max_connections_per_address"), "must be > 0".into());
         }
-        u.set_duration("eject_for", &mut c.eject_for);
-        u.choice(
-            "host",
-            &[
-                ("preserve", HostMode::Preserve),
-                ("upstream", HostMode::Upstream),
-            ],
-            &mut c.host,
-        );
-        u.set_duration("pool_idle_timeout", &mut c.pool_idle_timeout);
-        u.usize(
-            "max_connections_per_address",
-            1,
-            &mut c.max_connections_per_address,
-        );
-        u.set_duration("tunnel_idle_timeout", &mut c.tunnel_idle_timeout);
-        u.set_duration("body_idle_timeout", &mut c.body_idle_timeout);
-        u.finish();
-        g.upstreams.insert(name.to_owned(), c);
     }
-    for (name, v) in s.named("routes") {
-        let path = format!("{}.{name}", s.at("routes"));
-        let Some(t) = v.as_table() else {
-            s.wrong(&format!("routes.{name}"), "a table", v);
-            continue;
-        };
-        let mut r = Section::nested(t, path, &s);
-        let mut c = RouteConfig::default();
-        let (mut prefix, mut pattern) = (String::new(), String::new());
-        r.string("prefix", &mut prefix);
-        r.string("path", &mut pattern);
-        match (prefix.is_empty(), pattern.is_empty()) {
-            (true, true) => r.err("prefix", "a route needs `prefix` or `path`"),
-            (false, false) => r.err("path", "a route has `prefix` or `path`, not both"),
-            (false, true) if !prefix.starts_with('/') => {
-                r.err("prefix", format!("`{prefix}` must start with /"))
+    for (name, r) in &mut g.routes {
+        let at = |key: &str| format!("gateway.routes.{name}.{key}");
+        for unset in [
+            &mut r.prefix,
+            &mut r.path,
+            &mut r.ratelimit,
+            &mut r.breaker,
+            &mut r.priority,
+        ] {
+            if unset.as_deref() == Some("") {
+                *unset = None;
             }
-            (false, true) => c.prefix = Some(prefix),
-            (true, false) => c.path = Some(pattern),
         }
-        r.string("upstream", &mut c.upstream);
-        if c.upstream.is_empty() {
-            r.err("upstream", "required: a name of [gateway.upstreams]");
-        }
-        r.bool("strip_prefix", &mut c.strip_prefix);
-        if c.strip_prefix && c.prefix.is_none() {
-            r.err("strip_prefix", "only a `prefix` route can strip it");
-        }
-        let mut policy = String::new();
-        r.string("ratelimit", &mut policy);
-        c.ratelimit = (!policy.is_empty()).then_some(policy);
-        let mut profile = String::new();
-        r.string("breaker", &mut profile);
-        c.breaker = (!profile.is_empty()).then_some(profile);
-        let mut priority = String::new();
-        r.string("priority", &mut priority);
-        if !priority.is_empty() {
-            if let Err(e) = priority.parse::<garrison::garrison_admission::Priority>() {
-                r.err("priority", e.to_string());
+        match (&r.prefix, &r.path) {
+            (None, None) => err(at("prefix"), "a route needs `prefix` or `path`".into()),
+            (Some(_), Some(_)) => {
+                err(
+                    at("path"),
+                    "a route has `prefix` or `path`, not both".into(),
+                );
+                r.path = None;
             }
-            c.priority = Some(priority);
+            (Some(prefix), None) if !prefix.starts_with('/') => {
+                err(at("prefix"), format!("`{prefix}` must start with /"));
+                r.prefix = None;
+            }
+            _ => {}
         }
-        if let Some(n) = r.integer("max_body_bytes", 0, i64::MAX) {
-            c.max_body_bytes = Some(n as u64);
+        if r.upstream.is_empty() {
+            err(
+                at("upstream"),
+                "required: a name of [gateway.upstreams]".into(),
+            );
         }
-        c.timeout = r.duration("timeout");
-        if c.timeout.is_some_and(|t| t.is_zero()) {
-            r.err("timeout", "must be > 0");
+        if r.strip_prefix && r.prefix.is_none() {
+            err(
+                at("strip_prefix"),
+                "only a `prefix` route can strip it".into(),
+            );
         }
-        r.strings("upgrades", &mut c.upgrades);
-        for (i, p) in c.upgrades.iter_mut().enumerate() {
+        if let Some(p) = &r.priority {
+            if let Err(e) = p.parse::<garrison::garrison_admission::Priority>() {
+                err(at("priority"), e.to_string());
+            }
+        }
+        if r.timeout.is_some_and(|t| t.is_zero()) {
+            err(at("timeout"), "must be > 0".into());
+        }
+        for (i, p) in r.upgrades.iter_mut().enumerate() {
             if p.is_empty() || !p.bytes().all(garrison::garrison_core::is_token_byte) {
-                r.err(
-                    &format!("upgrades[{i}]"),
+                err(
+                    at(&format!("upgrades[{i}]")),
                     format!("`{p}` is not a protocol name such as websocket"),
                 );
             }
@@ -529,23 +495,13 @@ fn read(root: &mut Section<'_>) -> GatewaySection {
             if p == "h2c" {
                 // a tunnel past every layer: the requests inside it would be neither routed,
                 // limited nor broken (h2c smuggling)
-                r.err(
-                    &format!("upgrades[{i}]"),
+                err(
+                    at(&format!("upgrades[{i}]")),
                     "h2c cannot be an upgrade: its requests would pass the gateway unseen (clients speak h2c to the gateway directly, `http2 = true`)".to_owned(),
                 );
             }
         }
-        r.finish();
-        g.routes.insert(name.to_owned(), c);
     }
-    s.finish();
-    g
-}
-
-/// Cross-references of `[gateway]` against the rest: upstreams, policies, profiles, and
-/// routes that collide.
-fn check(c: &GarrisonConfig, g: &GatewaySection, issues: &mut Vec<ConfigIssue>) {
-    let mut err = |path: String, message: String| issues.push(ConfigIssue { path, message });
     let mut table = matchit::Router::new();
     for (name, r) in &g.routes {
         let at = |key: &str| format!("gateway.routes.{name}.{key}");

@@ -7,7 +7,8 @@ use std::borrow::Cow;
 
 /// What to do with a percent-encoded slash (`%2F`) or backslash (`%5C`, or a raw `\`) in a
 /// path: `[gateway] escaped_slashes`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EscapedSlashes {
     /// `"reject"`: answer `400` (the default: an upstream may decode them into separators).
     #[default]

@@ -73,5 +73,5 @@ pub use garrison_health;
 pub use garrison_metrics;
 pub use garrison_ratelimit;
 pub use garrison_trace;
-/// The TOML reader of [`GarrisonConfig::from_table`] and [`config::Section`].
+/// The TOML reader of [`GarrisonConfig::from_table`] and [`GarrisonConfig::from_table_with`].
 pub use toml;

@@ -15,6 +15,7 @@
 //! assert!(text.contains("metrics.path: expected a string, found integer"), "{text}");
 //! ```
 
+mod de;
 mod duration;
 mod parse;
 mod profile;
@@ -24,8 +25,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use serde::Deserialize;
+
 pub use duration::{format_duration, parse_duration};
-pub use parse::{Section, BUILT_IN_PROFILES};
+pub use parse::BUILT_IN_PROFILES;
 pub use selector::check_selector;
 
 /// The whole configuration of a Garrison stack: one section per layer.
@@ -53,7 +56,8 @@ pub struct GarrisonConfig {
 }
 
 /// `[service]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct ServiceConfig {
     /// `name`: the service name in health reports (`serviceId`) and OTLP's `service.name`.
@@ -78,7 +82,8 @@ impl Default for ServiceConfig {
 }
 
 /// `[trace]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct TraceConfig {
     /// `enabled`. Default: `true`.
@@ -152,21 +157,23 @@ impl Default for TraceConfig {
 }
 
 /// The `sampler` of `[trace]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SamplerKind {
+    /// `"ratio"`.
+    Ratio,
     /// `"always"`.
     Always,
     /// `"never"`.
     Never,
-    /// `"ratio"`.
-    Ratio,
     /// `"error_biased"`.
     ErrorBiased,
 }
 
 /// `[trace.otlp]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct OtlpSection {
     /// `endpoint`: the collector, e.g. `"http://collector:4317"`. Empty: the standard
@@ -193,17 +200,20 @@ impl Default for OtlpSection {
 }
 
 /// The `protocol` of `[trace.otlp]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[non_exhaustive]
 pub enum OtlpProtocol {
     /// `"grpc"`.
+    #[serde(rename = "grpc")]
     Grpc,
     /// `"http/protobuf"`.
+    #[serde(rename = "http/protobuf")]
     HttpProtobuf,
 }
 
 /// `[metrics]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct MetricsConfig {
     /// `enabled`. Default: `true`.
@@ -249,7 +259,8 @@ impl Default for MetricsConfig {
 }
 
 /// `[health]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct HealthConfig {
     /// `enabled`: answer the health routes. Default: `true`.
@@ -282,13 +293,15 @@ pub struct HealthConfig {
     /// `[health.status_codes]`: the HTTP status of each health status (`pass`, `warn`,
     /// `fail`; 200 to 599). Default: 200, 200, 503 (`warn = 206` tells a degraded service
     /// apart while keeping it in rotation).
+    #[serde(deserialize_with = "parse::status_codes")]
     pub status_codes: [u16; 3],
     /// `[health.checks.<name>]`: checks of dependencies. Default: none.
     pub checks: BTreeMap<String, CheckConfig>,
 }
 
 /// The `status_names` of `[health]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum StatusNamesMode {
     /// `"draft"`: `pass`, `warn`, `fail`.
@@ -318,7 +331,8 @@ impl Default for HealthConfig {
 }
 
 /// The `details` of `[health]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DetailsMode {
     /// `"token"`.
@@ -330,11 +344,13 @@ pub enum DetailsMode {
 }
 
 /// `[health.checks.<name>]`: one dependency check.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct CheckConfig {
     /// `type`: `"http"`, `"redis"`, `"postgres"`, `"mysql"` or `"sqlite"` (each database
     /// and Redis needs its cargo feature). Required.
+    #[serde(rename = "type")]
     pub kind: CheckType,
     /// `url`: what to check. Required.
     pub url: String,
@@ -351,8 +367,24 @@ pub struct CheckConfig {
     pub warn_response_time: Duration,
 }
 
+impl Default for CheckConfig {
+    /// An HTTP check with no URL: `type` and `url` are required in a file.
+    fn default() -> Self {
+        Self {
+            kind: CheckType::Http,
+            url: String::new(),
+            probe: ProbeKind::Readiness,
+            critical: true,
+            timeout: garrison_health::DEFAULT_TIMEOUT,
+            interval: garrison_health::DEFAULT_INTERVAL,
+            warn_response_time: Duration::from_secs(5),
+        }
+    }
+}
+
 /// The `type` of a `[health.checks.<name>]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum CheckType {
     /// `"http"`: a `GET`, healthy on `2xx`.
@@ -368,7 +400,8 @@ pub enum CheckType {
 }
 
 /// The `probe` of a `[health.checks.<name>]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ProbeKind {
     /// `"readiness"`.
@@ -382,7 +415,8 @@ pub enum ProbeKind {
 }
 
 /// `[ratelimit]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct RateLimitConfig {
     /// `enabled`. Default: `true`.
@@ -465,7 +499,8 @@ impl RateLimitConfig {
 }
 
 /// `[ratelimit.policies.<name>]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct PolicyConfig {
     /// `limit`: requests per `period`. Required, > 0.
@@ -490,6 +525,13 @@ impl PolicyConfig {
     }
 }
 
+impl Default for PolicyConfig {
+    /// No limit and no period: `limit` and `period` are required of a new policy in a file.
+    fn default() -> Self {
+        Self::new(0, Duration::ZERO)
+    }
+}
+
 /// A rate-limit key source.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -502,8 +544,35 @@ pub enum KeyConfig {
     Header(String),
 }
 
+impl std::str::FromStr for KeyConfig {
+    type Err = String;
+
+    /// `"ip"`, `"global"` or `"header:<name>"`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "ip" => Ok(Self::Ip),
+            "global" => Ok(Self::Global),
+            other => match other.strip_prefix("header:") {
+                Some(h) => Ok(Self::Header(h.trim().to_owned())),
+                None => Err(format!(
+                    "`{other}` is not one of \"ip\", \"global\", \"header:<name>\""
+                )),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(de::FromStrVisitor::new(
+            "\"ip\", \"global\" or \"header:<name>\"",
+        ))
+    }
+}
+
 /// The `sampled_from` of `[trace]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SampledFrom {
     /// `"any"`: every caller's sampled flag decides.
@@ -513,7 +582,8 @@ pub enum SampledFrom {
 }
 
 /// The `headers` of `[ratelimit]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum HeadersMode {
     /// `"all"`.
@@ -527,7 +597,8 @@ pub enum HeadersMode {
 }
 
 /// `[ratelimit.redis]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct RedisSection {
     /// `url`: `redis://host:6379`. `""`: limits are kept in memory, per replica.
@@ -560,7 +631,8 @@ impl Default for RedisSection {
 }
 
 /// The `fail_mode` of `[ratelimit.redis]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum FailModeConfig {
     /// `"open"`.
@@ -572,7 +644,8 @@ pub enum FailModeConfig {
 /// `[admission]`: at most `max_in_flight` requests in the service, the rest waiting in a
 /// queue ordered by priority (`critical`, `high`, `normal`, `low`, `batch`), shed with
 /// `503` when the queue is full or their class's timeout passes.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct AdmissionConfig {
     /// `enabled`. Default: `false` (size `max_in_flight` for your service first, or turn on
@@ -635,7 +708,8 @@ impl Default for AdmissionConfig {
 }
 
 /// `[admission.adaptive]`: AIMD from observed latency.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct AdaptiveConfig {
     /// `enabled`. Default: `false`.
@@ -663,7 +737,8 @@ impl Default for AdaptiveConfig {
 }
 
 /// `[breaker]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct BreakerSection {
     /// `enabled`. Default: `true`.
@@ -704,7 +779,8 @@ impl Default for BreakerSection {
 }
 
 /// `[breaker.profiles.<name>]`: each key unset keeps the value of `base`.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct ProfileConfig {
     /// `base`: the profile this one changes. Default: the profile of the same name when it is
@@ -740,9 +816,36 @@ pub enum WindowConfig {
     Time(Duration),
 }
 
+impl std::str::FromStr for WindowConfig {
+    type Err = String;
+
+    /// `"<n> calls"` or a duration such as `"30s"`.
+    fn from_str(w: &str) -> Result<Self, String> {
+        match w.trim().strip_suffix("calls") {
+            Some(n) => n
+                .trim()
+                .parse()
+                .map(Self::Calls)
+                .map_err(|_| format!("`{w}`: expected \"<n> calls\"")),
+            None => parse_duration(w)
+                .map(Self::Time)
+                .map_err(|e| format!("{e}, or \"<n> calls\"")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WindowConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(de::FromStrVisitor::new(
+            "\"<n> calls\" or a duration such as \"30s\"",
+        ))
+    }
+}
+
 /// `[ops]`: what the generated Prometheus rules (`garrison-gateway ops rules`,
 /// [`crate::ops::rules`]) alert on.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct OpsConfig {
     /// `selector`: label matchers added to every selector of the rules, e.g.
@@ -806,7 +909,8 @@ impl Default for OpsConfig {
 
 /// `[ops.routes."<pattern>"]`: a route's own SLOs; each unset key takes the value of
 /// `[ops]`.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct RouteSloConfig {
     /// `availability_objective`.
@@ -845,7 +949,8 @@ impl ConfigError {
         }])
     }
 
-    /// Every bad key, in the order of the file.
+    /// Every bad key: values that could not be read, then values that are wrong, then keys
+    /// nobody knows.
     pub fn issues(&self) -> &[ConfigIssue] {
         &self.issues
     }
@@ -894,53 +999,63 @@ impl GarrisonConfig {
     }
 
     /// Reads a configuration with sections of your own beside Garrison's (a gateway's
-    /// `[gateway]`, say): `extra` reads them from the root table with the same typed
-    /// getters, so that unknown keys, wrong types and Garrison's own problems are reported
-    /// together; `check` then judges your values against the whole configuration (a route
-    /// naming a policy that does not exist) and adds its problems.
+    /// `[gateway]`, say): `T` is a struct of your root sections that derives `Deserialize`
+    /// and `Default` with `#[serde(default)]`, read with the same rules and words as
+    /// Garrison's own, so that unknown keys, wrong types and Garrison's own problems are
+    /// reported together. `check` then judges (and may tidy) your values against the whole
+    /// configuration, a route naming a policy that does not exist say, and adds its
+    /// problems. A `Duration` is written as a string (`"250ms"`).
     ///
     /// ```
     /// use garrison::config::{ConfigIssue, GarrisonConfig};
     ///
-    /// let table: garrison::toml::Table = "[app]\npolicy = \"nope\"\n".parse().unwrap();
-    /// let err = GarrisonConfig::from_table_with(
-    ///     &table,
-    ///     |root| {
-    ///         let mut policy = String::new();
-    ///         if let Some(mut app) = root.table("app") {
-    ///             app.string("policy", &mut policy);
-    ///             app.finish();
-    ///         }
-    ///         policy
-    ///     },
-    ///     |config, policy, issues| {
-    ///         if !config.ratelimit.policies.contains_key(policy) {
-    ///             issues.push(ConfigIssue {
-    ///                 path: "app.policy".into(),
-    ///                 message: format!("no policy `{policy}`"),
-    ///             });
-    ///         }
-    ///     },
-    /// )
+    /// #[derive(Debug, Default, serde::Deserialize)]
+    /// #[serde(default)]
+    /// struct Mine {
+    ///     app: App,
+    /// }
+    ///
+    /// #[derive(Debug, Default, serde::Deserialize)]
+    /// #[serde(default)]
+    /// struct App {
+    ///     policy: String,
+    ///     timeout: std::time::Duration,
+    /// }
+    ///
+    /// let table: garrison::toml::Table =
+    ///     "[app]\npolicy = \"nope\"\ntimeout = 3\n".parse().unwrap();
+    /// let err = GarrisonConfig::from_table_with(&table, |config, mine: &mut Mine, issues| {
+    ///     if !config.ratelimit.policies.contains_key(&mine.app.policy) {
+    ///         issues.push(ConfigIssue {
+    ///             path: "app.policy".into(),
+    ///             message: format!("no policy `{}`", mine.app.policy),
+    ///         });
+    ///     }
+    /// })
     /// .unwrap_err();
-    /// assert_eq!(err.issues()[0].path, "app.policy");
+    /// let found: Vec<String> = err.issues().iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
+    /// assert_eq!(
+    ///     found,
+    ///     [
+    ///         "app.timeout: expected a duration such as \"250ms\" or \"15m\", found integer",
+    ///         "app.policy: no policy `nope`",
+    ///     ]
+    /// );
     /// ```
-    pub fn from_table_with<T>(
+    pub fn from_table_with<T: serde::de::DeserializeOwned + Default>(
         table: &toml::Table,
-        extra: impl FnOnce(&mut Section<'_>) -> T,
-        check: impl FnOnce(&GarrisonConfig, &T, &mut Vec<ConfigIssue>),
+        check: impl FnOnce(&GarrisonConfig, &mut T, &mut Vec<ConfigIssue>),
     ) -> Result<(Self, T), ConfigError> {
-        parse::config_with(table, extra, check)
+        parse::config_with(table, check)
     }
 
     /// Reads TOML text as [`from_table_with`](Self::from_table_with) does, naming the line
     /// of a syntax error.
-    pub fn from_toml_with<T>(
+    pub fn from_toml_with<T: serde::de::DeserializeOwned + Default>(
         text: &str,
-        extra: impl FnOnce(&mut Section<'_>) -> T,
-        check: impl FnOnce(&GarrisonConfig, &T, &mut Vec<ConfigIssue>),
+        check: impl FnOnce(&GarrisonConfig, &mut T, &mut Vec<ConfigIssue>),
     ) -> Result<(Self, T), ConfigError> {
-        Self::from_table_with(&parse_toml(text)?, extra, check)
+        Self::from_table_with(&parse_toml(text)?, check)
     }
 
     /// Checks the cross-references and ranges of a configuration built in code (the same
