@@ -439,7 +439,7 @@ impl Inner {
                 self.window.record(bits, now_ms);
                 if bits != 0 {
                     let c = self.window.counts(now_ms);
-                    if c.calls >= u64::from(self.config.minimum_calls) && self.over_threshold(&c) {
+                    if self.trips_closed(&c) {
                         self.transition(word, State::Open, now_ms);
                     }
                 }
@@ -467,6 +467,19 @@ impl Inner {
             }
             PermitKind::Disabled | PermitKind::Spent => {}
         }
+    }
+
+    /// Whether a closed breaker's window calls for opening: by the failure count when one is
+    /// set, else by the failure rate once `minimum_calls` were seen; by the slow-call rate
+    /// once `minimum_calls` were seen.
+    fn trips_closed(&self, c: &WindowCounts) -> bool {
+        let count = self.config.failure_count;
+        if count > 0 {
+            let seen = c.calls >= u64::from(self.config.minimum_calls);
+            return c.failures >= u64::from(count)
+                || (seen && c.slow_rate() >= self.config.slow_call_rate_threshold);
+        }
+        c.calls >= u64::from(self.config.minimum_calls) && self.over_threshold(c)
     }
 
     fn over_threshold(&self, c: &WindowCounts) -> bool {

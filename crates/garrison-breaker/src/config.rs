@@ -22,6 +22,7 @@ pub struct BreakerConfig {
     pub(crate) window: Window,
     pub(crate) minimum_calls: u32,
     pub(crate) failure_rate_threshold: f64,
+    pub(crate) failure_count: u32,
     pub(crate) slow_call_rate_threshold: f64,
     pub(crate) slow_call_duration: Duration,
     pub(crate) wait_in_open: Duration,
@@ -40,6 +41,7 @@ impl Default for BreakerConfig {
             window: Window::Count(100),
             minimum_calls: 100,
             failure_rate_threshold: 0.5,
+            failure_count: 0,
             slow_call_rate_threshold: 1.0,
             slow_call_duration: Duration::from_secs(60),
             wait_in_open: Duration::from_secs(60),
@@ -75,11 +77,20 @@ impl BreakerConfig {
     /// | `database` | 30 s | 5 calls seen and ≥ 50% failed | 30 s, doubling up to 5 min |
     /// | `critical` | 10 s | 3 calls seen and ≥ 50% failed | 10 s, doubling up to 1 min |
     /// | `batch` | 60 s | 10 calls seen and ≥ 50% failed | 60 s, doubling up to 10 min |
+    /// | `analytics` | 45 s | 8 calls failed | 45 s, doubling up to 10 min |
     pub fn profile(name: &str) -> Option<Self> {
         let (window, min, wait, max) = match name {
             "database" => (30, 5, 30, 300),
             "critical" => (10, 3, 10, 60),
             "batch" => (60, 10, 60, 600),
+            "analytics" => {
+                let base = Self::profile("batch")?;
+                return Some(Self {
+                    window: Window::Time(Duration::from_secs(45)),
+                    wait_in_open: Duration::from_secs(45),
+                    ..base.failure_count(8)
+                });
+            }
             _ => return None,
         };
         Some(Self {
@@ -108,6 +119,15 @@ impl BreakerConfig {
     /// Opens when this share of calls failed, `0 < rate ≤ 1` (default 0.5).
     pub fn failure_rate_threshold(mut self, rate: f64) -> Self {
         self.failure_rate_threshold = rate;
+        self
+    }
+
+    /// Opens when `n` calls of the window failed, whatever their share and however few calls
+    /// the window holds ("5 failures in 30 s"), instead of judging the failure rate; `0` (the
+    /// default) judges the rate. Half-open probes are still judged by the rate, and slow
+    /// calls by theirs.
+    pub fn failure_count(mut self, n: u32) -> Self {
+        self.failure_count = n;
         self
     }
 
@@ -220,7 +240,7 @@ mod tests {
 
     #[test]
     fn profiles_are_valid_and_unknown_ones_are_none() {
-        for p in ["database", "critical", "batch"] {
+        for p in ["database", "critical", "batch", "analytics"] {
             BreakerConfig::profile(p).unwrap().validate().unwrap();
         }
         assert!(BreakerConfig::profile("nope").is_none());

@@ -341,3 +341,43 @@ fn retry_after_jitter_stays_within_its_share() {
         .all(|w| *w >= Duration::from_secs(30) && *w <= Duration::from_secs(33)));
     assert!(waits.iter().any(|w| *w != waits[0]), "jitter varies");
 }
+
+#[test]
+fn a_failure_count_opens_at_that_many_failures_in_the_window_whatever_their_share() {
+    let config = BreakerConfig::default()
+        .window(Window::Time(Duration::from_secs(30)))
+        .minimum_calls(100)
+        .failure_count(5);
+    let (clock, _, b) = setup(config);
+    // 4 failures among many successes: 4 is under the count, and the share does not count
+    for _ in 0..200 {
+        call(&b, S);
+    }
+    for _ in 0..4 {
+        call(&b, F);
+    }
+    assert_eq!(b.state(), State::Closed);
+    // the window forgets them: 4 more failures 31 s later are again under 5
+    clock.advance(Duration::from_secs(31));
+    for _ in 0..4 {
+        call(&b, F);
+    }
+    assert_eq!(b.state(), State::Closed, "{:?}", b.snapshot().window);
+    // the fifth within the window opens it, with only 4 + 1 calls seen (minimum_calls 100)
+    call(&b, F);
+    assert_eq!(b.state(), State::Open);
+}
+
+#[test]
+fn the_analytics_profile_opens_at_8_failures_in_45_seconds() {
+    let config = BreakerConfig::profile("analytics").unwrap();
+    config.validate().unwrap();
+    let (clock, _, b) = setup(config);
+    for _ in 0..7 {
+        call(&b, F);
+        clock.advance(Duration::from_secs(5));
+    }
+    assert_eq!(b.state(), State::Closed, "7 failures in 35 s");
+    call(&b, F);
+    assert_eq!(b.state(), State::Open, "the 8th within 45 s");
+}

@@ -19,6 +19,8 @@ pub static X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-
 pub static X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 /// `X-RateLimit-Reset`.
 pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
+/// `X-RateLimit-Retry-After`, on a `429` with [`HeaderSet::with_retry_after`].
+pub static X_RATELIMIT_RETRY_AFTER: HeaderName = HeaderName::from_static("x-ratelimit-retry-after");
 
 /// Which rate-limit headers responses carry.
 ///
@@ -29,34 +31,58 @@ pub static X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-
 /// `q` and `X-RateLimit-Limit` are the burst size, `w` the seconds in which a spent burst
 /// comes back (the period when the burst is the limit), `r` and `X-RateLimit-Remaining` the
 /// requests the client may still send at once, `t` and `X-RateLimit-Reset` the seconds until
-/// the allowance is whole again (a delta, rounded up).
+/// the allowance is whole again (a delta, rounded up). Two options change the legacy set:
+/// [`reset_at_epoch`](Self::reset_at_epoch) (`X-RateLimit-Reset` as the Unix time, as
+/// GitHub's API sends it) and [`with_retry_after`](Self::with_retry_after)
+/// (`X-RateLimit-Retry-After` on a `429`, beside `Retry-After`).
+///
+/// ```
+/// use garrison_ratelimit::HeaderSet;
+///
+/// let set = HeaderSet::LEGACY.reset_at_epoch().with_retry_after();
+/// assert!(set.any());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeaderSet {
     ietf: bool,
     legacy: bool,
+    reset_epoch: bool,
+    retry_after: bool,
 }
 
 impl HeaderSet {
     /// Both sets (the default).
-    pub const ALL: HeaderSet = HeaderSet {
-        ietf: true,
-        legacy: true,
-    };
+    pub const ALL: HeaderSet = HeaderSet::of(true, true);
     /// Only `RateLimit-Policy` and `RateLimit`.
-    pub const IETF: HeaderSet = HeaderSet {
-        ietf: true,
-        legacy: false,
-    };
+    pub const IETF: HeaderSet = HeaderSet::of(true, false);
     /// Only the `X-RateLimit-*` trio.
-    pub const LEGACY: HeaderSet = HeaderSet {
-        ietf: false,
-        legacy: true,
-    };
+    pub const LEGACY: HeaderSet = HeaderSet::of(false, true);
     /// No rate-limit headers (a `429` still carries `Retry-After`).
-    pub const NONE: HeaderSet = HeaderSet {
-        ietf: false,
-        legacy: false,
-    };
+    pub const NONE: HeaderSet = HeaderSet::of(false, false);
+
+    const fn of(ietf: bool, legacy: bool) -> Self {
+        Self {
+            ietf,
+            legacy,
+            reset_epoch: false,
+            retry_after: false,
+        }
+    }
+
+    /// `X-RateLimit-Reset` as the Unix time (seconds) at which the allowance is whole again,
+    /// instead of the seconds until then. `RateLimit`'s `t` stays a delta, as the IETF draft
+    /// says.
+    pub const fn reset_at_epoch(mut self) -> Self {
+        self.reset_epoch = true;
+        self
+    }
+
+    /// A `429` also carries `X-RateLimit-Retry-After` (the seconds of `Retry-After`), for
+    /// clients that read only the `X-RateLimit-*` headers; with the legacy set only.
+    pub const fn with_retry_after(mut self) -> Self {
+        self.retry_after = true;
+        self
+    }
 
     /// Whether any header is sent.
     pub fn any(&self) -> bool {
@@ -155,7 +181,7 @@ impl PolicyHeaders {
             if set.legacy {
                 h.insert(X_RATELIMIT_LIMIT.clone(), self.limit.clone());
                 h.insert(X_RATELIMIT_REMAINING.clone(), remaining());
-                h.insert(X_RATELIMIT_RESET.clone(), number(reset_secs));
+                h.insert(X_RATELIMIT_RESET.clone(), reset(set, reset_secs));
             }
             return;
         }
@@ -173,7 +199,7 @@ impl PolicyHeaders {
             values.next(); // `x-ratelimit-limit`, constant
             if let (Some(r), Some(t)) = (values.next(), values.next()) {
                 *r = remaining();
-                *t = number(reset_secs);
+                *t = reset(set, reset_secs);
             }
         }
         out.reserve(h.len() + room);
@@ -214,6 +240,33 @@ impl PolicyHeaders {
     pub(crate) fn apply_decision(&self, set: HeaderSet, d: &Decision, h: &mut HeaderMap) {
         self.apply(set, d.remaining, d.reset_secs(), h, ROOM_AFTER);
     }
+
+    /// A refusal's headers: the policy's, and `X-RateLimit-Retry-After` when `set` asks.
+    pub(crate) fn apply_refusal(
+        &self,
+        set: HeaderSet,
+        d: &Decision,
+        retry_after_secs: u64,
+        h: &mut HeaderMap,
+    ) {
+        self.apply_decision(set, d, h);
+        if set.legacy && set.retry_after {
+            h.insert(X_RATELIMIT_RETRY_AFTER.clone(), number(retry_after_secs));
+        }
+    }
+}
+
+/// `X-RateLimit-Reset`: the seconds until the allowance is whole, or with
+/// [`HeaderSet::reset_at_epoch`] the Unix time then.
+#[inline]
+fn reset(set: HeaderSet, secs: u64) -> HeaderValue {
+    if !set.reset_epoch {
+        return number(secs);
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    number(now.saturating_add(secs))
 }
 
 /// Headers a stack adds to a response after the limiter's, left room for so that the map

@@ -30,7 +30,7 @@ pub use garrison_core::{ForwardedHeader, IpNet, Part, PeerAddr, RequestInfo, Tru
 pub use gcra::Decision;
 pub use headers::{
     HeaderSet, RATELIMIT, RATELIMIT_POLICY, X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING,
-    X_RATELIMIT_RESET,
+    X_RATELIMIT_RESET, X_RATELIMIT_RETRY_AFTER,
 };
 pub use key::{ClientKey, KeyExtractor, KeySource, RequestParts};
 pub use layer::{

@@ -373,6 +373,51 @@ async fn header_sets_and_global_bucket() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_reset_can_be_a_unix_time_and_a_refusal_can_say_retry_after_in_the_legacy_set() {
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let set = HeaderSet::ALL.reset_at_epoch().with_retry_after();
+    let app = app(builder().headers(set).build().unwrap());
+    let before = unix_now();
+    let mut last = None;
+    for _ in 0..6 {
+        last = Some(send(&app, req("POST", "/login", PEER, &[])).await);
+    }
+    let after = unix_now();
+    let (status, headers, _) = last.unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // the auth policy (5 per 15 min) is whole again 900 s after its first request
+    let reset: u64 = h(&headers, "x-ratelimit-reset").parse().unwrap();
+    assert!(
+        (before + 900..=after + 900).contains(&reset),
+        "{reset} not within [{}, {}]",
+        before + 900,
+        after + 900
+    );
+    // RateLimit's t stays a delta
+    assert!(h(&headers, "ratelimit").ends_with(";t=900"), "{headers:?}");
+    assert_eq!(
+        h(&headers, "x-ratelimit-retry-after"),
+        h(&headers, "retry-after")
+    );
+    assert_eq!(h(&headers, "retry-after"), "180");
+
+    // off by default: a delta, and no X-RateLimit-Retry-After
+    let plain = self::app(builder().build().unwrap());
+    for _ in 0..5 {
+        send(&plain, req("POST", "/login", PEER, &[])).await;
+    }
+    let (status, headers, _) = send(&plain, req("POST", "/login", PEER, &[])).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h(&headers, "x-ratelimit-reset"), "900");
+    assert!(headers.get("x-ratelimit-retry-after").is_none());
+}
+
 #[test]
 fn configuration_errors_name_the_key_and_the_reason() {
     let e = RateLimitLayer::builder().build().unwrap_err();

@@ -604,11 +604,20 @@ fn ratelimit_builder(
     b = b
         .key(key_source(&r.key))
         .trusted_proxies(proxies)
-        .headers(match r.headers {
-            HeadersMode::All => HeaderSet::ALL,
-            HeadersMode::Ietf => HeaderSet::IETF,
-            HeadersMode::Legacy => HeaderSet::LEGACY,
-            HeadersMode::None => HeaderSet::NONE,
+        .headers({
+            let mut set = match r.headers {
+                HeadersMode::All => HeaderSet::ALL,
+                HeadersMode::Ietf => HeaderSet::IETF,
+                HeadersMode::Legacy => HeaderSet::LEGACY,
+                HeadersMode::None => HeaderSet::NONE,
+            };
+            if r.reset == ResetMode::Epoch {
+                set = set.reset_at_epoch();
+            }
+            if r.legacy_retry_after {
+                set = set.with_retry_after();
+            }
+            set
         })
         .route_resolver(resolver.clone())
         .clock(clock.clone())

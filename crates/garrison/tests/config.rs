@@ -73,7 +73,11 @@ fn values_are_read_and_unset_keys_keep_their_defaults() {
     // a built-in policy changed in one key keeps the others
     let auth = &c.ratelimit.policies["auth"];
     assert_eq!((auth.limit, auth.period), (5, Duration::from_secs(1800)));
-    assert_eq!(c.ratelimit.policies.len(), 4);
+    assert_eq!(
+        c.ratelimit.policies.len(),
+        5,
+        "four built in, one of the file"
+    );
     assert_eq!(c.ratelimit.routes["/auth/login"], "auth");
     let pay = &c.breaker.profiles["payments"];
     assert_eq!(pay.window, Some(WindowConfig::Calls(50)));
@@ -145,7 +149,7 @@ fn every_bad_key_is_reported_at_once_with_its_path() {
         "metrics.path: expected a string, found integer",
         "metrics.duration_buckets: bounds must be positive, finite and strictly ascending",
         "health.ready_path: `/metrics` is already metrics.path",
-        "ratelimit.default_policy: no policy `gold`; defined: auth, fine, fresh, general, upload",
+        "ratelimit.default_policy: no policy `gold`; defined: auth, fine, fresh, general, heavy, upload",
         "ratelimit.sweep_interval: `soon` is not a duration",
         "ratelimit.ipv6_prefix: must be between 1 and 128",
         "ratelimit.trusted_proxies: ",
@@ -155,7 +159,7 @@ fn every_bad_key_is_reported_at_once_with_its_path() {
         "ratelimit.policies.fine: rate-limit policy `fine`: the period must allow at least one microsecond per request",
         "ratelimit.routes.\"/login\": no policy `nope`",
         "ratelimit.routes.no-slash: route pattern `no-slash`: must start with `/`",
-        "breaker.profile: no profile `sturdy`; defined: batch, critical, database, default, odd",
+        "breaker.profile: no profile `sturdy`; defined: analytics, batch, critical, database, default, odd",
         "breaker.max_breakers: must be > 0",
         "breaker.profiles.odd.failure_rate: must be in (0, 1]",
         "breaker.profiles.odd.windw: unknown key; expected one of:",
@@ -317,5 +321,27 @@ async fn health_status_codes_and_names_come_from_the_file() {
             "health.status_codes.fail: must be between 200 and 599",
             "health.status_codes.teapot: unknown key; expected one of: fail, pass, warn",
         ]
+    );
+}
+
+#[test]
+fn rate_limit_reset_and_retry_after_options_and_the_built_in_heavy_policy_and_analytics_profile() {
+    use garrison::config::ResetMode;
+    let c = GarrisonConfig::from_toml(
+        "[ratelimit]\nreset = \"epoch\"\nlegacy_retry_after = true\n[breaker.profiles.reports]\nbase = \"analytics\"\nfailure_count = 3\n",
+    )
+    .unwrap();
+    assert_eq!(c.ratelimit.reset, ResetMode::Epoch);
+    assert!(c.ratelimit.legacy_retry_after);
+    assert_eq!(c.ratelimit.policies["heavy"].limit, 10);
+    assert_eq!(
+        c.ratelimit.policies["heavy"].period,
+        Duration::from_secs(60)
+    );
+    assert_eq!(c.breaker.profiles["reports"].failure_count, Some(3));
+    Garrison::from_config(c).unwrap();
+    assert_eq!(
+        problems("[ratelimit]\nreset = \"weekly\"\n"),
+        ["ratelimit.reset: `weekly` is not one of \"delta\", \"epoch\""]
     );
 }

@@ -207,7 +207,7 @@ impl Shared {
         let mut resp =
             garrison_core::refusal(StatusCode::TOO_MANY_REQUESTS, secs, Bytes::from(body));
         let h = resp.headers_mut();
-        p.headers.apply_decision(self.headers, d, h);
+        p.headers.apply_refusal(self.headers, d, secs, h);
         resp
     }
 

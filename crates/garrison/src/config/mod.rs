@@ -434,6 +434,12 @@ pub struct RateLimitConfig {
     /// `headers`: `"all"`, `"ietf"` (`RateLimit-Policy`, `RateLimit`), `"legacy"`
     /// (`X-RateLimit-*`) or `"none"`. Default: `"all"`.
     pub headers: HeadersMode,
+    /// `reset`: `X-RateLimit-Reset` as `"delta"` (seconds until the allowance is whole) or
+    /// `"epoch"` (the Unix time then, as GitHub's API sends it). Default: `"delta"`.
+    pub reset: ResetMode,
+    /// `legacy_retry_after`: a `429` also carries `X-RateLimit-Retry-After` (with the legacy
+    /// headers). Default: `false`.
+    pub legacy_retry_after: bool,
     /// `max_keys`: tracked client keys at most, over all policies. Default: `1000000`.
     pub max_keys: usize,
     /// `overflow_factor`: how many clients' worth an overflow bucket admits while more clients
@@ -448,7 +454,8 @@ pub struct RateLimitConfig {
     /// `exempt_keys`: key values (e.g. an admin's API key) never limited. Default: none.
     pub exempt_keys: Vec<String>,
     /// `[ratelimit.policies.<name>]`. Default: `general` (100 per minute), `auth` (5 per
-    /// 15 minutes) and `upload` (10 per 5 minutes). A file's policies are added to these
+    /// 15 minutes), `upload` (10 per 5 minutes) and `heavy` (10 per minute, for expensive
+    /// routes: reports, exports, searches). A file's policies are added to these
     /// (and replace one of the same name).
     pub policies: BTreeMap<String, PolicyConfig>,
     /// `[ratelimit.routes]`: route pattern → policy name. Default: none.
@@ -464,12 +471,15 @@ impl Default for RateLimitConfig {
         policies.insert("general".into(), PolicyConfig::new(100, m(1)));
         policies.insert("auth".into(), PolicyConfig::new(5, m(15)));
         policies.insert("upload".into(), PolicyConfig::new(10, m(5)));
+        policies.insert("heavy".into(), PolicyConfig::new(10, m(1)));
         Self {
             enabled: true,
             default_policy: "general".into(),
             key: KeyConfig::Ip,
             trusted_proxies: Vec::new(),
             headers: HeadersMode::All,
+            reset: ResetMode::Delta,
+            legacy_retry_after: false,
             max_keys: garrison_ratelimit::DEFAULT_MAX_KEYS,
             overflow_factor: 1,
             sweep_interval: garrison_ratelimit::DEFAULT_SWEEP_INTERVAL,
@@ -594,6 +604,17 @@ pub enum HeadersMode {
     Legacy,
     /// `"none"`.
     None,
+}
+
+/// The `reset` of `[ratelimit]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ResetMode {
+    /// `"delta"`: seconds from now.
+    Delta,
+    /// `"epoch"`: a Unix time.
+    Epoch,
 }
 
 /// `[ratelimit.redis]`.
@@ -754,7 +775,7 @@ pub struct BreakerSection {
     pub max_breakers: usize,
     /// `profile`: the profile of routes `[breaker.routes]` does not name: `"default"`
     /// (the last 100 calls, at least 100, opens at 50% failures, 60 s open),
-    /// `"database"`, `"critical"`, `"batch"` or one of `[breaker.profiles]`.
+    /// `"database"`, `"critical"`, `"batch"`, `"analytics"` or one of `[breaker.profiles]`.
     /// Default: `"default"`.
     pub profile: String,
     /// `[breaker.profiles.<name>]`: profiles of your own (or changes to the built-in ones).
@@ -792,6 +813,9 @@ pub struct ProfileConfig {
     pub minimum_calls: Option<u32>,
     /// `failure_rate`: opens at this share of failures, 0 to 1.
     pub failure_rate: Option<f64>,
+    /// `failure_count`: opens at this many failures in the window, whatever their share,
+    /// instead of judging `failure_rate` ("5 failures in 30 s"); `0`: the rate.
+    pub failure_count: Option<u32>,
     /// `slow_call_rate`: opens at this share of slow calls, 0 to 1.
     pub slow_call_rate: Option<f64>,
     /// `slow_call_duration`: calls at least this long are slow.

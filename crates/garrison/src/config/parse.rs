@@ -677,7 +677,7 @@ pub(super) fn validate(c: &GarrisonConfig, out: &mut Vec<ConfigIssue>) {
 
 /// The built-in breaker profiles.
 /// The names of the breaker profiles every configuration has.
-pub const BUILT_IN_PROFILES: &[&str] = &["batch", "critical", "database", "default"];
+pub const BUILT_IN_PROFILES: &[&str] = &["analytics", "batch", "critical", "database", "default"];
 
 /// The configuration key of a garrison-breaker setting's name.
 fn profile_key(setting: &str) -> &str {

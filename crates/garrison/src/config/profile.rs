@@ -27,6 +27,9 @@ impl BreakerSection {
             if let Some(r) = p.failure_rate {
                 cfg = cfg.failure_rate_threshold(r);
             }
+            if let Some(n) = p.failure_count {
+                cfg = cfg.failure_count(n);
+            }
             if let Some(r) = p.slow_call_rate {
                 cfg = cfg.slow_call_rate_threshold(r);
             }
