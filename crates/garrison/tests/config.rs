@@ -345,3 +345,33 @@ fn rate_limit_reset_and_retry_after_options_and_the_built_in_heavy_policy_and_an
         ["ratelimit.reset: `weekly` is not one of \"delta\", \"epoch\""]
     );
 }
+
+#[test]
+fn the_patient_admission_profile_sizes_the_queue_and_keys_of_the_file_still_win() {
+    let c = GarrisonConfig::from_toml("[admission]\nprofile = \"patient\"\n").unwrap();
+    let a = &c.admission;
+    assert_eq!((a.max_in_flight, a.max_queue), (8, 200));
+    assert_eq!(a.queue_timeouts.len(), 5);
+    assert!(a
+        .queue_timeouts
+        .values()
+        .all(|d| *d == Duration::from_secs(30)));
+
+    let c = GarrisonConfig::from_toml(
+        "[admission]\nprofile = \"patient\"\nmax_queue = 50\n[admission.queue_timeouts]\ncritical = \"2s\"\n",
+    )
+    .unwrap();
+    let a = &c.admission;
+    assert_eq!((a.max_in_flight, a.max_queue), (8, 50));
+    assert_eq!(a.queue_timeouts["critical"], Duration::from_secs(2));
+    assert_eq!(a.queue_timeouts["batch"], Duration::from_secs(30));
+
+    let mut code = GarrisonConfig::default();
+    assert!(code.admission.apply_profile("patient"));
+    assert_eq!(code.admission.max_in_flight, 8);
+    assert!(!code.admission.apply_profile("hasty"));
+    assert_eq!(
+        problems("[admission]\nprofile = \"hasty\"\n"),
+        ["admission.profile: no admission profile `hasty`; built in: patient"]
+    );
+}

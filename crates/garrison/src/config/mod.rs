@@ -672,6 +672,13 @@ pub struct AdmissionConfig {
     /// `enabled`. Default: `false` (size `max_in_flight` for your service first, or turn on
     /// `[admission.adaptive]`).
     pub enabled: bool,
+    /// `profile`: a named sizing whose values replace the defaults of `max_in_flight`,
+    /// `max_queue` and `[admission.queue_timeouts]` (keys the file sets still win):
+    /// `"patient"` is 8 in flight, 200 queued, every class waiting up to 30 s, for a service
+    /// held by a small resource (a pool of ten database connections) whose callers would
+    /// rather wait than be shed (internal tools, batch clients); not for a latency-sensitive
+    /// public API, whose callers give up long before 30 s. `""`: none. Default: `""`.
+    pub profile: String,
     /// `max_in_flight`: requests in the service at once (the starting limit when adaptive).
     /// Default: `64`.
     pub max_in_flight: usize,
@@ -705,6 +712,7 @@ impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
             enabled: false,
+            profile: String::new(),
             max_in_flight: 64,
             max_queue: 256,
             aging: Duration::from_secs(1),
@@ -725,6 +733,34 @@ impl Default for AdmissionConfig {
             routes: BTreeMap::new(),
             adaptive: AdaptiveConfig::default(),
         }
+    }
+}
+
+impl AdmissionConfig {
+    /// The built-in sizing profiles (see [`profile`](Self::profile)).
+    pub const PROFILES: &'static [&'static str] = &["patient"];
+
+    /// Sets the values of profile `name` (see [`profile`](Self::profile)); `false` when there
+    /// is no such profile.
+    pub fn apply_profile(&mut self, name: &str) -> bool {
+        let Some((in_flight, queue, wait)) = admission_profile(name) else {
+            return false;
+        };
+        self.profile = name.to_owned();
+        self.max_in_flight = in_flight;
+        self.max_queue = queue;
+        for wait_of_class in self.queue_timeouts.values_mut() {
+            *wait_of_class = wait;
+        }
+        true
+    }
+}
+
+/// In flight, queued, and every class's longest wait of a built-in admission profile.
+pub(crate) fn admission_profile(name: &str) -> Option<(usize, usize, Duration)> {
+    match name {
+        "patient" => Some((8, 200, Duration::from_secs(30))),
+        _ => None,
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use toml::Table;
+use toml::{Table, Value};
 
 use super::de::{self, quote, Found};
 use super::*;
@@ -143,6 +143,24 @@ fn added_to_defaults(table: &Table, c: &mut GarrisonConfig, issues: &mut Vec<Con
     }
     for (class, d) in AdmissionConfig::default().queue_timeouts {
         c.admission.queue_timeouts.entry(class).or_insert(d);
+    }
+    if let Some((in_flight, queue, wait)) = admission_profile(&c.admission.profile) {
+        // the profile's values replace the defaults, not what the file says
+        let admission = table.get("admission").and_then(Value::as_table);
+        let set = |key: &str| admission.is_some_and(|t| t.contains_key(key));
+        let a = &mut c.admission;
+        if !set("max_in_flight") {
+            a.max_in_flight = in_flight;
+        }
+        if !set("max_queue") {
+            a.max_queue = queue;
+        }
+        let timeouts = written("admission", "queue_timeouts");
+        for (class, d) in &mut a.queue_timeouts {
+            if !timeouts.is_some_and(|t| t.contains_key(class)) {
+                *d = wait;
+            }
+        }
     }
     for (name, t) in written("health", "checks").into_iter().flatten() {
         let Some(t) = t.as_table() else { continue };
@@ -537,6 +555,16 @@ pub(super) fn validate(c: &GarrisonConfig, out: &mut Vec<ConfigIssue>) {
         if let Err(e) = cidr.parse::<garrison_core::IpNet>() {
             err(format!("admission.trusted_callers[{i}]"), e.to_string());
         }
+    }
+    if !a.profile.is_empty() && admission_profile(&a.profile).is_none() {
+        err(
+            "admission.profile".into(),
+            format!(
+                "no admission profile `{}`; built in: {}",
+                a.profile,
+                AdmissionConfig::PROFILES.join(", ")
+            ),
+        );
     }
     if a.max_in_flight == 0 {
         err("admission.max_in_flight".into(), "must be > 0".into());
