@@ -552,15 +552,25 @@ impl Inner {
             }
         }
         self.transitions[from as usize][to as usize].fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            breaker = %self.name,
-            from = from.as_str(),
-            to = to.as_str(),
-            calls = window.calls,
-            failures = window.failures,
-            slow = window.slow,
-            "circuit breaker state changed"
-        );
+        // opening means a dependency is failing: a warning; the rest is information
+        macro_rules! changed {
+            ($level:ident) => {
+                tracing::$level!(
+                    breaker = %self.name,
+                    from = from.as_str(),
+                    to = to.as_str(),
+                    calls = window.calls,
+                    failures = window.failures,
+                    slow = window.slow,
+                    "circuit breaker state changed"
+                )
+            };
+        }
+        if to == State::Open {
+            changed!(warn);
+        } else {
+            changed!(info);
+        }
         let listeners = self.listeners.read().clone();
         if !listeners.is_empty() {
             let t = Transition {

@@ -381,3 +381,80 @@ fn the_analytics_profile_opens_at_8_failures_in_45_seconds() {
     call(&b, F);
     assert_eq!(b.state(), State::Open, "the 8th within 45 s");
 }
+
+/// The breaker's log events: level, `from`, `to` and the message.
+mod logging {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing::{Event, Subscriber};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::Layer;
+
+    #[derive(Clone, Default)]
+    pub(super) struct Events(pub(super) Arc<Mutex<Vec<String>>>);
+
+    struct Line(String);
+
+    impl Visit for Line {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!(" {}={value:?}", field.name()));
+        }
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.push_str(&format!(" {}={value}", field.name()));
+        }
+    }
+
+    impl<S: Subscriber> Layer<S> for Events {
+        fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+            if event.metadata().target().starts_with("garrison_breaker") {
+                let mut line = Line(event.metadata().level().to_string());
+                event.record(&mut line);
+                self.0.lock().unwrap().push(line.0);
+            }
+        }
+    }
+
+    pub(super) fn capture() -> (Events, tracing::subscriber::DefaultGuard) {
+        let events = Events::default();
+        let sub = tracing_subscriber::registry().with(events.clone());
+        (events.clone(), tracing::subscriber::set_default(sub))
+    }
+}
+
+#[test]
+fn every_transition_is_logged_and_an_opening_is_a_warning() {
+    let (events, _guard) = logging::capture();
+    let (clock, _, b) = setup(count_config().wait_in_open(Duration::from_secs(5)));
+    for _ in 0..4 {
+        call(&b, F);
+    }
+    assert_eq!(b.state(), State::Open);
+    clock.advance(Duration::from_secs(6));
+    while b.state() != State::Closed {
+        call(&b, S);
+    }
+    let lines = events.0.lock().unwrap().clone();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("WARN")
+            && lines[0].contains("from=closed")
+            && lines[0].contains("to=open"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[0].contains("breaker=dep") && lines[0].contains("failures=4"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[1].starts_with("INFO") && lines[1].contains("to=half_open"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[2].starts_with("INFO") && lines[2].contains("to=closed"),
+        "{lines:#?}"
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l.contains("circuit breaker state changed")));
+}
