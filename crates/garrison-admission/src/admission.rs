@@ -132,6 +132,7 @@ pub struct AdmissionBuilder {
     adaptive: Option<Adaptive>,
     deep_queue: Option<usize>,
     metrics: Option<MetricsRegistry>,
+    log_sheds: bool,
 }
 
 impl Default for AdmissionBuilder {
@@ -144,6 +145,7 @@ impl Default for AdmissionBuilder {
             adaptive: None,
             deep_queue: None,
             metrics: None,
+            log_sheds: false,
         }
     }
 }
@@ -195,6 +197,14 @@ impl AdmissionBuilder {
         self
     }
 
+    /// Logs sheds: a `WARN` event `admission shed a request` with the class and the reason,
+    /// at most one a second, counting the sheds since the previous one (default: off; the
+    /// `garrison_admission_shed_total` counter counts every shed either way).
+    pub fn log_sheds(mut self, on: bool) -> Self {
+        self.log_sheds = on;
+        self
+    }
+
     /// Builds the controller.
     pub fn build(self) -> Result<Admission, BuildError> {
         if self.max_in_flight == 0 {
@@ -242,6 +252,9 @@ impl AdmissionBuilder {
             last_decrease: AtomicU64::new(0),
             admitted: AdmittedCounts::default(),
             shed: Default::default(),
+            shed_log: self
+                .log_sheds
+                .then(|| garrison_core::LogEvery::new(Duration::from_secs(1))),
             wait: [wait(), wait(), wait(), wait(), wait()],
         });
         if let Some(m) = &self.metrics {
@@ -302,6 +315,7 @@ pub(crate) struct Inner {
     last_decrease: AtomicU64,
     admitted: AdmittedCounts,
     shed: [[AtomicU64; 4]; 5],
+    shed_log: Option<garrison_core::LogEvery>,
     wait: [DurationHistogram; 5],
 }
 
@@ -501,6 +515,17 @@ impl Inner {
     fn count_shed(&self, class: usize, reason: ShedReason) {
         // the variants are declared in the order of ShedReason::ALL
         self.shed[class][reason as usize].fetch_add(1, Ordering::Relaxed);
+        if let Some(log) = &self.shed_log {
+            let now = Instant::now().saturating_duration_since(self.epoch);
+            if let Some(also) = log.admit(u64::try_from(now.as_nanos()).unwrap_or(u64::MAX)) {
+                tracing::warn!(
+                    class = Priority::ALL[class].as_str(),
+                    reason = reason.as_str(),
+                    shed_since_last_event = also,
+                    "admission shed a request"
+                );
+            }
+        }
     }
 
     /// Hands free slots to the best waiters (the lock is held).

@@ -368,3 +368,37 @@ async fn draining_sheds_every_waiter_at_once_and_the_queue_fills_again_after() {
     drop(held);
     assert!(next.await.unwrap());
 }
+
+#[tokio::test(start_paused = true)]
+async fn sheds_are_logged_once_a_second_with_the_count_since_and_only_when_asked() {
+    let logs = garrison_core::testing::LogCapture::start("garrison_admission");
+    let full = |log: bool| {
+        Admission::builder()
+            .max_in_flight(1)
+            .max_queue(0)
+            .log_sheds(log)
+            .build()
+            .unwrap()
+    };
+    let (quiet, logged) = (full(false), full(true));
+    let _held = (
+        quiet.acquire(Priority::Normal).await.unwrap(),
+        logged.acquire(Priority::Normal).await.unwrap(),
+    );
+    for adm in [&quiet, &logged] {
+        for _ in 0..5 {
+            assert!(adm.acquire(Priority::Low).await.is_err());
+        }
+    }
+    let lines = logs.lines();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(
+        lines[0],
+        "WARN message=admission shed a request class=low reason=queue_full shed_since_last_event=0"
+    );
+    advance(Duration::from_secs(1)).await;
+    assert!(logged.acquire(Priority::Batch).await.is_err());
+    let lines = logs.lines();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[1].ends_with("class=batch reason=queue_full shed_since_last_event=4"));
+}

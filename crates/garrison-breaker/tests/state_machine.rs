@@ -382,49 +382,9 @@ fn the_analytics_profile_opens_at_8_failures_in_45_seconds() {
     assert_eq!(b.state(), State::Open, "the 8th within 45 s");
 }
 
-/// The breaker's log events: level, `from`, `to` and the message.
-mod logging {
-    use std::sync::{Arc, Mutex};
-
-    use tracing::field::{Field, Visit};
-    use tracing::{Event, Subscriber};
-    use tracing_subscriber::layer::{Context, SubscriberExt};
-    use tracing_subscriber::Layer;
-
-    #[derive(Clone, Default)]
-    pub(super) struct Events(pub(super) Arc<Mutex<Vec<String>>>);
-
-    struct Line(String);
-
-    impl Visit for Line {
-        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-            self.0.push_str(&format!(" {}={value:?}", field.name()));
-        }
-        fn record_str(&mut self, field: &Field, value: &str) {
-            self.0.push_str(&format!(" {}={value}", field.name()));
-        }
-    }
-
-    impl<S: Subscriber> Layer<S> for Events {
-        fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-            if event.metadata().target().starts_with("garrison_breaker") {
-                let mut line = Line(event.metadata().level().to_string());
-                event.record(&mut line);
-                self.0.lock().unwrap().push(line.0);
-            }
-        }
-    }
-
-    pub(super) fn capture() -> (Events, tracing::subscriber::DefaultGuard) {
-        let events = Events::default();
-        let sub = tracing_subscriber::registry().with(events.clone());
-        (events.clone(), tracing::subscriber::set_default(sub))
-    }
-}
-
 #[test]
 fn every_transition_is_logged_and_an_opening_is_a_warning() {
-    let (events, _guard) = logging::capture();
+    let logs = garrison_core::testing::LogCapture::start("garrison_breaker");
     let (clock, _, b) = setup(count_config().wait_in_open(Duration::from_secs(5)));
     for _ in 0..4 {
         call(&b, F);
@@ -434,7 +394,7 @@ fn every_transition_is_logged_and_an_opening_is_a_warning() {
     while b.state() != State::Closed {
         call(&b, S);
     }
-    let lines = events.0.lock().unwrap().clone();
+    let lines = logs.lines();
     assert_eq!(lines.len(), 3, "{lines:#?}");
     assert!(
         lines[0].starts_with("WARN")

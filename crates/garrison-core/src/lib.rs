@@ -36,6 +36,7 @@ mod refusal;
 mod route;
 mod shard;
 mod text;
+mod throttle;
 mod trace_context;
 
 pub use auth::{bearer_matches, bearer_token};
@@ -60,4 +61,9 @@ pub use text::{
     hex_decode, hex_encode, hex_write, is_token_byte, percent_escape, push_json_string,
     redis_cluster_nodes, rfc3339, truncate_str, IpText,
 };
+pub use throttle::LogEvery;
+
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod testing;
 pub use trace_context::{TraceContext, TraceId};

@@ -418,6 +418,41 @@ async fn the_reset_can_be_a_unix_time_and_a_refusal_can_say_retry_after_in_the_l
     assert!(headers.get("x-ratelimit-retry-after").is_none());
 }
 
+#[tokio::test(start_paused = true)]
+async fn refusals_are_logged_once_a_second_with_the_count_since_and_only_when_asked() {
+    let logs = garrison_core::testing::LogCapture::start("garrison_ratelimit");
+    let quiet = app(builder().build().unwrap());
+    let logged = app(builder().log_refusals(true).build().unwrap());
+    for app in [&quiet, &logged] {
+        for i in 0..15 {
+            let (status, _, _) = send(app, req("POST", "/login", PEER, &[])).await;
+            assert_eq!(status == StatusCode::OK, i < 5);
+        }
+    }
+    // ten refusals by each layer within one instant: one line, from the layer that logs
+    let lines = logs.lines();
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert!(
+        lines[0].starts_with("WARN message=rate limit refused a request policy=auth"),
+        "{lines:#?}"
+    );
+    assert!(
+        lines[0].contains("refused_since_last_event=0"),
+        "{lines:#?}"
+    );
+    tokio::time::advance(Duration::from_millis(1000)).await;
+    assert_eq!(
+        send(&logged, req("POST", "/login", PEER, &[])).await.0,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let lines = logs.lines();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[1].contains("refused_since_last_event=9"),
+        "{lines:#?}"
+    );
+}
+
 #[test]
 fn configuration_errors_name_the_key_and_the_reason() {
     let e = RateLimitLayer::builder().build().unwrap_err();

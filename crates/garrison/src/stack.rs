@@ -426,6 +426,7 @@ fn admission(
         .max_in_flight(a.max_in_flight)
         .max_queue(a.max_queue)
         .aging(a.aging)
+        .log_sheds(a.log_sheds)
         .metrics(metrics);
     for (name, timeout) in &a.queue_timeouts {
         b = b.queue_timeout(class(name), *timeout);
@@ -625,6 +626,7 @@ fn ratelimit_builder(
         .overflow_factor(r.overflow_factor)
         .sweep_interval(r.sweep_interval)
         .ipv6_prefix(r.ipv6_prefix)
+        .log_refusals(r.log_refusals)
         .metrics(metrics);
     #[cfg(feature = "redis")]
     if !r.redis.url.is_empty() {

@@ -55,6 +55,7 @@ pub struct RateLimitBuilder {
     ipv6_prefix: u8,
     seed: Option<u64>,
     metrics: Option<MetricsRegistry>,
+    log_refusals: bool,
     #[cfg(feature = "redis")]
     redis: Option<crate::RedisStore>,
 }
@@ -85,6 +86,7 @@ impl RateLimitBuilder {
             ipv6_prefix: 64,
             seed: None,
             metrics: None,
+            log_refusals: false,
             #[cfg(feature = "redis")]
             redis: None,
         }
@@ -141,6 +143,14 @@ impl RateLimitBuilder {
     /// The proxies whose forwarding headers are believed (default: none).
     pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
         self.proxies = proxies;
+        self
+    }
+
+    /// Logs refusals: a `WARN` event `rate limit refused a request` with the policy, at most
+    /// one a second, counting the refusals since the previous one (default: off; the
+    /// `garrison_ratelimit_decisions_total` counter counts every refusal either way).
+    pub fn log_refusals(mut self, on: bool) -> Self {
+        self.log_refusals = on;
         self
     }
 
@@ -321,6 +331,9 @@ impl RateLimitBuilder {
             exempt,
             sweep_every: self.sweep_every,
             sweeper: AtomicBool::new(false),
+            refusal_log: self
+                .log_refusals
+                .then(|| garrison_core::LogEvery::new(Duration::from_secs(1))),
         })))
     }
 }

@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     pub(super) exempt: Vec<u64>,
     pub(super) sweep_every: Duration,
     pub(super) sweeper: AtomicBool,
+    /// With [`log_refusals`](crate::RateLimitBuilder::log_refusals): one log event a second
+    /// at most.
+    pub(super) refusal_log: Option<garrison_core::LogEvery>,
 }
 
 /// What the rate limiter decides for one request: see [`RateLimitLayer::check`](crate::RateLimitLayer::check).
@@ -198,6 +201,18 @@ impl Shared {
     fn refusal(&self, i: usize, d: &Decision) -> Response<Bytes> {
         let p = &self.limiter.policies[i];
         let secs = d.retry_after_secs().max(1);
+        if let Some(also) = self
+            .refusal_log
+            .as_ref()
+            .and_then(|log| log.admit(self.limiter.now()))
+        {
+            tracing::warn!(
+                policy = p.policy.name(),
+                retry_after_seconds = secs,
+                refused_since_last_event = also,
+                "rate limit refused a request"
+            );
+        }
         let mut body = String::with_capacity(96);
         body.push_str("{\"error\":\"rate_limited\",\"policy\":");
         garrison_core::push_json_string(&mut body, p.policy.name());

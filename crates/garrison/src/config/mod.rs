@@ -440,6 +440,9 @@ pub struct RateLimitConfig {
     /// `legacy_retry_after`: a `429` also carries `X-RateLimit-Retry-After` (with the legacy
     /// headers). Default: `false`.
     pub legacy_retry_after: bool,
+    /// `log_refusals`: a `WARN` event for refused requests, at most one a second, with the
+    /// count since the previous one. Default: `false` (the metrics count every refusal).
+    pub log_refusals: bool,
     /// `max_keys`: tracked client keys at most, over all policies. Default: `1000000`.
     pub max_keys: usize,
     /// `overflow_factor`: how many clients' worth an overflow bucket admits while more clients
@@ -480,6 +483,7 @@ impl Default for RateLimitConfig {
             headers: HeadersMode::All,
             reset: ResetMode::Delta,
             legacy_retry_after: false,
+            log_refusals: false,
             max_keys: garrison_ratelimit::DEFAULT_MAX_KEYS,
             overflow_factor: 1,
             sweep_interval: garrison_ratelimit::DEFAULT_SWEEP_INTERVAL,
@@ -699,6 +703,9 @@ pub struct AdmissionConfig {
     /// `deep_queue`: the health check warns when the queue stays at least this deep between
     /// two runs; `0`: half of `max_queue`. Default: `0`.
     pub deep_queue: usize,
+    /// `log_sheds`: a `WARN` event for shed requests, at most one a second, with the count
+    /// since the previous one. Default: `false` (the metrics count every shed).
+    pub log_sheds: bool,
     /// `[admission.queue_timeouts]`: the longest wait per class. Default: critical `"5s"`,
     /// high `"2s"`, normal `"1s"`, low `"500ms"`, batch `"250ms"`.
     pub queue_timeouts: BTreeMap<String, Duration>,
@@ -721,6 +728,7 @@ impl Default for AdmissionConfig {
             header: "x-priority".into(),
             trusted_callers: Vec::new(),
             deep_queue: 0,
+            log_sheds: false,
             queue_timeouts: garrison_admission::Priority::ALL
                 .iter()
                 .map(|p| {
