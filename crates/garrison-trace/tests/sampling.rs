@@ -300,3 +300,66 @@ async fn a_callers_sampled_flag_decides_only_from_a_trusted_proxy_when_so_config
         );
     }
 }
+
+#[derive(Clone)]
+struct UserId(&'static str);
+
+impl AsRef<[u8]> for UserId {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+#[tokio::test]
+async fn the_user_is_named_on_the_span_and_in_the_access_log_only_when_asked() {
+    let logs = garrison_core::testing::LogCapture::start("garrison_trace");
+    let sink = Memory::default();
+    let t = tracer(Sampler::Always, &sink);
+    let router = |layer: TraceLayer| {
+        Router::new()
+            .route("/me", get(|| async { "me" }))
+            .layer(layer)
+            // the authentication layer, outside the trace layer as it is outside the limiter
+            .layer(axum::middleware::map_request(
+                |mut req: Request<Body>| async move {
+                    req.extensions_mut().insert(UserId("ada@example.com"));
+                    req
+                },
+            ))
+    };
+    let named = router(TraceLayer::new(&t).access_log(true).enduser_id::<UserId>());
+    let plain = router(TraceLayer::new(&t).access_log(true));
+    assert_eq!(get_status(&named, "/me", None).await, StatusCode::OK);
+    assert_eq!(get_status(&plain, "/me", None).await, StatusCode::OK);
+    let spans = sink.wait_for(&t, 2).await;
+    let enduser = |s: &SpanRecord| {
+        s.attributes
+            .iter()
+            .find(|(k, _)| *k == "enduser.id")
+            .map(|(_, v)| format!("{v:?}"))
+    };
+    let named_ids: Vec<Option<String>> = spans.iter().map(enduser).collect();
+    assert_eq!(
+        named_ids.iter().filter(|v| v.is_some()).count(),
+        1,
+        "{named_ids:?}"
+    );
+    assert!(named_ids
+        .iter()
+        .flatten()
+        .all(|v| v.contains("ada@example.com")));
+    let access: Vec<String> = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("message=request"))
+        .collect();
+    assert_eq!(access.len(), 2, "{access:#?}");
+    assert_eq!(
+        access
+            .iter()
+            .filter(|l| l.contains("enduser_id=ada@example.com"))
+            .count(),
+        1,
+        "{access:#?}"
+    );
+}

@@ -21,6 +21,7 @@ use crate::maintenance::Maintenance;
 use crate::EmergencyService;
 
 type RateLimitHook = Box<dyn FnOnce(RateLimitBuilder) -> RateLimitBuilder + Send>;
+type TraceHook = Box<dyn FnOnce(TraceLayer) -> TraceLayer + Send>;
 type Registration = Box<dyn FnOnce(&HealthRegistry) -> Result<(), ConfigError> + Send>;
 
 /// The registries and layers of one service, made from a [`GarrisonConfig`]. Put
@@ -152,6 +153,7 @@ pub struct GarrisonBuilder {
     breakers: Option<BreakerRegistry>,
     tracer: Option<Tracer>,
     ratelimit_hook: Option<RateLimitHook>,
+    trace_hook: Option<TraceHook>,
     checks: Vec<Registration>,
     maintenance: Option<Maintenance>,
 }
@@ -215,6 +217,17 @@ impl GarrisonBuilder {
         f: impl FnOnce(RateLimitBuilder) -> RateLimitBuilder + Send + 'static,
     ) -> Self {
         self.ratelimit_hook = Some(Box::new(f));
+        self
+    }
+
+    /// Changes the trace layer after the configuration is applied: for what a file cannot
+    /// say, such as naming each request's user from the identity your authentication layer
+    /// sets ([`TraceLayer::enduser_id`]).
+    pub fn trace_layer(
+        mut self,
+        f: impl FnOnce(TraceLayer) -> TraceLayer + Send + 'static,
+    ) -> Self {
+        self.trace_hook = Some(Box::new(f));
         self
     }
 
@@ -343,7 +356,13 @@ impl GarrisonBuilder {
 
         let h = &c.health;
         let mut parts = Parts {
-            trace: c.trace.enabled.then(|| trace_layer(c, &tracer, &resolver)),
+            trace: c.trace.enabled.then(|| {
+                let layer = trace_layer(c, &tracer, &resolver);
+                match self.trace_hook {
+                    Some(hook) => hook(layer),
+                    None => layer,
+                }
+            }),
             metrics: c
                 .metrics
                 .enabled

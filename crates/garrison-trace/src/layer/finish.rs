@@ -11,6 +11,7 @@ pub(super) struct Access {
     pub(super) method: http::Method,
     pub(super) route: String,
     pub(super) path: String,
+    pub(super) enduser: Option<String>,
 }
 
 /// Ends the server span (and the access log line) once, when the body ends, or when the
@@ -43,15 +44,28 @@ impl Finisher {
         if let Some(a) = &self.access {
             let _e = self.span.as_ref().map(|s| s.enter());
             let _current = CurrentGuard::set(&self.ctx);
-            tracing::info!(
-                target: "garrison_trace::access",
-                method = %a.method,
-                route = %a.route,
-                path = %a.path,
-                status = self.status,
-                duration_ms = took.as_secs_f64() * 1e3,
-                "request"
-            );
+            let duration_ms = took.as_secs_f64() * 1e3;
+            match &a.enduser {
+                None => tracing::info!(
+                    target: "garrison_trace::access",
+                    method = %a.method,
+                    route = %a.route,
+                    path = %a.path,
+                    status = self.status,
+                    duration_ms,
+                    "request"
+                ),
+                Some(user) => tracing::info!(
+                    target: "garrison_trace::access",
+                    method = %a.method,
+                    route = %a.route,
+                    path = %a.path,
+                    status = self.status,
+                    duration_ms,
+                    enduser_id = %user,
+                    "request"
+                ),
+            }
         }
         let caught = self.caught.take();
         let error = error.or(caught.as_ref().map(|c| c.1));

@@ -47,7 +47,12 @@ struct Shared {
     otel_context: bool,
     /// Peers whose `traceparent` sampled flag decides; `None`: every peer's.
     sampled_from: Option<Arc<garrison_core::TrustedProxies>>,
+    /// Reads the user's identity from the request extensions, for `enduser.id`.
+    enduser: Option<Enduser>,
 }
+
+/// Reads an identity your authentication layer put into the request extensions.
+type Enduser = fn(&http::Extensions) -> Option<&[u8]>;
 
 /// The user's `tower_http::request_id::MakeRequestId`, type-erased.
 #[cfg(feature = "tower-http")]
@@ -122,6 +127,7 @@ impl TraceLayer {
                 make_request_id: None,
                 otel_context: true,
                 sampled_from: None,
+                enduser: None,
             }),
         }
     }
@@ -182,6 +188,32 @@ impl TraceLayer {
     /// Default: off.
     pub fn access_log(self, on: bool) -> Self {
         self.edit(|s| s.access_log = on)
+    }
+
+    /// Names the user of each request: the extension `T` (bytes such as a user id) that your
+    /// authentication layer puts into the request before this layer runs, as the rate
+    /// limiter's `KeySource::extension` reads it. It becomes the server span's `enduser.id`
+    /// and the access log's `enduser_id` (at most 128 bytes, read as UTF-8). Default: off
+    /// (an identity is personal data: turn it on where your logs and traces may hold it).
+    ///
+    /// ```
+    /// #[derive(Clone)]
+    /// struct UserId(String);
+    /// impl AsRef<[u8]> for UserId {
+    ///     fn as_ref(&self) -> &[u8] { self.0.as_bytes() }
+    /// }
+    /// let tracer = garrison_trace::Tracer::builder().build();
+    /// let layer = garrison_trace::TraceLayer::new(&tracer).enduser_id::<UserId>();
+    /// # let _ = layer;
+    /// ```
+    pub fn enduser_id<T>(self) -> Self
+    where
+        T: AsRef<[u8]> + Clone + Send + Sync + 'static,
+    {
+        fn get<T: AsRef<[u8]> + Send + Sync + 'static>(e: &http::Extensions) -> Option<&[u8]> {
+            e.get::<T>().map(AsRef::as_ref)
+        }
+        self.edit(|s| s.enduser = Some(get::<T>))
     }
 
     /// Also open a `tracing` span `request` (target `garrison_trace`, INFO) with `trace_id`,

@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use garrison_core::{RouteResolver, TraceContext};
+use garrison_core::TraceContext;
 use http::header::{HOST, USER_AGENT};
 use http::{Request, Version};
 
@@ -95,6 +95,7 @@ pub(super) fn start<B>(sh: &Shared, req: &mut Request<B>) -> TracedRequest {
             method: req.method().clone(),
             route,
             path: sh.redaction.path_and_query(req.uri()),
+            enduser: enduser(req, sh),
         })
     });
     TracedRequest {
@@ -188,7 +189,7 @@ fn open<B>(sh: &Shared, req: &Request<B>, incoming: &Incoming) -> Opened {
     let start = sampler.start(decide_by, parent);
     let local = (start != Start::Drop).then(|| sh.tracer.local(trace_id, start));
     let root = local.as_ref().map(|_| {
-        let (name, attributes) = server_attributes(req, &sh.resolver);
+        let (name, attributes) = server_attributes(req, sh);
         let now = SystemTime::now();
         Box::new(SpanRecord {
             trace_id,
@@ -240,7 +241,7 @@ fn open_in_pipeline<B>(
         };
     };
     if otel.is_recording() {
-        let (name, attributes) = server_attributes(req, &sh.resolver);
+        let (name, attributes) = server_attributes(req, sh);
         otel.describe(Cow::Owned(name), attributes);
     }
     Opened {
@@ -253,12 +254,17 @@ fn open_in_pipeline<B>(
     }
 }
 
+/// The user's identity, when the layer reads one and the request has it.
+fn enduser<B>(req: &Request<B>, sh: &Shared) -> Option<String> {
+    let id = (sh.enduser?)(req.extensions())?;
+    let id = String::from_utf8_lossy(&id[..id.len().min(128)]);
+    Some(garrison_core::truncate_str(&id, 128).to_owned())
+}
+
 /// The server span's name (`GET /users/{id}`) and its attributes in the OpenTelemetry HTTP
 /// conventions.
-fn server_attributes<B>(
-    req: &Request<B>,
-    resolver: &RouteResolver,
-) -> (String, Vec<(&'static str, Value)>) {
+fn server_attributes<B>(req: &Request<B>, sh: &Shared) -> (String, Vec<(&'static str, Value)>) {
+    let resolver = &sh.resolver;
     let method = req.method().as_str();
     let method_label = garrison_core::MethodLabel::from_method(req.method());
     let route = resolver.resolve(req).as_str();
@@ -279,6 +285,9 @@ fn server_attributes<B>(
         ));
     }
     attributes.push(("http.route", s(route)));
+    if let Some(id) = enduser(req, sh) {
+        attributes.push(("enduser.id", Value::Str(Cow::Owned(id))));
+    }
     attributes.push((
         "url.path",
         s(garrison_core::truncate_str(req.uri().path(), 1024)),
