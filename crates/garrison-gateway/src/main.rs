@@ -120,7 +120,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    logs(cli.log_format);
+    logs(cli.log_format, config.garrison.trace.redaction());
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -134,14 +134,18 @@ fn main() -> ExitCode {
     runtime.block_on(run(cli.config, config))
 }
 
-fn logs(format: LogFormat) {
+/// The process's log lines; JSON ones redact what `[trace]` says (read at start: a reload
+/// does not change it).
+fn logs(format: LogFormat, redaction: garrison::garrison_trace::Redaction) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => registry.with(garrison::garrison_trace::json_logs()).init(),
+        LogFormat::Json => registry
+            .with(garrison::garrison_trace::json_logs().redaction(redaction))
+            .init(),
         LogFormat::Pretty => {
             use std::io::IsTerminal;
             let ansi = std::io::stdout().is_terminal();

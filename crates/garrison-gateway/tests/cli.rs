@@ -366,3 +366,57 @@ fn a_random_admin_token_is_written_to_a_private_file_never_to_the_log() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// The gateway's JSON log lines redact what `[trace]` names: a parameter of the file's own,
+/// and personal data by pattern, in the access log's path.
+#[test]
+fn json_logs_redact_what_the_trace_section_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.toml");
+    let text = config(100).replace(
+        "[gateway.upstreams.demo]",
+        "[trace]\naccess_log = true\nredact_params = [\"session\"]\nredact_patterns = [\"email\"]\n[gateway.upstreams.demo]",
+    );
+    std::fs::write(&path, text).unwrap();
+    let mut child = gateway()
+        .arg("--config")
+        .arg(&path)
+        .arg("--log-format")
+        .arg("json")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let listening = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("gateway listening on"))
+        .expect("the listening line");
+    let v: serde_json::Value = serde_json::from_str(&listening).unwrap();
+    let main: SocketAddr = v["address"].as_str().unwrap().parse().unwrap();
+    let (status, _, _) = request(
+        main,
+        "GET",
+        "/items/1?session=s3cret&to=ada@example.com&page=2",
+        "",
+    );
+    assert_eq!(status, 200);
+    let access = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find(|l| l.contains("garrison_trace::access"))
+        .expect("the access log line");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        !access.contains("s3cret") && !access.contains("ada@example.com"),
+        "{access}"
+    );
+    assert!(
+        access.contains("session=[redacted]") && access.contains("to=[redacted]&page=2"),
+        "{access}"
+    );
+}

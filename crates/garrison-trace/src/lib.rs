@@ -32,6 +32,7 @@ mod logs;
 mod otel;
 #[cfg(feature = "otlp")]
 mod otlp;
+mod pii;
 mod propagate;
 mod redact;
 mod sampler;
@@ -51,6 +52,7 @@ pub use logs::{json_logs, JsonLogs, MAX_FIELD};
 pub use otel::Pipeline;
 #[cfg(feature = "otlp")]
 pub use otlp::{OtlpConfig, OtlpError, OtlpSink, Protocol};
+pub use pii::PiiPattern;
 pub use propagate::{PropagateFuture, PropagateLayer, PropagateService};
 pub use redact::Redaction;
 pub use sampler::Sampler;

@@ -132,8 +132,9 @@ impl JsonVisitor<'_> {
     }
 
     fn text(&mut self, field: &Field, s: &str) {
+        let s = garrison_core::truncate_str(s, MAX_FIELD);
         if field.name() == "message" {
-            self.message = Some(garrison_core::truncate_str(s, MAX_FIELD).to_owned());
+            self.message = Some(self.redaction.redact_text(s).into_owned());
             return;
         }
         self.key(field.name());
@@ -142,7 +143,7 @@ impl JsonVisitor<'_> {
         {
             self.out.push_str("\"[redacted]\"");
         } else {
-            garrison_core::push_json_string(self.out, garrison_core::truncate_str(s, MAX_FIELD));
+            garrison_core::push_json_string(self.out, &self.redaction.redact_text(s));
         }
     }
 }

@@ -2,15 +2,30 @@
 
 use std::fmt::Write;
 
+use crate::PiiPattern;
+
 /// Names whose values logs replace with `[redacted]`: header names, query parameter names and
-/// log field names, compared case-insensitively. The default covers credentials: headers
+/// log field names, compared case-insensitively; and, on request, [patterns](Self::pattern)
+/// of personal data replaced wherever they appear in the text of a JSON log line. The
+/// default covers credentials and the usual names of personal data: headers
 /// `authorization`, `proxy-authorization`, `cookie`, `set-cookie`, `x-api-key`; query
 /// parameters and fields `token`, `access_token`, `refresh_token`, `id_token`, `api_key`,
-/// `apikey`, `key`, `password`, `secret`, `signature`, `code`.
+/// `apikey`, `key`, `password`, `secret`, `signature`, `code`, and `email`, `phone`,
+/// `phone_number`, `mobile`, `ssn`, `card_number`, `credit_card`, `iban`, `date_of_birth`;
+/// no pattern.
+///
+/// ```
+/// use garrison_trace::{PiiPattern, Redaction};
+///
+/// let r = Redaction::default().pattern(PiiPattern::Email);
+/// assert!(r.is_secret_param("Email"));
+/// assert_eq!(r.redact_text("sent to ada@example.com"), "sent to [redacted]");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Redaction {
     headers: Vec<String>,
     params: Vec<String>,
+    patterns: Vec<PiiPattern>,
 }
 
 const REDACTED: &str = "[redacted]";
@@ -38,7 +53,17 @@ impl Default for Redaction {
                 "secret",
                 "signature",
                 "code",
+                "email",
+                "phone",
+                "phone_number",
+                "mobile",
+                "ssn",
+                "card_number",
+                "credit_card",
+                "iban",
+                "date_of_birth",
             ]),
+            patterns: Vec::new(),
         }
     }
 }
@@ -49,7 +74,23 @@ impl Redaction {
         Self {
             headers: Vec::new(),
             params: Vec::new(),
+            patterns: Vec::new(),
         }
+    }
+
+    /// Also replace personal data of this kind wherever it appears in a JSON log line's text
+    /// (fields, the message, the access log's path).
+    pub fn pattern(mut self, p: PiiPattern) -> Self {
+        if !self.patterns.contains(&p) {
+            self.patterns.push(p);
+        }
+        self
+    }
+
+    /// `text` with the personal data of this redaction's patterns replaced by `[redacted]`
+    /// (borrowed when there is none).
+    pub fn redact_text<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        crate::pii::replace(text, &self.patterns, REDACTED)
     }
 
     /// Also redact this header.

@@ -192,3 +192,37 @@ async fn tasks_the_handler_spawns_keep_the_requests_ids_in_their_lines() {
     assert_eq!(lines[2]["message"], "later");
     assert!(lines[2].get("trace_id").is_none(), "{text}");
 }
+
+#[test]
+fn personal_data_is_redacted_by_field_name_and_on_request_by_pattern() {
+    use garrison_trace::{PiiPattern, Redaction};
+    let buf = Buffer::default();
+    let redaction = Redaction::default()
+        .pattern(PiiPattern::Email)
+        .pattern(PiiPattern::Card);
+    let subscriber = tracing_subscriber::registry()
+        .with(json_logs().redaction(redaction).with_writer(buf.clone()));
+    tracing::subscriber::with_default(subscriber, || {
+        tracing::info!(
+            email = "ada@example.com",
+            phone = "+44 20 7946 0958",
+            "signed up"
+        );
+        tracing::info!(
+            note = "paid with 4111 1111 1111 1111",
+            "order 1234567890 for grace@example.org"
+        );
+    });
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    for secret in ["ada@", "7946", "4111", "grace@"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["email"], "[redacted]");
+    assert_eq!(lines[0]["phone"], "[redacted]");
+    assert_eq!(lines[1]["note"], "paid with [redacted]");
+    assert_eq!(lines[1]["message"], "order 1234567890 for [redacted]");
+}

@@ -13,7 +13,7 @@ use garrison_metrics::{MetricsLayer, MetricsRegistry};
 use garrison_ratelimit::{
     HeaderSet, KeySource, Policy, RateLimitBuilder, RateLimitLayer, RateLimiter,
 };
-use garrison_trace::{Redaction, Sampler, TraceLayer, Tracer};
+use garrison_trace::{Sampler, TraceLayer, Tracer};
 
 use crate::config::*;
 use crate::layer::{GarrisonLayer, Parts};
@@ -542,13 +542,7 @@ fn otlp_sink(c: &GarrisonConfig) -> Result<Option<garrison_trace::OtlpSink>, Con
 
 fn trace_layer(c: &GarrisonConfig, tracer: &Tracer, resolver: &RouteResolver) -> TraceLayer {
     let t = &c.trace;
-    let mut redaction = Redaction::default();
-    for h in &t.redact_headers {
-        redaction = redaction.header(h);
-    }
-    for p in &t.redact_params {
-        redaction = redaction.param(p);
-    }
+    let redaction = t.redaction();
     let layer = TraceLayer::new(tracer)
         .request_id_header(
             http::HeaderName::try_from(t.request_id_header.as_str())

@@ -375,3 +375,17 @@ fn the_patient_admission_profile_sizes_the_queue_and_keys_of_the_file_still_win(
         ["admission.profile: no admission profile `hasty`; built in: patient"]
     );
 }
+
+#[test]
+fn redact_patterns_are_named_and_checked() {
+    let c =
+        GarrisonConfig::from_toml("[trace]\nredact_patterns = [\"email\", \"card\"]\n").unwrap();
+    assert_eq!(
+        c.trace.redaction().redact_text("to ada@example.com"),
+        "to [redacted]"
+    );
+    assert_eq!(
+        problems("[trace]\nredact_patterns = [\"email\", \"postcode\"]\n"),
+        ["trace.redact_patterns[1]: `postcode` is not one of \"email\", \"phone\", \"card\""]
+    );
+}

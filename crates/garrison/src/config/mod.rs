@@ -120,6 +120,10 @@ pub struct TraceConfig {
     /// `redact_params`: query parameters redacted in logs, besides the default ones.
     /// Default: none.
     pub redact_params: Vec<String>,
+    /// `redact_patterns`: personal data replaced wherever it appears in a JSON log line's
+    /// text: `"email"`, `"phone"`, `"card"` (see `garrison_trace::PiiPattern`). Default:
+    /// none.
+    pub redact_patterns: Vec<String>,
     /// `queue`: spans waiting for export at most. Default: `2048`.
     pub queue: usize,
     /// `batch`: spans in one export at most. Default: `512`.
@@ -147,12 +151,31 @@ impl Default for TraceConfig {
             sampled_from: SampledFrom::Any,
             redact_headers: Vec::new(),
             redact_params: Vec::new(),
+            redact_patterns: Vec::new(),
             queue: 2048,
             batch: 512,
             export_timeout: Duration::from_secs(10),
             flush_every: Duration::from_secs(1),
             otlp: OtlpSection::default(),
         }
+    }
+}
+
+impl TraceConfig {
+    /// What logs redact: the defaults, `redact_headers`, `redact_params` and
+    /// `redact_patterns` (an unknown pattern is skipped here; `validate` names it).
+    pub fn redaction(&self) -> garrison_trace::Redaction {
+        let mut r = garrison_trace::Redaction::default();
+        for h in &self.redact_headers {
+            r = r.header(h);
+        }
+        for p in &self.redact_params {
+            r = r.param(p);
+        }
+        for p in self.redact_patterns.iter().filter_map(|p| p.parse().ok()) {
+            r = r.pattern(p);
+        }
+        r
     }
 }
 

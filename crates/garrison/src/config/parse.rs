@@ -263,6 +263,11 @@ pub(super) fn validate(c: &GarrisonConfig, out: &mut Vec<ConfigIssue>) {
             );
         }
     }
+    for (i, p) in t.redact_patterns.iter().enumerate() {
+        if let Err(e) = p.parse::<garrison_trace::PiiPattern>() {
+            err(format!("trace.redact_patterns[{i}]"), e);
+        }
+    }
     if t.queue == 0 {
         err("trace.queue".into(), "must be > 0".into());
     }
