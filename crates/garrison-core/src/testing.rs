@@ -1,7 +1,8 @@
 //! Helpers for the tests of Garrison's crates (feature `test-util`).
 
+use std::cell::RefCell;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -11,6 +12,11 @@ use tracing_subscriber::Layer;
 /// The `tracing` events of one crate logged on this thread while it lives, one line each:
 /// `LEVEL field=value field=value`, the message as `message=...`.
 ///
+/// The first capture of a process installs a global subscriber that hands each event to the
+/// capture of the thread that logged it: a scoped (thread-local) subscriber alone misses
+/// events whose call site another test's thread reached first, with no subscriber, and
+/// cached as disabled. Where another global subscriber is set already, a scoped one is used.
+///
 /// ```
 /// let logs = garrison_core::testing::LogCapture::start("doc");
 /// tracing::warn!(target: "doc", policy = "auth", "refused");
@@ -18,7 +24,7 @@ use tracing_subscriber::Layer;
 /// ```
 pub struct LogCapture {
     lines: Arc<Mutex<Vec<String>>>,
-    _guard: tracing::subscriber::DefaultGuard,
+    _scoped: Option<tracing::subscriber::DefaultGuard>,
 }
 
 impl fmt::Debug for LogCapture {
@@ -29,19 +35,29 @@ impl fmt::Debug for LogCapture {
     }
 }
 
+type Sink = (&'static str, Arc<Mutex<Vec<String>>>);
+
+thread_local! {
+    static SINK: RefCell<Option<Sink>> = const { RefCell::new(None) };
+}
+
 impl LogCapture {
     /// Captures the events whose target starts with `target` (a crate's name, in snake
-    /// case), until dropped.
+    /// case) logged on this thread, until dropped.
     pub fn start(target: &'static str) -> Self {
+        static GLOBAL: OnceLock<bool> = OnceLock::new();
+        let global = *GLOBAL.get_or_init(|| {
+            tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Collect))
+                .is_ok()
+        });
+        let scoped = (!global).then(|| {
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(Collect))
+        });
         let lines = Arc::new(Mutex::new(Vec::new()));
-        let collect = Collect {
-            target,
-            lines: lines.clone(),
-        };
-        let subscriber = tracing_subscriber::registry().with(collect);
+        SINK.with(|s| *s.borrow_mut() = Some((target, lines.clone())));
         Self {
             lines,
-            _guard: tracing::subscriber::set_default(subscriber),
+            _scoped: scoped,
         }
     }
 
@@ -51,10 +67,13 @@ impl LogCapture {
     }
 }
 
-struct Collect {
-    target: &'static str,
-    lines: Arc<Mutex<Vec<String>>>,
+impl Drop for LogCapture {
+    fn drop(&mut self) {
+        SINK.with(|s| *s.borrow_mut() = None);
+    }
 }
+
+struct Collect;
 
 struct Line(String);
 
@@ -70,13 +89,15 @@ impl Visit for Line {
 
 impl<S: Subscriber> Layer<S> for Collect {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
-        if event.metadata().target().starts_with(self.target) {
-            let mut line = Line(event.metadata().level().to_string());
-            event.record(&mut line);
-            self.lines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(line.0);
-        }
+        SINK.with(|s| {
+            let Some((target, lines)) = &*s.borrow() else {
+                return;
+            };
+            if event.metadata().target().starts_with(target) {
+                let mut line = Line(event.metadata().level().to_string());
+                event.record(&mut line);
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line.0);
+            }
+        });
     }
 }

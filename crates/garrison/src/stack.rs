@@ -141,7 +141,8 @@ impl Garrison {
 ///     .trace(|t| t.ratio = 0.25)
 ///     .build()
 ///     .unwrap();
-/// assert_eq!(garrison.rate_limiter().unwrap().policies().count(), 4);
+/// // general, auth, upload and heavy are built in
+/// assert_eq!(garrison.rate_limiter().unwrap().policies().count(), 5);
 /// ```
 #[derive(Default)]
 #[must_use]
