@@ -44,6 +44,7 @@ pub const ALERTS: &[&str] = &[
     "GarrisonDbPoolSaturated",
     "GarrisonDbPoolExhausted",
     "GarrisonBreakerOpen",
+    "GarrisonBreakerFlapping",
     "GarrisonHealthCheckFailing",
     "GarrisonRateLimitRejections",
     "GarrisonUpstreamEjected",
@@ -193,6 +194,21 @@ pub fn rules(config: &GarrisonConfig) -> String {
         severity: "critical",
         summary: "{{ $labels.instance }}: breaker {{ $labels.breaker }} not closed for 5 minutes",
         description: "The circuit breaker has been open (or probing, or forced open) for 5 minutes: its route answers 503.".into(),
+    }, o);
+    g.alert(Alert {
+        name: "GarrisonBreakerFlapping",
+        expr: format!(
+            "sum by (job, instance, breaker) (increase(garrison_breaker_transitions_total{}[1h]))\n>= {}",
+            selector(&[user, r#"to="open""#]),
+            o.breaker_openings_per_hour
+        ),
+        for_: None,
+        severity: "warning",
+        summary: "{{ $labels.instance }}: breaker {{ $labels.breaker }} opened {{ $value | printf \"%.0f\" }} times in the last hour",
+        description: format!(
+            "The circuit breaker opened at least {} times in an hour: what it guards fails on and off, and its callers see bursts of 503.",
+            o.breaker_openings_per_hour
+        ),
     }, o);
     g.alert(Alert {
         name: "GarrisonHealthCheckFailing",

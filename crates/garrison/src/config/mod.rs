@@ -971,6 +971,9 @@ pub struct OpsConfig {
     /// `ratelimit_rejections`: `GarrisonRateLimitRejections` fires when a policy refuses
     /// more than this share of its decisions for 10 minutes. Default: `0.1`.
     pub ratelimit_rejections: f64,
+    /// `breaker_openings_per_hour`: `GarrisonBreakerFlapping` fires when a breaker opened
+    /// this many times within an hour. Default: `3`.
+    pub breaker_openings_per_hour: u32,
     /// `[ops.routes."<pattern>"]`: routes with SLOs of their own (`availability_objective`,
     /// `latency_objective`, `latency_threshold`; each unset key takes the service's).
     /// Default: none.
@@ -993,6 +996,7 @@ impl Default for OpsConfig {
             p95_threshold: Duration::from_millis(500),
             pool_utilisation: 0.8,
             ratelimit_rejections: 0.1,
+            breaker_openings_per_hour: 3,
             routes: BTreeMap::new(),
         }
     }

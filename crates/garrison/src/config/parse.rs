@@ -677,6 +677,9 @@ pub(super) fn validate(c: &GarrisonConfig, out: &mut Vec<ConfigIssue>) {
     share("ops.error_rate", o.error_rate, true);
     share("ops.pool_utilisation", o.pool_utilisation, false);
     share("ops.ratelimit_rejections", o.ratelimit_rejections, true);
+    if o.breaker_openings_per_hour == 0 {
+        err("ops.breaker_openings_per_hour".into(), "must be > 0".into());
+    }
     if !(o.min_request_rate >= 0.0 && o.min_request_rate.is_finite()) {
         err(
             "ops.min_request_rate".into(),
