@@ -362,4 +362,10 @@ async fn the_user_is_named_on_the_span_and_in_the_access_log_only_when_asked() {
         1,
         "{access:#?}"
     );
+    // a layer that does not name users logs no field for it, not an empty one
+    assert_eq!(
+        access.iter().filter(|l| l.contains("enduser_id")).count(),
+        1,
+        "{access:#?}"
+    );
 }

@@ -44,28 +44,17 @@ impl Finisher {
         if let Some(a) = &self.access {
             let _e = self.span.as_ref().map(|s| s.enter());
             let _current = CurrentGuard::set(&self.ctx);
-            let duration_ms = took.as_secs_f64() * 1e3;
-            match &a.enduser {
-                None => tracing::info!(
-                    target: "garrison_trace::access",
-                    method = %a.method,
-                    route = %a.route,
-                    path = %a.path,
-                    status = self.status,
-                    duration_ms,
-                    "request"
-                ),
-                Some(user) => tracing::info!(
-                    target: "garrison_trace::access",
-                    method = %a.method,
-                    route = %a.route,
-                    path = %a.path,
-                    status = self.status,
-                    duration_ms,
-                    enduser_id = %user,
-                    "request"
-                ),
-            }
+            tracing::info!(
+                target: "garrison_trace::access",
+                method = %a.method,
+                route = %a.route,
+                path = %a.path,
+                status = self.status,
+                duration_ms = took.as_secs_f64() * 1e3,
+                // recorded only when the layer names users and this request has one
+                enduser_id = a.enduser.as_deref(),
+                "request"
+            );
         }
         let caught = self.caught.take();
         let error = error.or(caught.as_ref().map(|c| c.1));
