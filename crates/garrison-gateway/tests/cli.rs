@@ -311,6 +311,28 @@ fn sighup_reloads_the_file_and_sigterm_finishes_requests_in_flight() {
     );
 }
 
+/// Starts the binary on `config` with JSON logs (and `runtime_dir` for the files it
+/// writes): the process and its log lines.
+fn start_json(
+    config: &std::path::Path,
+    runtime_dir: &std::path::Path,
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut child = gateway()
+        .arg("--config")
+        .arg(config)
+        .arg("--log-format")
+        .arg("json")
+        .env("RUST_LOG", "info")
+        .env("XDG_RUNTIME_DIR", runtime_dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
 /// Without a chosen token, the gateway makes one from the OS's random source and writes it
 /// to a file only its user can read, whose path (never the token) is logged, as JSON too.
 #[test]
@@ -318,19 +340,7 @@ fn a_random_admin_token_is_written_to_a_private_file_never_to_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gw.toml");
     std::fs::write(&path, config(100).replace("admin_token = \"cli-test\"", "")).unwrap();
-    let mut child = gateway()
-        .arg("--config")
-        .arg(&path)
-        .arg("--log-format")
-        .arg("json")
-        .env("RUST_LOG", "info")
-        .env("XDG_RUNTIME_DIR", dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = start_json(&path, dir.path());
     let line = lines
         .by_ref()
         .map(Result::unwrap)
@@ -378,18 +388,7 @@ fn json_logs_redact_what_the_trace_section_names() {
         "[trace]\naccess_log = true\nredact_params = [\"session\"]\nredact_patterns = [\"email\"]\n[gateway.upstreams.demo]",
     );
     std::fs::write(&path, text).unwrap();
-    let mut child = gateway()
-        .arg("--config")
-        .arg(&path)
-        .arg("--log-format")
-        .arg("json")
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = start_json(&path, dir.path());
     let listening = lines
         .by_ref()
         .map(Result::unwrap)
